@@ -1,0 +1,175 @@
+//! The only place that names backends: `--backend` to a Burn [`Device`].
+
+use anyhow::{bail, Result};
+use burn::tensor::Device;
+
+/// The compute backend a command runs on.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// CUDA if built in and a GPU is present, else a real GPU through WGPU, else the CPU.
+    Auto,
+    /// CPU, ndarray (Burn's reference CPU backend).
+    Ndarray,
+    /// CPU, flex (Burn's fast pure-Rust CPU backend).
+    Flex,
+    /// GPU through WGPU (Vulkan, Metal, DX12); also a CPU Vulkan driver such as lavapipe.
+    Wgpu,
+    /// NVIDIA GPU through CUDA.
+    Cuda,
+}
+
+/// A device and the words that tell the user what was picked.
+pub struct SelectedDevice {
+    /// The device.
+    pub device: Device,
+    /// E.g. "flex (CPU)".
+    pub description: String,
+}
+
+/// The device for `choice`; an error says how to get a backend that is missing.
+pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
+    match choice {
+        BackendChoice::Auto => auto(),
+        BackendChoice::Ndarray => ndarray(),
+        BackendChoice::Flex => flex(),
+        BackendChoice::Wgpu => wgpu(),
+        BackendChoice::Cuda => cuda(),
+    }
+}
+
+fn not_built(name: &str, feature: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "backend `{name}` was not compiled into this binary; rebuild with \
+         `cargo build --release -p peft-cli --features {feature}`"
+    )
+}
+
+fn auto() -> Result<SelectedDevice> {
+    if let Ok(selected) = cuda() {
+        return Ok(selected);
+    }
+    if let Some(selected) = wgpu_gpu() {
+        return Ok(selected);
+    }
+    flex().or_else(|_| ndarray()).or_else(|_| wgpu())
+}
+
+#[cfg(feature = "ndarray")]
+fn ndarray() -> Result<SelectedDevice> {
+    #[allow(deprecated)] // Burn marks ndarray deprecated in favour of flex; it stays as a reference.
+    let device = Device::ndarray();
+    Ok(SelectedDevice {
+        device,
+        description: "ndarray (CPU)".into(),
+    })
+}
+
+#[cfg(not(feature = "ndarray"))]
+fn ndarray() -> Result<SelectedDevice> {
+    Err(not_built("ndarray", "ndarray"))
+}
+
+#[cfg(feature = "flex")]
+fn flex() -> Result<SelectedDevice> {
+    Ok(SelectedDevice {
+        device: Device::flex(),
+        description: "flex (CPU)".into(),
+    })
+}
+
+#[cfg(not(feature = "flex"))]
+fn flex() -> Result<SelectedDevice> {
+    Err(not_built("flex", "flex"))
+}
+
+/// Lists WGPU adapters without letting a missing driver abort the process.
+#[cfg(feature = "wgpu")]
+fn wgpu_devices() -> Vec<(Device, String, bool)> {
+    use burn::tensor::DeviceType;
+    quietly(|| {
+        Device::enumerate(DeviceType::Wgpu)
+            .into_vec()
+            .into_iter()
+            .map(|d| {
+                let identity = d.identity();
+                let name = identity.as_ref().map_or_else(|| "unknown adapter".into(), |i| i.name.clone());
+                let is_gpu = identity.is_some_and(|i| i.physical.is_some());
+                (d, name, is_gpu)
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_gpu() -> Option<SelectedDevice> {
+    wgpu_devices()
+        .into_iter()
+        .find(|(_, _, is_gpu)| *is_gpu)
+        .map(|(device, name, _)| SelectedDevice {
+            device,
+            description: format!("wgpu ({name})"),
+        })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_gpu() -> Option<SelectedDevice> {
+    None
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu() -> Result<SelectedDevice> {
+    let devices = wgpu_devices();
+    let Some((device, name, _)) = devices
+        .iter()
+        .find(|(_, _, is_gpu)| *is_gpu)
+        .or(devices.first())
+        .cloned()
+    else {
+        bail!(
+            "backend `wgpu` found no adapter: install a Vulkan driver (your GPU vendor's, or \
+             Mesa's CPU driver: `apt-get install mesa-vulkan-drivers libvulkan1`), or use \
+             --backend flex"
+        );
+    };
+    Ok(SelectedDevice {
+        device,
+        description: format!("wgpu ({name})"),
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu() -> Result<SelectedDevice> {
+    Err(not_built("wgpu", "wgpu"))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<SelectedDevice> {
+    use burn::tensor::DeviceType;
+    let devices = quietly(|| Device::enumerate(DeviceType::Cuda).into_vec()).unwrap_or_default();
+    let Some(device) = devices.into_iter().next() else {
+        bail!("backend `cuda` found no GPU: check the NVIDIA driver (`nvidia-smi`), or use --backend wgpu or flex");
+    };
+    let name = quietly(|| device.identity())
+        .flatten()
+        .map_or_else(|| "GPU 0".to_string(), |i| i.name);
+    Ok(SelectedDevice {
+        device,
+        description: format!("cuda ({name})"),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<SelectedDevice> {
+    Err(not_built("cuda", "cuda (or cuda-nvrtc)"))
+}
+
+/// Runs a device probe that may panic inside a driver, without printing the panic.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn quietly<T>(probe: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(probe).ok();
+    std::panic::set_hook(hook);
+    result
+}

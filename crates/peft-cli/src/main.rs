@@ -1,0 +1,43 @@
+//! `peft-cli`: inspect, run and (soon) fine-tune language models with parameter-efficient methods.
+
+mod backend;
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Parameter-efficient fine-tuning of language models on Burn.
+#[derive(Parser)]
+#[command(name = "peft-cli", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's architecture, sizes, parameter count and a per-module table.
+    Inspect(cmd::inspect::Args),
+    /// Generate text from a prompt, streaming tokens to stdout.
+    Generate(cmd::generate::Args),
+    /// Compute logits for token ids read from a safetensors file and write them to another.
+    Logits(cmd::logits::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Logits(args) => cmd::logits::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

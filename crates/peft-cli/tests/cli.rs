@@ -1,0 +1,273 @@
+//! The command line as a user runs it: parity from the command line, and one test per bad input
+//! (the message names the file or key, the exit status is non-zero, nothing panics).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("PEFT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hf-peft"))
+}
+
+fn peft_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft-cli"))
+        .args(args)
+        .output()
+        .expect("peft-cli runs")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Asserts a clean failure whose message contains every one of `needles`.
+fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "expected exit status 1; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panicked instead of an error:\n{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "message lacks {needle:?}:\n{stderr}");
+    }
+}
+
+/// A copy of a fixture's base model folder that a test may break.
+fn copy_base(case: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join(case).join("base")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Rewrites `model.safetensors` in `dir` through `edit`, which gets (name, dtype, shape, bytes).
+fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+}
+
+fn inspect(dir: &Path) -> Output {
+    peft_cli(&["inspect", "--model", path_str(dir), "--backend", "ndarray"])
+}
+
+#[test]
+fn logits_command_reproduces_transformers_for_both_fixtures() {
+    for case in ["gpt2-base", "llama-base"] {
+        let expected_path = fixtures().join(case).join("expected.safetensors");
+        let out_dir = tempfile::tempdir().unwrap();
+        let out_path = out_dir.path().join("logits.safetensors");
+        // The expected file holds input_ids and attention_mask: it is a valid input file.
+        let out = peft_cli(&[
+            "logits",
+            "--model",
+            path_str(&fixtures().join(case).join("base")),
+            "--input",
+            path_str(&expected_path),
+            "--out",
+            path_str(&out_path),
+            "--backend",
+            "ndarray",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+        let expected_bytes = std::fs::read(&expected_path).unwrap();
+        let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
+        let got_bytes = std::fs::read(&out_path).unwrap();
+        let got = SafeTensors::deserialize(&got_bytes).unwrap();
+        let want = expected.tensor("logits_base").unwrap();
+        let have = got.tensor("logits").unwrap();
+        assert_eq!(have.dtype(), Dtype::F32);
+        assert_eq!(have.shape(), want.shape());
+        let floats = |b: &[u8]| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
+        let mask: Vec<i64> = expected
+            .tensor("attention_mask")
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let vocab = want.shape()[2];
+        let (a, b) = (floats(have.data()), floats(want.data()));
+        let mut worst = 0.0f32;
+        for (pos, &m) in mask.iter().enumerate() {
+            if m == 1 {
+                for i in pos * vocab..(pos + 1) * vocab {
+                    worst = worst.max((a[i] - b[i]).abs());
+                }
+            }
+        }
+        assert!(worst <= 1e-4, "{case}: max abs error {worst:e}");
+    }
+}
+
+#[test]
+fn inspect_reports_architecture_and_parameters() {
+    let out = inspect(&fixtures().join("gpt2-base").join("base"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("architecture: gpt2"), "{stdout}");
+    // gpt2-lora's case.json: all_params 134912 = 2048 LoRA + the base model's 132864.
+    assert!(stdout.contains("parameters: 132864"), "{stdout}");
+    assert!(stdout.contains("transformer.h.1.mlp.c_proj"), "{stdout}");
+}
+
+#[test]
+fn generate_streams_text_and_sampling_is_reproducible() {
+    let model = fixtures().join("llama-base").join("base");
+    let run = |seed: &str| {
+        peft_cli(&[
+            "generate", "--model", path_str(&model), "--prompt", "hello world", "--max-new-tokens", "8",
+            "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--backend", "ndarray",
+        ])
+    };
+    let (a, b) = (run("7"), run("7"));
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(!a.stdout.is_empty());
+    assert_eq!(a.stdout, b.stdout, "same seed, different text");
+}
+
+#[test]
+fn missing_model_folder_is_named() {
+    let out = inspect(Path::new("/nonexistent/model"));
+    assert_fails_with(&out, &["/nonexistent/model", "model folder"]);
+}
+
+#[test]
+fn missing_config_is_named() {
+    let dir = copy_base("llama-base");
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    assert_fails_with(&inspect(dir.path()), &["config.json", "not found"]);
+}
+
+#[test]
+fn missing_weights_file_is_named() {
+    let dir = copy_base("llama-base");
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    assert_fails_with(&inspect(dir.path()), &["model.safetensors", "not found"]);
+}
+
+#[test]
+fn malformed_config_names_file_and_position() {
+    let dir = copy_base("llama-base");
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"llama\",").unwrap();
+    assert_fails_with(&inspect(dir.path()), &["config.json", "line 1"]);
+}
+
+#[test]
+fn unknown_model_type_is_named() {
+    let dir = copy_base("llama-base");
+    edit_config(dir.path(), |c| c["model_type"] = "bert".into());
+    assert_fails_with(&inspect(dir.path()), &["\"bert\"", "config.json", "llama, gpt2"]);
+}
+
+#[test]
+fn missing_config_key_is_named() {
+    let dir = copy_base("gpt2-base");
+    edit_config(dir.path(), |c| {
+        c.as_object_mut().unwrap().remove("n_embd");
+    });
+    assert_fails_with(&inspect(dir.path()), &["n_embd", "config.json"]);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_base("llama-base");
+    edit_weights(dir.path(), |t| t.retain(|(n, ..)| n != "model.layers.1.mlp.up_proj.weight"));
+    assert_fails_with(&inspect(dir.path()), &["missing tensor", "model.layers.1.mlp.up_proj.weight"]);
+}
+
+#[test]
+fn unexpected_tensor_is_named() {
+    let dir = copy_base("gpt2-base");
+    edit_weights(dir.path(), |t| {
+        t.push(("transformer.h.9.attn.c_attn.weight".into(), Dtype::F32, vec![2], vec![0; 8]))
+    });
+    assert_fails_with(&inspect(dir.path()), &["unexpected tensor", "transformer.h.9.attn.c_attn.weight"]);
+}
+
+#[test]
+fn shape_mismatch_names_tensor_and_both_shapes() {
+    let dir = copy_base("llama-base");
+    edit_config(dir.path(), |c| c["vocab_size"] = 400.into());
+    assert_fails_with(
+        &inspect(dir.path()),
+        &["model.embed_tokens.weight", "[400, 64]", "[384, 64]"],
+    );
+}
+
+#[test]
+fn unreadable_safetensors_header_is_named() {
+    let dir = copy_base("gpt2-base");
+    let mut garbage = 5000u64.to_le_bytes().to_vec();
+    garbage.extend_from_slice(b"{not json");
+    std::fs::write(dir.path().join("model.safetensors"), garbage).unwrap();
+    assert_fails_with(&inspect(dir.path()), &["model.safetensors", "header"]);
+}
+
+#[test]
+fn bad_logits_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.safetensors");
+    let ids: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView::new(Dtype::F32, vec![1, 2], &ids).unwrap();
+    safetensors::serialize_to_file([("input_ids", view)], None, &input).unwrap();
+    let out = peft_cli(&[
+        "logits", "--model", path_str(&fixtures().join("llama-base").join("base")), "--input", path_str(&input),
+        "--out", path_str(&dir.path().join("out.safetensors")), "--backend", "ndarray",
+    ]);
+    assert_fails_with(&out, &["input_ids", "I64"]);
+    assert!(!dir.path().join("out.safetensors").exists(), "no output file on failure");
+}
+
+#[test]
+fn out_of_vocabulary_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.safetensors");
+    let ids: Vec<u8> = [1i64, 384].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView::new(Dtype::I64, vec![1, 2], &ids).unwrap();
+    safetensors::serialize_to_file([("input_ids", view)], None, &input).unwrap();
+    let out = peft_cli(&[
+        "logits", "--model", path_str(&fixtures().join("llama-base").join("base")), "--input", path_str(&input),
+        "--out", path_str(&dir.path().join("out.safetensors")), "--backend", "ndarray",
+    ]);
+    assert_fails_with(&out, &["token id 384", "vocabulary"]);
+}
+
+#[test]
+fn generate_without_tokenizer_says_so() {
+    let dir = copy_base("llama-base");
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let out = peft_cli(&["generate", "--model", path_str(dir.path()), "--prompt", "hi", "--backend", "ndarray"]);
+    assert_fails_with(&out, &["tokenizer.json"]);
+}
+
+#[test]
+fn chat_without_template_says_so() {
+    let model = fixtures().join("llama-base").join("base");
+    let out = peft_cli(&["generate", "--model", path_str(&model), "--prompt", "hi", "--chat", "--backend", "ndarray"]);
+    assert_fails_with(&out, &["chat template"]);
+}

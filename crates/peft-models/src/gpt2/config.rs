@@ -1,0 +1,112 @@
+//! GPT-2 configuration, as `config.json` spells it.
+
+use serde::Deserialize;
+
+use crate::config::TokenIds;
+
+/// Hyper-parameters of a GPT-2 model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub n_embd: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Number of attention heads.
+    pub n_head: usize,
+    /// Number of learned positions.
+    #[serde(default = "default_positions")]
+    pub n_positions: usize,
+    /// Width of the MLP; defaults to `4 * n_embd`.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// MLP activation name.
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    /// Whether attention scores are divided by `sqrt(head_dim)`.
+    #[serde(default = "default_true")]
+    pub scale_attn_weights: bool,
+    /// Whether scores are further divided by `layer_index + 1`.
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    /// Whether the LM head shares the token embedding (GPT-2 always does).
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    /// End-of-sequence id(s).
+    #[serde(default)]
+    pub eos_token_id: TokenIds,
+}
+
+/// The MLP activations transformers' GPT-2 accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    /// `gelu`: the exact erf form.
+    Gelu,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+fn default_positions() -> usize {
+    1024
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_activation() -> String {
+    "gelu_new".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Gpt2Config {
+    /// Width of the MLP.
+    pub fn inner_dim(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// The activation, or an error naming the unsupported value.
+    pub fn activation(&self) -> Result<Activation, (&'static str, String)> {
+        match self.activation_function.as_str() {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "gelu" => Ok(Activation::Gelu),
+            "relu" => Ok(Activation::Relu),
+            "silu" | "swish" => Ok(Activation::Silu),
+            other => Err((
+                "activation_function",
+                format!("{other:?} is not supported; expected gelu_new, gelu_pytorch_tanh, gelu, relu or silu"),
+            )),
+        }
+    }
+
+    /// Checks the values the model depends on; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("vocab_size", self.vocab_size),
+            ("n_embd", self.n_embd),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_positions", self.n_positions),
+            ("n_inner", self.inner_dim()),
+        ] {
+            if value == 0 {
+                return Err((key, "must be greater than 0".into()));
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            return Err(("n_head", format!("{} does not divide n_embd {}", self.n_head, self.n_embd)));
+        }
+        if !self.tie_word_embeddings {
+            return Err(("tie_word_embeddings", "GPT-2 checkpoints have no separate lm_head; expected true".into()));
+        }
+        self.activation().map(|_| ())
+    }
+}

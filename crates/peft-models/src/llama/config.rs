@@ -1,0 +1,213 @@
+//! LLaMA-family configuration, as `config.json` spells it (transformers 4.x and 5.x layouts).
+
+use serde::Deserialize;
+
+use crate::config::TokenIds;
+
+/// Hyper-parameters of a LLaMA-family model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU feed-forward.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (grouped-query attention); defaults to the query heads.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Width of one head; defaults to `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base (transformers 4.x layout).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// RoPE scaling (transformers 4.x layout).
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    /// RoPE base and scaling together (transformers 5.x layout).
+    #[serde(default)]
+    pub rope_parameters: Option<RopeScaling>,
+    /// Longest sequence the model was trained for.
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    /// Whether the LM head shares the input embedding.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Whether q/k/v/o projections have a bias.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Whether the MLP projections have a bias.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// The MLP activation; only `silu` is a LLaMA.
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    /// End-of-sequence id(s).
+    #[serde(default)]
+    pub eos_token_id: TokenIds,
+}
+
+/// RoPE parameters: `rope_scaling` (4.x) or `rope_parameters` (5.x).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RopeScaling {
+    /// `default`, `linear` or `llama3` (`type` in older configs).
+    #[serde(default, alias = "type")]
+    pub rope_type: Option<String>,
+    /// RoPE base, when given here (5.x).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// Scaling factor (`linear`, `llama3`).
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// Llama-3 low-frequency factor.
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    /// Llama-3 high-frequency factor.
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    /// Llama-3 original context length.
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// How RoPE frequencies are adjusted, resolved from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeKind {
+    /// Plain RoPE.
+    Default,
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
+    /// Llama 3.1 frequency-dependent scaling.
+    Llama3 {
+        /// Overall factor.
+        factor: f64,
+        /// Low-frequency factor.
+        low_freq_factor: f64,
+        /// High-frequency factor.
+        high_freq_factor: f64,
+        /// Context length the model was pre-trained with.
+        original_max_position_embeddings: usize,
+    },
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_max_positions() -> usize {
+    2048
+}
+fn default_hidden_act() -> String {
+    "silu".into()
+}
+
+/// transformers' default RoPE base.
+const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+
+impl LlamaConfig {
+    /// Number of key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    fn rope_section(&self) -> Option<&RopeScaling> {
+        self.rope_parameters.as_ref().or(self.rope_scaling.as_ref())
+    }
+
+    /// The RoPE base, from `rope_parameters.rope_theta` or `rope_theta`.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(DEFAULT_ROPE_THETA)
+    }
+
+    /// The RoPE variant; an error names the key when it is one this crate does not implement.
+    pub fn rope_kind(&self) -> Result<RopeKind, (&'static str, String)> {
+        let Some(section) = self.rope_section() else {
+            return Ok(RopeKind::Default);
+        };
+        let key = if self.rope_parameters.is_some() {
+            "rope_parameters"
+        } else {
+            "rope_scaling"
+        };
+        let need = |value: Option<f64>, field: &str| {
+            value.ok_or((key, format!("rope type needs `{field}`")))
+        };
+        match section.rope_type.as_deref().unwrap_or("default") {
+            "default" => Ok(RopeKind::Default),
+            "linear" => Ok(RopeKind::Linear {
+                factor: need(section.factor, "factor")?,
+            }),
+            "llama3" => Ok(RopeKind::Llama3 {
+                factor: need(section.factor, "factor")?,
+                low_freq_factor: need(section.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(section.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: section
+                    .original_max_position_embeddings
+                    .ok_or((key, "rope type needs `original_max_position_embeddings`".into()))?,
+            }),
+            other => Err((
+                key,
+                format!("rope_type {other:?} is not supported; expected default, linear or llama3"),
+            )),
+        }
+    }
+
+    /// Checks the values the model depends on; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+            ("head_dim", self.head_dim()),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key, "must be greater than 0".into()));
+            }
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return Err((
+                "num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.kv_heads(),
+                    self.num_attention_heads
+                ),
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(("head_dim", format!("{} must be even for RoPE", self.head_dim())));
+        }
+        if self.hidden_act != "silu" {
+            return Err((
+                "hidden_act",
+                format!("{:?} is not supported; LLaMA uses \"silu\"", self.hidden_act),
+            ));
+        }
+        self.rope_kind().map(|_| ())
+    }
+}

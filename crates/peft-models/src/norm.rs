@@ -1,0 +1,40 @@
+//! Normalisation layers as transformers computes them.
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+
+/// RMSNorm: `x / sqrt(mean(x²) + eps) * weight` (LLaMA).
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// Per-channel gain.
+    pub weight: Param<Tensor<1>>,
+    /// Added to the mean square before the square root.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// Normalises the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = x * (variance + self.eps).sqrt().recip();
+        normed * self.weight.val().unsqueeze()
+    }
+}
+
+/// LayerNorm with gain and bias (GPT-2).
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// Per-channel gain.
+    pub weight: Param<Tensor<1>>,
+    /// Per-channel bias.
+    pub bias: Param<Tensor<1>>,
+    /// Added to the variance before the square root.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Normalises the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+    }
+}

@@ -1,0 +1,100 @@
+//! Shared helpers of the workspace tests: fixture paths, reading expected tensors, devices.
+
+#![allow(dead_code)] // each test binary uses its own subset of these helpers
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
+/// `../shared/fixtures/hf-peft` beside the checkout, or `$PEFT_FIXTURES`.
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("PEFT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/hf-peft"))
+}
+
+/// The folder of one fixture case, e.g. `llama-base`.
+pub fn case_dir(case: &str) -> PathBuf {
+    let dir = fixtures_dir().join(case);
+    assert!(dir.is_dir(), "fixture {} is missing (set PEFT_FIXTURES)", dir.display());
+    dir
+}
+
+/// A tensor read from `expected.safetensors`.
+#[derive(Clone, Debug)]
+pub struct Array<T> {
+    pub shape: Vec<usize>,
+    pub values: Vec<T>,
+}
+
+/// The reference tensors of one case.
+pub struct Expected {
+    bytes: Vec<u8>,
+}
+
+impl Expected {
+    pub fn load(case: &str) -> Self {
+        let path = case_dir(case).join("expected.safetensors");
+        Self {
+            bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+
+    fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
+        SafeTensors::deserialize(&self.bytes)
+            .expect("fixture is valid safetensors")
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("fixture has no tensor {name}"))
+    }
+
+    pub fn f32(&self, name: &str) -> Array<f32> {
+        let v = self.view(name);
+        assert_eq!(v.dtype(), Dtype::F32, "{name}");
+        Array {
+            shape: v.shape().to_vec(),
+            values: v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        }
+    }
+
+    pub fn i64(&self, name: &str) -> Array<i64> {
+        let v = self.view(name);
+        assert_eq!(v.dtype(), Dtype::I64, "{name}");
+        Array {
+            shape: v.shape().to_vec(),
+            values: v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+        }
+    }
+}
+
+/// Uploads a `[batch, seq]` id matrix.
+pub fn int_tensor(a: &Array<i64>, device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(a.values.clone(), [a.shape[0], a.shape[1]]), device)
+}
+
+/// Reads a float tensor back as a flat vector.
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().expect("float tensor")
+}
+
+/// Largest |a - b| over positions whose mask is 1; `a`, `b` are `[batch, seq, vocab]` flattened.
+pub fn max_abs_diff_masked(a: &[f32], b: &[f32], mask: &[i64], vocab: usize) -> f32 {
+    assert_eq!(a.len(), b.len(), "logit tensors differ in size");
+    assert_eq!(a.len(), mask.len() * vocab);
+    let mut worst = 0.0f32;
+    for (pos, &m) in mask.iter().enumerate() {
+        if m == 0 {
+            continue;
+        }
+        for i in pos * vocab..(pos + 1) * vocab {
+            let d = (a[i] - b[i]).abs();
+            assert!(d.is_finite(), "non-finite logit at position {pos}");
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+/// Max abs logit difference the fixtures allow (their README and case.json).
+pub const LOGITS_TOLERANCE: f32 = 1e-4;
