@@ -16,13 +16,18 @@ fn check_logits(case: &str, device: &Device) {
     let mask = expected.i64("attention_mask");
     let reference = expected.f32("logits_base");
     let loaded = load_model(&case_dir(case).join("base"), device).expect("fixture loads");
-    let logits = loaded
-        .model
-        .forward(int_tensor(&ids, device), Some(&int_tensor(&mask, device)), None);
+    let logits = loaded.model.forward(
+        int_tensor(&ids, device),
+        Some(&int_tensor(&mask, device)),
+        None,
+    );
     assert_eq!(logits.dims().to_vec(), reference.shape);
     let vocab = reference.shape[2];
     let err = max_abs_diff_masked(&to_vec(logits), &reference.values, &mask.values, vocab);
-    assert!(err <= LOGITS_TOLERANCE, "{case}: max abs logit error {err:e} > {LOGITS_TOLERANCE:e}");
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "{case}: max abs logit error {err:e} > {LOGITS_TOLERANCE:e}"
+    );
 }
 
 fn check_greedy(case: &str, device: &Device) {
@@ -39,9 +44,13 @@ fn check_greedy(case: &str, device: &Device) {
         seed: 0,
         eos_token_ids: loaded.eos_token_ids.clone(),
     };
-    let out = generate(&loaded.model, &prompt, &config, device, |_| Ok(())).expect("generation runs");
+    let out =
+        generate(&loaded.model, &prompt, &config, device, |_| Ok(())).expect("generation runs");
     let want: Vec<u32> = greedy.values.iter().map(|&t| t as u32).collect();
-    assert_eq!(out, want, "{case}: greedy continuation differs from transformers'");
+    assert_eq!(
+        out, want,
+        "{case}: greedy continuation differs from transformers'"
+    );
 }
 
 /// Feeds row 0 in pieces through the cache and compares with one uncached pass.
@@ -70,7 +79,10 @@ fn check_cache(case: &str, device: &Device) {
     let cached = to_vec(Tensor::cat(pieces, 1));
     let vocab = loaded.config.vocab_size();
     let err = max_abs_diff_masked(&cached, &full, &vec![1; seq], vocab);
-    assert!(err <= LOGITS_TOLERANCE, "{case}: cached vs uncached logits differ by {err:e}");
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "{case}: cached vs uncached logits differ by {err:e}"
+    );
 }
 
 macro_rules! backend_tests {

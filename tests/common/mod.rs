@@ -12,13 +12,19 @@ use safetensors::SafeTensors;
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os("PEFT_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/hf-peft"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/hf-peft")
+        })
 }
 
 /// The folder of one fixture case, e.g. `llama-base`.
 pub fn case_dir(case: &str) -> PathBuf {
     let dir = fixtures_dir().join(case);
-    assert!(dir.is_dir(), "fixture {} is missing (set PEFT_FIXTURES)", dir.display());
+    assert!(
+        dir.is_dir(),
+        "fixture {} is missing (set PEFT_FIXTURES)",
+        dir.display()
+    );
     dir
 }
 
@@ -54,7 +60,11 @@ impl Expected {
         assert_eq!(v.dtype(), Dtype::F32, "{name}");
         Array {
             shape: v.shape().to_vec(),
-            values: v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            values: v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
         }
     }
 
@@ -63,19 +73,28 @@ impl Expected {
         assert_eq!(v.dtype(), Dtype::I64, "{name}");
         Array {
             shape: v.shape().to_vec(),
-            values: v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            values: v
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
         }
     }
 }
 
 /// Uploads a `[batch, seq]` id matrix.
 pub fn int_tensor(a: &Array<i64>, device: &Device) -> Tensor<2, Int> {
-    Tensor::from_data(TensorData::new(a.values.clone(), [a.shape[0], a.shape[1]]), device)
+    Tensor::from_data(
+        TensorData::new(a.values.clone(), [a.shape[0], a.shape[1]]),
+        device,
+    )
 }
 
 /// Reads a float tensor back as a flat vector.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().expect("float tensor")
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float tensor")
 }
 
 /// Largest |a - b| over positions whose mask is 1; `a`, `b` are `[batch, seq, vocab]` flattened.

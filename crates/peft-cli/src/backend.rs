@@ -56,7 +56,8 @@ fn auto() -> Result<SelectedDevice> {
 
 #[cfg(feature = "ndarray")]
 fn ndarray() -> Result<SelectedDevice> {
-    #[allow(deprecated)] // Burn marks ndarray deprecated in favour of flex; it stays as a reference.
+    #[allow(deprecated)]
+    // Burn marks ndarray deprecated in favour of flex; it stays as a reference.
     let device = Device::ndarray();
     Ok(SelectedDevice {
         device,
@@ -92,7 +93,9 @@ fn wgpu_devices() -> Vec<(Device, String, bool)> {
             .into_iter()
             .map(|d| {
                 let identity = d.identity();
-                let name = identity.as_ref().map_or_else(|| "unknown adapter".into(), |i| i.name.clone());
+                let name = identity
+                    .as_ref()
+                    .map_or_else(|| "unknown adapter".into(), |i| i.name.clone());
                 let is_gpu = identity.is_some_and(|i| i.physical.is_some());
                 (d, name, is_gpu)
             })

@@ -10,7 +10,9 @@ use safetensors::SafeTensors;
 fn fixtures() -> PathBuf {
     std::env::var_os("PEFT_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hf-peft"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hf-peft")
+        })
 }
 
 fn peft_cli(args: &[&str]) -> Output {
@@ -27,11 +29,24 @@ fn path_str(p: &Path) -> &str {
 /// Asserts a clean failure whose message contains every one of `needles`.
 fn assert_fails_with(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "expected exit status 1; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panicked instead of an error:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr:\n{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit status 1; stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "panicked instead of an error:\n{stderr}"
+    );
     for needle in needles {
-        assert!(stderr.contains(needle), "message lacks {needle:?}:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "message lacks {needle:?}:\n{stderr}"
+        );
     }
 }
 
@@ -65,7 +80,8 @@ fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
-    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut value);
     std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
 }
@@ -92,7 +108,11 @@ fn logits_command_reproduces_transformers_for_both_fixtures() {
             "--backend",
             "ndarray",
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         let expected_bytes = std::fs::read(&expected_path).unwrap();
         let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
@@ -102,7 +122,11 @@ fn logits_command_reproduces_transformers_for_both_fixtures() {
         let have = got.tensor("logits").unwrap();
         assert_eq!(have.dtype(), Dtype::F32);
         assert_eq!(have.shape(), want.shape());
-        let floats = |b: &[u8]| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
+        let floats = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
         let mask: Vec<i64> = expected
             .tensor("attention_mask")
             .unwrap()
@@ -128,7 +152,11 @@ fn logits_command_reproduces_transformers_for_both_fixtures() {
 fn inspect_reports_architecture_and_parameters() {
     let out = inspect(&fixtures().join("gpt2-base").join("base"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("architecture: gpt2"), "{stdout}");
     // gpt2-lora's case.json: all_params 134912 = 2048 LoRA + the base model's 132864.
     assert!(stdout.contains("parameters: 132864"), "{stdout}");
@@ -140,8 +168,23 @@ fn generate_streams_text_and_sampling_is_reproducible() {
     let model = fixtures().join("llama-base").join("base");
     let run = |seed: &str| {
         peft_cli(&[
-            "generate", "--model", path_str(&model), "--prompt", "hello world", "--max-new-tokens", "8",
-            "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--backend", "ndarray",
+            "generate",
+            "--model",
+            path_str(&model),
+            "--prompt",
+            "hello world",
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "0.8",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--backend",
+            "ndarray",
         ])
     };
     let (a, b) = (run("7"), run("7"));
@@ -173,7 +216,11 @@ fn missing_weights_file_is_named() {
 #[test]
 fn malformed_config_names_file_and_position() {
     let dir = copy_base("llama-base");
-    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"llama\",").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"llama\",",
+    )
+    .unwrap();
     assert_fails_with(&inspect(dir.path()), &["config.json", "line 1"]);
 }
 
@@ -181,7 +228,10 @@ fn malformed_config_names_file_and_position() {
 fn unknown_model_type_is_named() {
     let dir = copy_base("llama-base");
     edit_config(dir.path(), |c| c["model_type"] = "bert".into());
-    assert_fails_with(&inspect(dir.path()), &["\"bert\"", "config.json", "llama, gpt2"]);
+    assert_fails_with(
+        &inspect(dir.path()),
+        &["\"bert\"", "config.json", "llama, gpt2"],
+    );
 }
 
 #[test]
@@ -196,17 +246,30 @@ fn missing_config_key_is_named() {
 #[test]
 fn missing_tensor_is_named() {
     let dir = copy_base("llama-base");
-    edit_weights(dir.path(), |t| t.retain(|(n, ..)| n != "model.layers.1.mlp.up_proj.weight"));
-    assert_fails_with(&inspect(dir.path()), &["missing tensor", "model.layers.1.mlp.up_proj.weight"]);
+    edit_weights(dir.path(), |t| {
+        t.retain(|(n, ..)| n != "model.layers.1.mlp.up_proj.weight")
+    });
+    assert_fails_with(
+        &inspect(dir.path()),
+        &["missing tensor", "model.layers.1.mlp.up_proj.weight"],
+    );
 }
 
 #[test]
 fn unexpected_tensor_is_named() {
     let dir = copy_base("gpt2-base");
     edit_weights(dir.path(), |t| {
-        t.push(("transformer.h.9.attn.c_attn.weight".into(), Dtype::F32, vec![2], vec![0; 8]))
+        t.push((
+            "transformer.h.9.attn.c_attn.weight".into(),
+            Dtype::F32,
+            vec![2],
+            vec![0; 8],
+        ))
     });
-    assert_fails_with(&inspect(dir.path()), &["unexpected tensor", "transformer.h.9.attn.c_attn.weight"]);
+    assert_fails_with(
+        &inspect(dir.path()),
+        &["unexpected tensor", "transformer.h.9.attn.c_attn.weight"],
+    );
 }
 
 #[test]
@@ -236,11 +299,21 @@ fn bad_logits_input_is_named() {
     let view = TensorView::new(Dtype::F32, vec![1, 2], &ids).unwrap();
     safetensors::serialize_to_file([("input_ids", view)], None, &input).unwrap();
     let out = peft_cli(&[
-        "logits", "--model", path_str(&fixtures().join("llama-base").join("base")), "--input", path_str(&input),
-        "--out", path_str(&dir.path().join("out.safetensors")), "--backend", "ndarray",
+        "logits",
+        "--model",
+        path_str(&fixtures().join("llama-base").join("base")),
+        "--input",
+        path_str(&input),
+        "--out",
+        path_str(&dir.path().join("out.safetensors")),
+        "--backend",
+        "ndarray",
     ]);
     assert_fails_with(&out, &["input_ids", "I64"]);
-    assert!(!dir.path().join("out.safetensors").exists(), "no output file on failure");
+    assert!(
+        !dir.path().join("out.safetensors").exists(),
+        "no output file on failure"
+    );
 }
 
 #[test]
@@ -251,8 +324,15 @@ fn out_of_vocabulary_ids_are_refused() {
     let view = TensorView::new(Dtype::I64, vec![1, 2], &ids).unwrap();
     safetensors::serialize_to_file([("input_ids", view)], None, &input).unwrap();
     let out = peft_cli(&[
-        "logits", "--model", path_str(&fixtures().join("llama-base").join("base")), "--input", path_str(&input),
-        "--out", path_str(&dir.path().join("out.safetensors")), "--backend", "ndarray",
+        "logits",
+        "--model",
+        path_str(&fixtures().join("llama-base").join("base")),
+        "--input",
+        path_str(&input),
+        "--out",
+        path_str(&dir.path().join("out.safetensors")),
+        "--backend",
+        "ndarray",
     ]);
     assert_fails_with(&out, &["token id 384", "vocabulary"]);
 }
@@ -261,13 +341,30 @@ fn out_of_vocabulary_ids_are_refused() {
 fn generate_without_tokenizer_says_so() {
     let dir = copy_base("llama-base");
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
-    let out = peft_cli(&["generate", "--model", path_str(dir.path()), "--prompt", "hi", "--backend", "ndarray"]);
+    let out = peft_cli(&[
+        "generate",
+        "--model",
+        path_str(dir.path()),
+        "--prompt",
+        "hi",
+        "--backend",
+        "ndarray",
+    ]);
     assert_fails_with(&out, &["tokenizer.json"]);
 }
 
 #[test]
 fn chat_without_template_says_so() {
     let model = fixtures().join("llama-base").join("base");
-    let out = peft_cli(&["generate", "--model", path_str(&model), "--prompt", "hi", "--chat", "--backend", "ndarray"]);
+    let out = peft_cli(&[
+        "generate",
+        "--model",
+        path_str(&model),
+        "--prompt",
+        "hi",
+        "--chat",
+        "--backend",
+        "ndarray",
+    ]);
     assert_fails_with(&out, &["chat template"]);
 }

@@ -23,7 +23,10 @@ impl Projection {
     /// (tied embeddings): the same parameter id, so it is counted once, and a transposed view of
     /// the same memory rather than a copy.
     pub fn tied_to(embedding: &Param<Tensor<2>>) -> Self {
-        Self::new(Param::initialized(embedding.id, embedding.val().transpose()), None)
+        Self::new(
+            Param::initialized(embedding.id, embedding.val().transpose()),
+            None,
+        )
     }
 
     /// Input width.

@@ -42,10 +42,25 @@ mod tests {
     #[test]
     fn tied_parameters_are_counted_once() {
         let device = Device::flex();
-        let embedding = Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32; 12], [4, 3]), &device));
+        let embedding = Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.5f32; 12], [4, 3]),
+            &device,
+        ));
         let head = Projection::tied_to(&embedding);
         let untied = Projection::new(Param::from_tensor(Tensor::zeros([3, 4], &device)), None);
-        assert_eq!(count_parameters(&TiedPair { embedding: embedding.clone(), head }), 12);
-        assert_eq!(count_parameters(&TiedPair { embedding, head: untied }), 24);
+        assert_eq!(
+            count_parameters(&TiedPair {
+                embedding: embedding.clone(),
+                head
+            }),
+            12
+        );
+        assert_eq!(
+            count_parameters(&TiedPair {
+                embedding,
+                head: untied
+            }),
+            24
+        );
     }
 }

@@ -64,7 +64,11 @@ fn inverse_frequencies(head_dim: usize, theta: f64, kind: &RopeKind) -> Vec<f32>
             high_freq_factor,
             original_max_position_embeddings,
         } => {
-            let (factor, low, high) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32);
+            let (factor, low, high) = (
+                factor as f32,
+                low_freq_factor as f32,
+                high_freq_factor as f32,
+            );
             let old_len = original_max_position_embeddings as f32;
             let low_freq_wavelen = old_len / low;
             let high_freq_wavelen = old_len / high;
@@ -187,7 +191,10 @@ impl KvCache {
     /// the keys and values of every position so far.
     pub fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (k, v) = match self.layers[layer].take() {
-            Some((past_k, past_v)) => (Tensor::cat(vec![past_k, k], 2), Tensor::cat(vec![past_v, v], 2)),
+            Some((past_k, past_v)) => (
+                Tensor::cat(vec![past_k, k], 2),
+                Tensor::cat(vec![past_v, v], 2),
+            ),
             None => (k, v),
         };
         self.layers[layer] = Some((k.clone(), v.clone()));
@@ -228,9 +235,15 @@ mod tests {
     fn mask_is_causal_with_past_and_masks_padding() {
         let device = Device::flex();
         // One query after two cached positions sees all three keys.
-        assert_eq!(bools(attention_mask(1, 1, 2, None, &device)), vec![false, false, false]);
+        assert_eq!(
+            bools(attention_mask(1, 1, 2, None, &device)),
+            vec![false, false, false]
+        );
         // Two queries, no past: the first may not see the second.
-        assert_eq!(bools(attention_mask(1, 2, 0, None, &device)), vec![false, true, false, false]);
+        assert_eq!(
+            bools(attention_mask(1, 2, 0, None, &device)),
+            vec![false, true, false, false]
+        );
         // A padded last key is hidden from every query.
         let padding = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 0], [1, 2]), &device);
         assert_eq!(

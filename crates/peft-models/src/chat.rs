@@ -41,9 +41,12 @@ pub fn apply_chat_template(
     let mut env = Environment::new();
     // Templates written for Python Jinja call string methods (`.strip()`, `.startswith()`, ...).
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> std::result::Result<String, Error> {
-        Err(Error::new(ErrorKind::InvalidOperation, message))
-    });
+    env.add_function(
+        "raise_exception",
+        |message: String| -> std::result::Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
     env.add_template("chat", template)
         .map_err(|e| ModelError::ChatTemplate(format!("invalid template: {e}")))?;
     env.get_template("chat")

@@ -23,18 +23,25 @@ pub enum ModelConfig {
 impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = read_text(path, "model config", "config.json from a Hugging Face model folder")?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_text(
+            path,
+            "model config",
+            "config.json from a Hugging Face model folder",
+        )?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let model_type = value
             .get("model_type")
             .and_then(|v| v.as_str())
             .ok_or_else(|| ModelError::ConfigValue {
                 path: path.to_path_buf(),
                 key: "model_type".into(),
-                message: format!("missing or not a string; expected one of: {SUPPORTED_MODEL_TYPES}"),
+                message: format!(
+                    "missing or not a string; expected one of: {SUPPORTED_MODEL_TYPES}"
+                ),
             })?;
         let config = match model_type {
             "llama" => Self::Llama(parse(path, value)?),

@@ -90,7 +90,9 @@ pub enum ModelError {
         message: String,
     },
     /// A tensor is stored in a type this crate cannot convert to floats.
-    #[error("tensor {name:?} in {source_desc} has unsupported dtype {dtype}; expected F32, F16 or BF16")]
+    #[error(
+        "tensor {name:?} in {source_desc} has unsupported dtype {dtype}; expected F32, F16 or BF16"
+    )]
     UnsupportedDtype {
         /// The tensor name.
         name: String,

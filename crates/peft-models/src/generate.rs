@@ -35,9 +35,14 @@ pub fn generate(
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
     if prompt.is_empty() {
-        return Err(ModelError::InvalidInput("the prompt is empty: give at least one token".into()));
+        return Err(ModelError::InvalidInput(
+            "the prompt is empty: give at least one token".into(),
+        ));
     }
-    model.check_input(prompt.iter().map(|&t| t as i64), prompt.len() + config.max_new_tokens)?;
+    model.check_input(
+        prompt.iter().map(|&t| t as i64),
+        prompt.len() + config.max_new_tokens,
+    )?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut cache = model.new_cache();
     let mut generated = Vec::new();
@@ -45,7 +50,9 @@ pub fn generate(
     for _ in 0..config.max_new_tokens {
         let logits = model.forward(input, None, Some(&mut cache));
         let [_, seq, vocab] = logits.dims();
-        let last = logits.slice([0..1, seq - 1..seq, 0..vocab]).reshape([vocab]);
+        let last = logits
+            .slice([0..1, seq - 1..seq, 0..vocab])
+            .reshape([vocab]);
         let next = if config.temperature <= 0.0 {
             read_ints(last.argmax(0))?[0] as u32
         } else {
@@ -137,7 +144,10 @@ mod tests {
     fn top_k_one_is_argmax() {
         let mut rng = StdRng::seed_from_u64(7);
         for _ in 0..20 {
-            assert_eq!(sample(vec![0.1, 3.0, 2.9, -1.0], &config(Some(1), None), &mut rng), 1);
+            assert_eq!(
+                sample(vec![0.1, 3.0, 2.9, -1.0], &config(Some(1), None), &mut rng),
+                1
+            );
         }
     }
 
@@ -146,7 +156,10 @@ mod tests {
         // Probabilities ~[0.87, 0.12, 0.01]: p = 0.5 leaves only token 0.
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..50 {
-            assert_eq!(sample(vec![4.0, 2.0, -0.5], &config(None, Some(0.5)), &mut rng), 0);
+            assert_eq!(
+                sample(vec![4.0, 2.0, -0.5], &config(None, Some(0.5)), &mut rng),
+                0
+            );
         }
     }
 

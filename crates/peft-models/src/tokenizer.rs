@@ -2,6 +2,7 @@
 //! chat template from `tokenizer_config.json`, and incremental decoding for streamed output.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::Deserialize;
 
@@ -22,7 +23,9 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("TextTokenizer")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,7 +92,10 @@ impl TextTokenizer {
             ChatTemplates::One(s) => s,
             ChatTemplates::Named(list) => {
                 let default = list.iter().position(|t| t.name == "default").unwrap_or(0);
-                list.into_iter().nth(default).map(|t| t.template).unwrap_or_default()
+                list.into_iter()
+                    .nth(default)
+                    .map(|t| t.template)
+                    .unwrap_or_default()
             }
         });
         Ok(Self::new(
@@ -128,7 +134,9 @@ impl TextTokenizer {
 
     /// Text of `ids`, leaving out special tokens when `skip_special_tokens`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| self.error(e))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| self.error(e))
     }
 
     /// The id of a token given as text (e.g. `"<|im_end|>"`).
@@ -171,7 +179,10 @@ impl<'a> TokenStream<'a> {
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         let text = self.tokenizer.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
             return Ok(None);
         }
         let chunk = text[self.emitted..].to_string();

@@ -47,7 +47,10 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::bail!("--top-p {p} is out of range; expected a value in (0, 1]");
     }
     if args.temperature < 0.0 || !args.temperature.is_finite() {
-        anyhow::bail!("--temperature {} is out of range; expected 0 (greedy) or more", args.temperature);
+        anyhow::bail!(
+            "--temperature {} is out of range; expected 0 (greedy) or more",
+            args.temperature
+        );
     }
     let (loaded, device) = args.model.load()?;
     let tokenizer = loaded.tokenizer()?;
@@ -66,7 +69,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut eos_token_ids = loaded.eos_token_ids.clone();
     if args.chat {
         // Chat models end a turn with their EOS token text (e.g. `<|im_end|>`).
-        eos_token_ids.extend(tokenizer.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)));
+        eos_token_ids.extend(
+            tokenizer
+                .eos_token
+                .as_deref()
+                .and_then(|t| tokenizer.token_to_id(t)),
+        );
     }
     let config = SamplingConfig {
         max_new_tokens: args.max_new_tokens,

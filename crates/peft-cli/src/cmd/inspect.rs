@@ -27,7 +27,11 @@ pub fn run(args: Args) -> Result<()> {
     for (name, proj) in loaded.model.projections() {
         let bias = proj.base.bias.as_ref().map_or(0, |b| b.dims()[0]);
         let params = proj.in_features() * proj.out_features() + bias;
-        println!("{name:<44} {:>8} {:>8} {params:>12}", proj.in_features(), proj.out_features());
+        println!(
+            "{name:<44} {:>8} {:>8} {params:>12}",
+            proj.in_features(),
+            proj.out_features()
+        );
     }
     Ok(())
 }

@@ -33,11 +33,20 @@ struct IdMatrix {
 
 /// Runs the model on the input ids and writes its logits.
 pub fn run(args: Args) -> Result<()> {
-    let bytes = std::fs::read(&args.input).with_context(|| format!("cannot read input file {}", args.input.display()))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("input file {} is not a readable safetensors file", args.input.display()))?;
-    let ids = read_ids(&file, &args.input, "input_ids")?
-        .with_context(|| format!("input file {} has no tensor `input_ids` (i64 [batch, seq])", args.input.display()))?;
+    let bytes = std::fs::read(&args.input)
+        .with_context(|| format!("cannot read input file {}", args.input.display()))?;
+    let file = SafeTensors::deserialize(&bytes).with_context(|| {
+        format!(
+            "input file {} is not a readable safetensors file",
+            args.input.display()
+        )
+    })?;
+    let ids = read_ids(&file, &args.input, "input_ids")?.with_context(|| {
+        format!(
+            "input file {} has no tensor `input_ids` (i64 [batch, seq])",
+            args.input.display()
+        )
+    })?;
     let mask = read_ids(&file, &args.input, "attention_mask")?;
     if let Some(mask) = &mask {
         if mask.shape != ids.shape {
@@ -49,7 +58,10 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
         if let Some(v) = mask.values.iter().find(|&&v| v != 0 && v != 1) {
-            bail!("input file {}: `attention_mask` holds {v}; expected only 0 and 1", args.input.display());
+            bail!(
+                "input file {}: `attention_mask` holds {v}; expected only 0 and 1",
+                args.input.display()
+            );
         }
     }
     let (loaded, device) = args.model.load()?;
@@ -93,10 +105,17 @@ fn read_ids(file: &SafeTensors, path: &Path, name: &str) -> Result<Option<IdMatr
         )
     })?;
     if shape[0] == 0 || shape[1] == 0 {
-        bail!("input file {}: `{name}` is empty (shape {shape:?})", path.display());
+        bail!(
+            "input file {}: `{name}` is empty (shape {shape:?})",
+            path.display()
+        );
     }
     if view.dtype() != Dtype::I64 {
-        bail!("input file {}: `{name}` has dtype {:?}; expected I64", path.display(), view.dtype());
+        bail!(
+            "input file {}: `{name}` has dtype {:?}; expected I64",
+            path.display(),
+            view.dtype()
+        );
     }
     let values = view
         .data()

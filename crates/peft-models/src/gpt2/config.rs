@@ -102,10 +102,16 @@ impl Gpt2Config {
             }
         }
         if self.n_embd % self.n_head != 0 {
-            return Err(("n_head", format!("{} does not divide n_embd {}", self.n_head, self.n_embd)));
+            return Err((
+                "n_head",
+                format!("{} does not divide n_embd {}", self.n_head, self.n_embd),
+            ));
         }
         if !self.tie_word_embeddings {
-            return Err(("tie_word_embeddings", "GPT-2 checkpoints have no separate lm_head; expected true".into()));
+            return Err((
+                "tie_word_embeddings",
+                "GPT-2 checkpoints have no separate lm_head; expected true".into(),
+            ));
         }
         self.activation().map(|_| ())
     }

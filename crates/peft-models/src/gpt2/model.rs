@@ -24,7 +24,12 @@ pub struct Gpt2Attention {
 }
 
 impl Gpt2Attention {
-    fn forward(&self, x: Tensor<3>, mask: &Tensor<4, Bool>, cache: Option<(&mut KvCache, usize)>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: &Tensor<4, Bool>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
         let [b, s, width] = x.dims();
         let head_dim = width / self.num_heads;
         let qkv = self.c_attn.forward(x);
@@ -40,7 +45,8 @@ impl Gpt2Attention {
             None => (k, v),
         };
         let out = scaled_dot_product(q, k, v, mask, self.scale);
-        self.c_proj.forward(out.swap_dims(1, 2).reshape([b, s, width]))
+        self.c_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, width]))
     }
 }
 
@@ -107,12 +113,16 @@ impl Gpt2 {
         let [batch, seq] = input_ids.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
         let device = input_ids.device();
-        let positions = Tensor::<1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([1, seq]);
+        let positions =
+            Tensor::<1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([1, seq]);
         let mut x = embedding(self.wte.val(), input_ids) + embedding(self.wpe.val(), positions);
         let mask = attention_mask(batch, seq, past, padding_mask, &device);
         for (i, block) in self.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = x.clone() + block.attn.forward(block.ln_1.forward(x), &mask, layer_cache);
+            x = x.clone()
+                + block
+                    .attn
+                    .forward(block.ln_1.forward(x), &mask, layer_cache);
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
         }
         self.lm_head.forward(self.ln_f.forward(x))
@@ -121,14 +131,20 @@ impl Gpt2 {
     /// Builds the model from checkpoint tensors named as transformers names them, with or
     /// without the `transformer.` prefix of `GPT2LMHeadModel`.
     pub fn load(config: &Gpt2Config, w: &mut WeightLoader) -> Result<Self> {
-        let prefix = if w.contains("transformer.wte.weight") { "transformer." } else { "" };
+        let prefix = if w.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
         let (d, inner) = (config.n_embd, config.inner_dim());
         let eps = config.layer_norm_epsilon;
-        let activation = config.activation().map_err(|(key, message)| ModelError::ConfigValue {
-            path: "config.json".into(),
-            key: key.to_string(),
-            message,
-        })?;
+        let activation = config
+            .activation()
+            .map_err(|(key, message)| ModelError::ConfigValue {
+                path: "config.json".into(),
+                key: key.to_string(),
+                message,
+            })?;
         let wte = w.matrix(&format!("{prefix}wte.weight"), config.vocab_size, d)?;
         let wpe = w.matrix(&format!("{prefix}wpe.weight"), config.n_positions, d)?;
         let mut h = Vec::with_capacity(config.n_layer);
@@ -172,7 +188,9 @@ impl Gpt2 {
     /// Tensors a checkpoint may hold that this model does not need.
     pub fn is_ignorable_tensor(name: &str) -> bool {
         // Older checkpoints store the causal mask as buffers; the head is tied to `wte`.
-        name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight"
+        name.ends_with(".attn.bias")
+            || name.ends_with(".attn.masked_bias")
+            || name == "lm_head.weight"
     }
 }
 

@@ -161,9 +161,12 @@ impl LlamaConfig {
                 factor: need(section.factor, "factor")?,
                 low_freq_factor: need(section.low_freq_factor, "low_freq_factor")?,
                 high_freq_factor: need(section.high_freq_factor, "high_freq_factor")?,
-                original_max_position_embeddings: section
-                    .original_max_position_embeddings
-                    .ok_or((key, "rope type needs `original_max_position_embeddings`".into()))?,
+                original_max_position_embeddings: section.original_max_position_embeddings.ok_or(
+                    (
+                        key,
+                        "rope type needs `original_max_position_embeddings`".into(),
+                    ),
+                )?,
             }),
             other => Err((
                 key,
@@ -200,12 +203,18 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(("head_dim", format!("{} must be even for RoPE", self.head_dim())));
+            return Err((
+                "head_dim",
+                format!("{} must be even for RoPE", self.head_dim()),
+            ));
         }
         if self.hidden_act != "silu" {
             return Err((
                 "hidden_act",
-                format!("{:?} is not supported; LLaMA uses \"silu\"", self.hidden_act),
+                format!(
+                    "{:?} is not supported; LLaMA uses \"silu\"",
+                    self.hidden_act
+                ),
             ));
         }
         self.rope_kind().map(|_| ())

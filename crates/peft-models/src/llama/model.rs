@@ -7,7 +7,9 @@ use burn::tensor::{Bool, Int, Tensor};
 use peft_core::{Projection, ProjectionHost};
 
 use super::LlamaConfig;
-use crate::attention::{apply_rotary, attention_mask, repeat_kv, scaled_dot_product, KvCache, RotaryEmbedding};
+use crate::attention::{
+    apply_rotary, attention_mask, repeat_kv, scaled_dot_product, KvCache, RotaryEmbedding,
+};
 use crate::error::{ModelError, Result};
 use crate::load::WeightLoader;
 use crate::norm::RmsNorm;
@@ -51,7 +53,9 @@ impl LlamaAttention {
         let n_rep = self.num_heads / self.num_kv_heads;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = scaled_dot_product(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, scale);
-        let out = out.swap_dims(1, 2).reshape([b, s, self.num_heads * self.head_dim]);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([b, s, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 }
@@ -131,7 +135,11 @@ impl Llama {
     /// Builds the model from checkpoint tensors named as transformers' `LlamaForCausalLM` names them.
     pub fn load(config: &LlamaConfig, w: &mut WeightLoader) -> Result<Self> {
         let hidden = config.hidden_size;
-        let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
+        let (heads, kv_heads, head_dim) = (
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.head_dim(),
+        );
         let eps = config.rms_norm_eps;
         let embed_tokens = w.matrix("model.embed_tokens.weight", config.vocab_size, hidden)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -142,10 +150,34 @@ impl Llama {
             let ffn = config.intermediate_size;
             layers.push(LlamaLayer {
                 self_attn: LlamaAttention {
-                    q_proj: linear(w, &format!("{p}.self_attn.q_proj"), hidden, heads * head_dim, attn_bias)?,
-                    k_proj: linear(w, &format!("{p}.self_attn.k_proj"), hidden, kv_heads * head_dim, attn_bias)?,
-                    v_proj: linear(w, &format!("{p}.self_attn.v_proj"), hidden, kv_heads * head_dim, attn_bias)?,
-                    o_proj: linear(w, &format!("{p}.self_attn.o_proj"), heads * head_dim, hidden, attn_bias)?,
+                    q_proj: linear(
+                        w,
+                        &format!("{p}.self_attn.q_proj"),
+                        hidden,
+                        heads * head_dim,
+                        attn_bias,
+                    )?,
+                    k_proj: linear(
+                        w,
+                        &format!("{p}.self_attn.k_proj"),
+                        hidden,
+                        kv_heads * head_dim,
+                        attn_bias,
+                    )?,
+                    v_proj: linear(
+                        w,
+                        &format!("{p}.self_attn.v_proj"),
+                        hidden,
+                        kv_heads * head_dim,
+                        attn_bias,
+                    )?,
+                    o_proj: linear(
+                        w,
+                        &format!("{p}.self_attn.o_proj"),
+                        heads * head_dim,
+                        hidden,
+                        attn_bias,
+                    )?,
                     num_heads: heads,
                     num_kv_heads: kv_heads,
                     head_dim,
@@ -156,7 +188,12 @@ impl Llama {
                     down_proj: linear(w, &format!("{p}.mlp.down_proj"), ffn, hidden, mlp_bias)?,
                 },
                 input_layernorm: rms_norm(w, &format!("{p}.input_layernorm"), hidden, eps)?,
-                post_attention_layernorm: rms_norm(w, &format!("{p}.post_attention_layernorm"), hidden, eps)?,
+                post_attention_layernorm: rms_norm(
+                    w,
+                    &format!("{p}.post_attention_layernorm"),
+                    hidden,
+                    eps,
+                )?,
             });
         }
         let norm = rms_norm(w, "model.norm", hidden, eps)?;
@@ -165,12 +202,19 @@ impl Llama {
         } else {
             linear(w, "lm_head", hidden, config.vocab_size, false)?
         };
-        let rope_kind = config.rope_kind().map_err(|(key, message)| ModelError::ConfigValue {
-            path: "config.json".into(),
-            key: key.to_string(),
-            message,
-        })?;
-        let rope = RotaryEmbedding::new(head_dim, config.rope_theta(), &rope_kind, &embed_tokens.device());
+        let rope_kind = config
+            .rope_kind()
+            .map_err(|(key, message)| ModelError::ConfigValue {
+                path: "config.json".into(),
+                key: key.to_string(),
+                message,
+            })?;
+        let rope = RotaryEmbedding::new(
+            head_dim,
+            config.rope_theta(),
+            &rope_kind,
+            &embed_tokens.device(),
+        );
         Ok(Self {
             embed_tokens,
             layers,
@@ -206,7 +250,13 @@ impl ProjectionHost for Llama {
 }
 
 /// An `nn.Linear` module at HF path `path`.
-fn linear(w: &mut WeightLoader, path: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Projection> {
+fn linear(
+    w: &mut WeightLoader,
+    path: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+) -> Result<Projection> {
     let weight = w.linear_weight(&format!("{path}.weight"), d_in, d_out)?;
     let bias = if bias {
         Some(w.vector(&format!("{path}.bias"), d_out)?)

@@ -33,11 +33,13 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// The tokenizer, or an error saying the folder has none.
     pub fn tokenizer(&self) -> Result<&TextTokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| ModelError::MissingFile {
-            what: "tokenizer",
-            path: self.source.join("tokenizer.json"),
-            expected: "tokenizer.json in the model folder (needed to turn text into tokens)",
-        })
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::MissingFile {
+                what: "tokenizer",
+                path: self.source.join("tokenizer.json"),
+                expected: "tokenizer.json in the model folder (needed to turn text into tokens)",
+            })
     }
 }
 
@@ -70,7 +72,11 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
 
 /// Builds `config`'s architecture from `weights`, checking names and shapes and refusing
 /// tensors the architecture does not use.
-pub(crate) fn build(config: &ModelConfig, weights: &dyn WeightSource, device: &Device) -> Result<CausalLm> {
+pub(crate) fn build(
+    config: &ModelConfig,
+    weights: &dyn WeightSource,
+    device: &Device,
+) -> Result<CausalLm> {
     let mut loader = WeightLoader::new(weights, device);
     let model = match config {
         ModelConfig::Llama(c) => CausalLm::Llama(Llama::load(c, &mut loader)?),
@@ -96,7 +102,11 @@ fn open_weights(dir: &Path) -> Result<SafetensorsWeights> {
     }
 }
 
-fn eos_ids(dir: &Path, config: &ModelConfig, tokenizer: Option<&TextTokenizer>) -> Result<Vec<u32>> {
+fn eos_ids(
+    dir: &Path,
+    config: &ModelConfig,
+    tokenizer: Option<&TextTokenizer>,
+) -> Result<Vec<u32>> {
     let path = dir.join("generation_config.json");
     if path.exists() {
         #[derive(serde::Deserialize)]

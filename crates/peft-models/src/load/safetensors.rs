@@ -38,10 +38,11 @@ impl Shard {
             path: path.to_path_buf(),
             source,
         })?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::BadWeightsFile {
-            path: path.to_path_buf(),
-            message: format!("unreadable safetensors header: {e}"),
-        })?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::BadWeightsFile {
+                path: path.to_path_buf(),
+                message: format!("unreadable safetensors header: {e}"),
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
@@ -91,10 +92,17 @@ impl SafetensorsWeights {
             .map(|f| Shard::open(&dir.join(f)))
             .collect::<Result<Vec<_>>>()?;
         let weights = Self::from_shards(shards, index_path.display().to_string())?;
-        if let Some(name) = index.weight_map.keys().find(|n| !weights.location.contains_key(*n)) {
+        if let Some(name) = index
+            .weight_map
+            .keys()
+            .find(|n| !weights.location.contains_key(*n))
+        {
             return Err(ModelError::MissingTensor {
                 name: name.clone(),
-                source_desc: format!("{} (listed in the index, absent from its shard)", weights.description),
+                source_desc: format!(
+                    "{} (listed in the index, absent from its shard)",
+                    weights.description
+                ),
             });
         }
         Ok(weights)
@@ -134,8 +142,9 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn stored_bytes(&self, name: &str) -> u64 {
-        self.find(name)
-            .map_or(0, |(_, info)| (info.data_offsets.1 - info.data_offsets.0) as u64)
+        self.find(name).map_or(0, |(_, info)| {
+            (info.data_offsets.1 - info.data_offsets.0) as u64
+        })
     }
 
     fn read_f32(&self, name: &str) -> Result<HostTensor> {
@@ -151,11 +160,12 @@ impl WeightSource for SafetensorsWeights {
                 path: shard.path.clone(),
                 message: format!("tensor {name:?} lies beyond the end of the file"),
             })?;
-        let data = decode_floats(bytes, info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
-            name: name.to_string(),
-            dtype: format!("{:?}", info.dtype),
-            source_desc: shard.path.display().to_string(),
-        })?;
+        let data =
+            decode_floats(bytes, info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", info.dtype),
+                source_desc: shard.path.display().to_string(),
+            })?;
         Ok(HostTensor {
             shape: info.shape.clone(),
             data,
@@ -165,7 +175,11 @@ impl WeightSource for SafetensorsWeights {
 
 /// Little-endian F32, F16 or BF16 bytes as f32 values; `None` for other dtypes.
 pub(crate) fn decode_floats(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
-    let halves = || bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
+    let halves = || {
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    };
     match dtype {
         Dtype::F32 => Some(
             bytes
@@ -174,7 +188,11 @@ pub(crate) fn decode_floats(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
                 .collect(),
         ),
         Dtype::F16 => Some(halves().map(|h| half::f16::from_bits(h).to_f32()).collect()),
-        Dtype::BF16 => Some(halves().map(|h| half::bf16::from_bits(h).to_f32()).collect()),
+        Dtype::BF16 => Some(
+            halves()
+                .map(|h| half::bf16::from_bits(h).to_f32())
+                .collect(),
+        ),
         _ => None,
     }
 }

@@ -74,10 +74,13 @@ impl<'a> WeightLoader<'a> {
 
     /// Reads `name`, checking that its shape is `expected`.
     pub fn host(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor> {
-        let found = self.source.shape(name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.to_string(),
-            source_desc: self.source.describe(),
-        })?;
+        let found = self
+            .source
+            .shape(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                source_desc: self.source.describe(),
+            })?;
         if found != expected {
             return Err(ModelError::ShapeMismatch {
                 name: name.to_string(),
@@ -105,9 +108,16 @@ impl<'a> WeightLoader<'a> {
     }
 
     /// A PyTorch `nn.Linear` weight stored `[out, in]`, returned as `[in, out]`.
-    pub fn linear_weight(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Param<Tensor<2>>> {
+    pub fn linear_weight(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Param<Tensor<2>>> {
         let t = self.host(name, &[d_out, d_in])?;
-        Ok(Param::from_tensor(self.upload(transpose(&t.data, d_out, d_in), [d_in, d_out])))
+        Ok(Param::from_tensor(
+            self.upload(transpose(&t.data, d_out, d_in), [d_in, d_out]),
+        ))
     }
 
     fn upload<const D: usize>(&self, data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {

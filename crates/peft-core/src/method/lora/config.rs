@@ -1,0 +1,165 @@
+//! `LoraConfig` with Hugging Face PEFT's field names and defaults (`peft.tuners.lora.config`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PeftError, Result};
+use crate::target::{pattern_for, LayerIndices, LayersPattern, TargetModules};
+
+/// How LoRA factors start (`init_lora_weights`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LoraInit {
+    /// `true`: A Kaiming-uniform (a = √5), B zero, so training starts from the base model;
+    /// `false`: both random (only for tests, as in PEFT).
+    Default(bool),
+    /// A named scheme; only `"gaussian"` (A ~ N(0, 1/r), B zero) is implemented.
+    Named(String),
+}
+
+impl Default for LoraInit {
+    fn default() -> Self {
+        Self::Default(true)
+    }
+}
+
+/// A LoRA / rsLoRA / DoRA configuration, as `adapter_config.json` spells it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank of the update.
+    #[serde(default = "default_r")]
+    pub r: usize,
+    /// Scale numerator: the update is multiplied by `lora_alpha / r` (or `/ sqrt(r)`).
+    #[serde(default = "default_alpha")]
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA branch's input.
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Modules to adapt.
+    #[serde(default)]
+    pub target_modules: Option<TargetModules>,
+    /// Modules never to adapt.
+    #[serde(default)]
+    pub exclude_modules: Option<TargetModules>,
+    /// Whether the targets store their weight `[in, out]` (GPT-2's Conv1D).
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    /// Bias training; only `"none"` is supported.
+    #[serde(default = "default_bias")]
+    pub bias: String,
+    /// Scale by `alpha / sqrt(r)` (rsLoRA) instead of `alpha / r`.
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// Weight-decomposed LoRA.
+    #[serde(default)]
+    pub use_dora: bool,
+    /// Modules trained in full next to the adapter (e.g. `lm_head`).
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    /// Initialisation.
+    #[serde(default)]
+    pub init_lora_weights: LoraInit,
+    /// Only adapt these layer indices.
+    #[serde(default)]
+    pub layers_to_transform: Option<LayerIndices>,
+    /// Name(s) of the module list that `layers_to_transform` indexes.
+    #[serde(default)]
+    pub layers_pattern: Option<LayersPattern>,
+    /// Per-module rank overrides (pattern -> rank).
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// Per-module alpha overrides (pattern -> alpha).
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
+    /// Base model this adapter was trained on (informational).
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    /// PEFT task type (informational; e.g. `CAUSAL_LM`).
+    #[serde(default)]
+    pub task_type: Option<String>,
+    /// Whether the adapter was saved for inference (informational).
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+fn default_r() -> usize {
+    8
+}
+fn default_alpha() -> f64 {
+    8.0
+}
+fn default_bias() -> String {
+    "none".into()
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+/// Rank and scale of one adapted module.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraShape {
+    /// Rank.
+    pub rank: usize,
+    /// Multiplier of the update.
+    pub scale: f64,
+}
+
+impl LoraConfig {
+    /// Rank and scale for the module at `key`, after `rank_pattern` and `alpha_pattern`.
+    pub fn shape_for(&self, key: &str) -> Result<LoraShape> {
+        let rank = pattern_for(self.rank_pattern.keys(), key)?
+            .map_or(self.r, |p| self.rank_pattern[p]);
+        let alpha = pattern_for(self.alpha_pattern.keys(), key)?
+            .map_or(self.lora_alpha, |p| self.alpha_pattern[p]);
+        let denominator = if self.use_rslora {
+            (rank as f64).sqrt()
+        } else {
+            rank as f64
+        };
+        Ok(LoraShape {
+            rank,
+            scale: alpha / denominator,
+        })
+    }
+
+    /// Refuses what this implementation cannot honour, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &str, message: String| {
+            Err(PeftError::Config {
+                field: field.to_string(),
+                message,
+            })
+        };
+        if self.r == 0 {
+            return fail("r", "must be at least 1".into());
+        }
+        if let Some((k, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
+            return fail("rank_pattern", format!("rank for {k:?} must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return fail("lora_dropout", format!("{} is outside [0, 1)", self.lora_dropout));
+        }
+        if self.bias != "none" {
+            return fail("bias", format!("{:?} is not supported; expected \"none\"", self.bias));
+        }
+        if let LoraInit::Named(name) = &self.init_lora_weights {
+            if !name.eq_ignore_ascii_case("gaussian") {
+                return fail(
+                    "init_lora_weights",
+                    format!("{name:?} is not supported; expected true, false or \"gaussian\""),
+                );
+            }
+        }
+        if self.target_modules.is_none() {
+            return fail(
+                "target_modules",
+                "is required: a list of module names, a regex, or \"all-linear\"".into(),
+            );
+        }
+        Ok(())
+    }
+}
