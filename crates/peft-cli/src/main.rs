@@ -1,8 +1,7 @@
-//! `peft-cli`: inspect, run and (soon) fine-tune language models with parameter-efficient methods.
+//! `peft-cli`: inspect, run, merge and (soon) fine-tune language models with parameter-efficient methods.
 
 mod backend;
 mod cmd;
-mod output;
 
 use std::process::ExitCode;
 
@@ -22,8 +21,11 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Generate text from a prompt, streaming tokens to stdout.
     Generate(cmd::generate::Args),
-    /// Compute logits for token ids read from a safetensors file and write them to another.
+    /// Compute logits (and with --grads the loss and adapter gradients) for token ids read from
+    /// a safetensors file, and write them to another.
     Logits(cmd::logits::Args),
+    /// Merge an adapter into the model's weights and write a plain Hugging Face model folder.
+    Merge(cmd::merge::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Generate(args) => cmd::generate::run(args),
         Command::Logits(args) => cmd::logits::run(args),
+        Command::Merge(args) => cmd::merge::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,25 @@
-//! Adapter layers for parameter-efficient fine-tuning, and the points where they attach to a model.
+//! Adapters for parameter-efficient fine-tuning, the points where they attach to a model, and
+//! Hugging Face PEFT's adapter files.
 //!
-//! A model built on this crate holds every linear projection as a [`Projection`] and lists them by
-//! their Hugging Face module path through [`ProjectionHost`]. PEFT methods attach themselves to
-//! those projections by name; the model code does not know which methods exist.
+//! A model built on this crate holds every linear projection as a [`Projection`] and lists them
+//! by their Hugging Face module path through [`ProjectionHost`]. PEFT methods ([`method`]) attach
+//! themselves to those projections by name ([`target`]); the model code does not know which
+//! methods exist.
 
+pub mod adapters;
+pub mod error;
+pub mod format;
+pub mod method;
 pub mod projection;
 pub mod report;
+pub mod target;
 
-pub use projection::{Projection, ProjectionHost};
-pub use report::count_parameters;
+pub use adapters::{
+    active_adapter, adapter_names, attach_adapter, disable_adapters, merge_adapter,
+    merge_and_unload, set_adapter, unload_adapter, unmerge_adapter, AttachReport,
+};
+pub use error::{PeftError, Result};
+pub use format::{load_adapter, save_adapter};
+pub use method::{Adapter, AdapterConfig};
+pub use projection::{Projection, ProjectionHost, WeightLayout};
+pub use report::{count_parameters, ParameterReport};

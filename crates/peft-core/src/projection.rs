@@ -1,21 +1,86 @@
-//! The linear projection every model uses, and the trait that lists a model's projections.
+//! The linear projection every model uses, the adapters attached to it, and the trait that
+//! lists a model's projections by their Hugging Face module paths.
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
+
+use crate::error::{PeftError, Result};
+use crate::method::Adapter;
+
+/// How the checkpoint stores this projection's weight; Burn always holds it `[in, out]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightLayout {
+    /// `torch.nn.Linear`: `[out, in]`.
+    #[default]
+    Linear,
+    /// transformers' `Conv1D` (GPT-2): `[in, out]`.
+    Conv1D,
+}
+
+/// An adapter attached under a name.
+#[derive(Module, Debug)]
+pub struct NamedAdapter {
+    /// The adapter's name (`default` unless the user chose another).
+    #[module(skip)]
+    pub name: String,
+    /// The layer.
+    pub adapter: Adapter,
+}
+
+/// A full trainable copy of the projection that replaces it while its adapter is active
+/// (PEFT's `modules_to_save`).
+#[derive(Module, Debug)]
+pub struct SavedCopy {
+    /// The adapter it belongs to.
+    #[module(skip)]
+    pub name: String,
+    /// The copy.
+    pub layer: Linear,
+}
+
+/// Which adapter runs, and what is merged into the base weight.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterState {
+    /// The active adapter; `None` runs the base alone.
+    pub active: Option<String>,
+    /// The adapter merged into `base.weight`, with what unmerging needs.
+    pub merged: Option<(String, Option<Tensor<1>>)>,
+}
 
 /// A linear projection `y = x W + b` with `W` stored `[in, out]`, the point where adapters attach.
 #[derive(Module, Debug)]
 pub struct Projection {
     /// The frozen base layer.
     pub base: Linear,
+    /// Adapters attached here.
+    pub adapters: Vec<NamedAdapter>,
+    /// Trainable full copies (`modules_to_save`).
+    pub saved: Vec<SavedCopy>,
+    /// Layout of the weight in Hugging Face checkpoints.
+    #[module(skip)]
+    pub layout: WeightLayout,
+    /// Active and merged adapters.
+    #[module(skip)]
+    pub state: AdapterState,
 }
 
 impl Projection {
-    /// A projection from a weight stored `[in, out]` and an optional bias `[out]`.
-    pub fn new(weight: Param<Tensor<2>>, bias: Option<Param<Tensor<1>>>) -> Self {
+    /// A frozen projection from a weight stored `[in, out]` and an optional bias `[out]`.
+    pub fn new(
+        weight: Param<Tensor<2>>,
+        bias: Option<Param<Tensor<1>>>,
+        layout: WeightLayout,
+    ) -> Self {
         Self {
-            base: Linear { weight, bias },
+            base: Linear {
+                weight: weight.set_require_grad(false),
+                bias: bias.map(|b| b.set_require_grad(false)),
+            },
+            adapters: Vec::new(),
+            saved: Vec::new(),
+            layout,
+            state: AdapterState::default(),
         }
     }
 
@@ -26,6 +91,7 @@ impl Projection {
         Self::new(
             Param::initialized(embedding.id, embedding.val().transpose()),
             None,
+            WeightLayout::Linear,
         )
     }
 
@@ -39,10 +105,148 @@ impl Projection {
         self.base.weight.dims()[1]
     }
 
-    /// Applies the projection to the last dimension of `x`.
+    /// Applies the projection, with the active adapter, to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.base.forward(x)
+        let Some(active) = self.state.active.as_deref() else {
+            return self.base.forward(x);
+        };
+        if let Some(copy) = self.saved.iter().find(|c| c.name == active) {
+            return copy.layer.forward(x);
+        }
+        let base_out = self.base.forward(x.clone());
+        let merged = self
+            .state
+            .merged
+            .as_ref()
+            .is_some_and(|(name, _)| name == active);
+        match self.adapter(active) {
+            Some(adapter) if !merged => adapter.forward(x, base_out, &self.base),
+            _ => base_out,
+        }
     }
+
+    /// The adapter attached under `name`.
+    pub fn adapter(&self, name: &str) -> Option<&Adapter> {
+        self.adapters
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| &a.adapter)
+    }
+
+    /// Whether anything (an adapter or a saved copy) is attached under `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.adapters.iter().any(|a| a.name == name) || self.saved.iter().any(|c| c.name == name)
+    }
+
+    /// Attaches `adapter` under `name` (not activated).
+    pub fn attach(&mut self, name: &str, adapter: Adapter) {
+        self.adapters.push(NamedAdapter {
+            name: name.to_string(),
+            adapter,
+        });
+    }
+
+    /// Attaches a trainable copy of the base under `name` (not activated).
+    pub fn attach_copy(&mut self, name: &str) {
+        let layer = Linear {
+            weight: Param::from_tensor(self.base.weight.val().detach()),
+            bias: self
+                .base
+                .bias
+                .as_ref()
+                .map(|b| Param::from_tensor(b.val().detach())),
+        };
+        self.saved.push(SavedCopy {
+            name: name.to_string(),
+            layer,
+        });
+    }
+
+    /// Removes everything attached under `name`; refuses while it is merged.
+    pub fn detach(&mut self, name: &str, module: &str) -> Result<()> {
+        if self.state.merged.as_ref().is_some_and(|(n, _)| n == name) {
+            return Err(PeftError::State(format!(
+                "adapter {name:?} is merged into {module}; unmerge it before unloading"
+            )));
+        }
+        self.adapters.retain(|a| a.name != name);
+        self.saved.retain(|c| c.name != name);
+        if self.state.active.as_deref() == Some(name) {
+            self.state.active = None;
+        }
+        Ok(())
+    }
+
+    /// Merges the active adapter into the base weight (in f32). With `safe`, a result holding
+    /// NaN or Inf is refused and the weight left as it was.
+    pub fn merge(&mut self, module: &str, safe: bool) -> Result<()> {
+        let Some(active) = self.state.active.clone() else {
+            return Ok(());
+        };
+        if let Some((merged, _)) = &self.state.merged {
+            return Err(PeftError::State(format!(
+                "{module} already has adapter {merged:?} merged; unmerge it first"
+            )));
+        }
+        let Some(adapter) = self.adapter(&active) else {
+            return Ok(());
+        };
+        let weight = self.base.weight.val();
+        let memo = adapter.merge_memo(weight.clone());
+        let merged = adapter.merged_weight(weight).detach();
+        if safe && !is_finite(&merged)? {
+            return Err(PeftError::UnsafeMerge {
+                adapter: active,
+                module: module.to_string(),
+            });
+        }
+        self.set_base_weight(merged);
+        self.state.merged = Some((active, memo));
+        Ok(())
+    }
+
+    /// Takes the merged adapter back out of the base weight.
+    pub fn unmerge(&mut self) {
+        let Some((name, memo)) = self.state.merged.take() else {
+            return;
+        };
+        if let Some(adapter) = self.adapter(&name) {
+            let restored = adapter
+                .unmerged_weight(self.base.weight.val(), memo)
+                .detach();
+            self.set_base_weight(restored);
+        }
+    }
+
+    /// Makes the merged weights permanent and drops every adapter (PEFT's `merge_and_unload`).
+    pub fn unload(&mut self) {
+        if let Some(copy_name) = self.state.active.clone() {
+            if let Some(i) = self.saved.iter().position(|c| c.name == copy_name) {
+                let copy = self.saved.swap_remove(i);
+                self.base = Linear {
+                    weight: copy.layer.weight.set_require_grad(false),
+                    bias: copy.layer.bias.map(|b| b.set_require_grad(false)),
+                };
+            }
+        }
+        self.adapters.clear();
+        self.saved.clear();
+        self.state = AdapterState::default();
+    }
+
+    fn set_base_weight(&mut self, weight: Tensor<2>) {
+        // A new id: a merged weight is a different tensor (and no longer tied to an embedding).
+        self.base.weight = Param::from_tensor(weight).set_require_grad(false);
+    }
+}
+
+fn is_finite(t: &Tensor<2>) -> Result<bool> {
+    let bad = t.clone().is_nan().bool_or(t.clone().is_inf()).any();
+    bad.into_data()
+        .iter::<bool>()
+        .next()
+        .map(|b| !b)
+        .ok_or_else(|| PeftError::Backend("empty result of a finiteness check".into()))
 }
 
 /// A model whose projections can be found by their Hugging Face module paths.
@@ -50,4 +254,7 @@ pub trait ProjectionHost {
     /// Every projection with its full Hugging Face module path, in model order
     /// (e.g. `model.layers.0.self_attn.q_proj`, `transformer.h.0.attn.c_attn`, `lm_head`).
     fn projections(&self) -> Vec<(String, &Projection)>;
+
+    /// The same, mutable, for attaching, activating and merging adapters.
+    fn projections_mut(&mut self) -> Vec<(String, &mut Projection)>;
 }

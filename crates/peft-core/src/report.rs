@@ -1,16 +1,73 @@
-//! Parameter counts, as PEFT counts them: each parameter once, even where it is shared (tied
-//! embeddings).
+//! Parameter counts, as PEFT counts them (`print_trainable_parameters`): each parameter once,
+//! even where it is shared (tied embeddings); trainable means the active adapter's tensors.
 
 use std::collections::HashSet;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 
+use crate::projection::ProjectionHost;
+
 /// Number of float parameters (elements) in `module`, each shared parameter counted once.
 pub fn count_parameters<M: Module>(module: &M) -> usize {
     let mut counter = Counter::default();
     module.visit(&mut counter);
     counter.total
+}
+
+/// Trainable and total parameter counts of a model with adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterReport {
+    /// Parameters of the active adapter (and its `modules_to_save` copies).
+    pub trainable: usize,
+    /// Every parameter: base, every adapter, every copy.
+    pub total: usize,
+}
+
+impl ParameterReport {
+    /// Counts `model`'s parameters.
+    pub fn of<M: Module + ProjectionHost>(model: &M) -> Self {
+        let mut trainable = 0;
+        for (_, proj) in model.projections() {
+            let Some(active) = proj.state.active.as_deref() else {
+                continue;
+            };
+            trainable += proj
+                .adapters
+                .iter()
+                .filter(|a| a.name == active)
+                .map(count_parameters)
+                .sum::<usize>();
+            trainable += proj
+                .saved
+                .iter()
+                .filter(|c| c.name == active)
+                .map(count_parameters)
+                .sum::<usize>();
+        }
+        Self {
+            trainable,
+            total: count_parameters(model),
+        }
+    }
+
+    /// Trainable share in percent.
+    pub fn trainable_percent(&self) -> f64 {
+        100.0 * self.trainable as f64 / self.total.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for ParameterReport {
+    /// PEFT's line: `trainable params: N || all params: M || trainable%: P`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            self.trainable,
+            self.total,
+            self.trainable_percent()
+        )
+    }
 }
 
 #[derive(Default)]
@@ -30,7 +87,7 @@ impl ModuleVisitor for Counter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Projection;
+    use crate::{Projection, WeightLayout};
     use burn::tensor::{Device, TensorData};
 
     #[derive(Module, Debug)]
@@ -47,7 +104,11 @@ mod tests {
             &device,
         ));
         let head = Projection::tied_to(&embedding);
-        let untied = Projection::new(Param::from_tensor(Tensor::zeros([3, 4], &device)), None);
+        let untied = Projection::new(
+            Param::from_tensor(Tensor::zeros([3, 4], &device)),
+            None,
+            WeightLayout::Linear,
+        );
         assert_eq!(
             count_parameters(&TiedPair {
                 embedding: embedding.clone(),

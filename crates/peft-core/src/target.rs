@@ -70,9 +70,13 @@ impl Compiled {
 
     fn matches(&self, key: &str) -> bool {
         match self {
-            Self::Names(names) => names.iter().any(|n| key == n || key.ends_with(&format!(".{n}"))),
+            Self::Names(names) => names
+                .iter()
+                .any(|n| key == n || key.ends_with(&format!(".{n}"))),
             Self::Regex(re) => re.is_match(key),
-            Self::AllLinear => !OUTPUT_HEADS.iter().any(|h| key == *h || key.ends_with(&format!(".{h}"))),
+            Self::AllLinear => !OUTPUT_HEADS
+                .iter()
+                .any(|h| key == *h || key.ends_with(&format!(".{h}"))),
         }
     }
 }
@@ -114,7 +118,9 @@ impl TargetMatcher {
         };
         Ok(Self {
             targets: Compiled::new(targets, "target_modules")?,
-            exclude: exclude.map(|e| Compiled::new(e, "exclude_modules")).transpose()?,
+            exclude: exclude
+                .map(|e| Compiled::new(e, "exclude_modules"))
+                .transpose()?,
             layers: layers.map(|l| match l {
                 LayerIndices::One(i) => vec![*i],
                 LayerIndices::Many(v) => v.clone(),
@@ -148,7 +154,10 @@ impl TargetMatcher {
 
 /// The key of `patterns` that applies to `key` (PEFT's `get_pattern_key`: the first pattern `p`
 /// with `re.match(r"(.*\.)?(p)$", key)`), for `rank_pattern` and `alpha_pattern`.
-pub fn pattern_for<'a>(patterns: impl IntoIterator<Item = &'a String>, key: &str) -> Result<Option<&'a String>> {
+pub fn pattern_for<'a>(
+    patterns: impl IntoIterator<Item = &'a String>,
+    key: &str,
+) -> Result<Option<&'a String>> {
     for p in patterns {
         let re = Regex::new(&format!(r"^(?:.*\.)?(?:{p})$")).map_err(|e| PeftError::Config {
             field: "rank_pattern/alpha_pattern".into(),
@@ -179,16 +188,24 @@ mod tests {
 
     #[test]
     fn regex_must_match_the_whole_path() {
-        let m = TargetMatcher::new(&TargetModules::Pattern(r".*\.0\..*q_proj".into()), None, None, None).unwrap();
+        let m = TargetMatcher::new(
+            &TargetModules::Pattern(r".*\.0\..*q_proj".into()),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
         assert!(m.matches("model.layers.0.self_attn.q_proj"));
         assert!(!m.matches("model.layers.1.self_attn.q_proj"));
-        let partial = TargetMatcher::new(&TargetModules::Pattern("q_proj".into()), None, None, None).unwrap();
+        let partial =
+            TargetMatcher::new(&TargetModules::Pattern("q_proj".into()), None, None, None).unwrap();
         assert!(!partial.matches("model.layers.0.self_attn.q_proj"));
     }
 
     #[test]
     fn all_linear_leaves_out_the_head() {
-        let m = TargetMatcher::new(&TargetModules::Pattern(ALL_LINEAR.into()), None, None, None).unwrap();
+        let m = TargetMatcher::new(&TargetModules::Pattern(ALL_LINEAR.into()), None, None, None)
+            .unwrap();
         assert!(m.matches("model.layers.0.mlp.down_proj"));
         assert!(!m.matches("lm_head"));
     }
@@ -200,7 +217,8 @@ mod tests {
         assert!(!m.matches("model.layers.0.self_attn.q_proj"));
         assert!(m.matches("model.layers.1.self_attn.q_proj"));
         let pattern = LayersPattern::One("h".into());
-        let m = TargetMatcher::new(&names(&["c_attn"]), None, Some(&only_1), Some(&pattern)).unwrap();
+        let m =
+            TargetMatcher::new(&names(&["c_attn"]), None, Some(&only_1), Some(&pattern)).unwrap();
         assert!(m.matches("transformer.h.1.attn.c_attn"));
         assert!(!m.matches("transformer.h.0.attn.c_attn"));
     }
@@ -208,7 +226,13 @@ mod tests {
     #[test]
     fn excluded_modules_never_match() {
         let ex = names(&["v_proj"]);
-        let m = TargetMatcher::new(&TargetModules::Pattern(ALL_LINEAR.into()), Some(&ex), None, None).unwrap();
+        let m = TargetMatcher::new(
+            &TargetModules::Pattern(ALL_LINEAR.into()),
+            Some(&ex),
+            None,
+            None,
+        )
+        .unwrap();
         assert!(!m.matches("model.layers.0.self_attn.v_proj"));
         assert!(m.matches("model.layers.0.self_attn.k_proj"));
     }
@@ -216,8 +240,17 @@ mod tests {
     #[test]
     fn pattern_keys_match_suffixes() {
         let keys = vec!["q_proj".to_string(), r"layers\.1\..*v_proj".to_string()];
-        assert_eq!(pattern_for(&keys, "model.layers.0.self_attn.q_proj").unwrap(), Some(&keys[0]));
-        assert_eq!(pattern_for(&keys, "model.layers.1.self_attn.v_proj").unwrap(), Some(&keys[1]));
-        assert_eq!(pattern_for(&keys, "model.layers.0.self_attn.v_proj").unwrap(), None);
+        assert_eq!(
+            pattern_for(&keys, "model.layers.0.self_attn.q_proj").unwrap(),
+            Some(&keys[0])
+        );
+        assert_eq!(
+            pattern_for(&keys, "model.layers.1.self_attn.v_proj").unwrap(),
+            Some(&keys[1])
+        );
+        assert_eq!(
+            pattern_for(&keys, "model.layers.0.self_attn.v_proj").unwrap(),
+            None
+        );
     }
 }

@@ -85,6 +85,13 @@ impl ProjectionHost for CausalLm {
             Self::Gpt2(m) => m.projections(),
         }
     }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        match self {
+            Self::Llama(m) => m.projections_mut(),
+            Self::Gpt2(m) => m.projections_mut(),
+        }
+    }
 }
 
 /// Whether a checkpoint tensor may be left unused by `config`'s architecture.

@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<()> {
             args.temperature
         );
     }
-    let (loaded, device) = args.model.load()?;
+    let (loaded, device) = args.model.load(false)?;
     let tokenizer = loaded.tokenizer()?;
     let (text, add_special_tokens) = if args.chat {
         let mut messages = Vec::new();

@@ -1,15 +1,18 @@
 //! `peft-cli logits`: the parity tool. Reads `input_ids` and `attention_mask` (i64,
-//! `[batch, seq]`) from a safetensors file and writes `logits` (f32, `[batch, seq, vocab]`).
+//! `[batch, seq]`) from a safetensors file and writes `logits` (f32, `[batch, seq, vocab]`); with
+//! `--grads`, also `loss` and the gradient of every adapter tensor.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use safetensors::tensor::{Dtype, TensorView};
+use peft_core::format::{adapter_tensors, to_safetensors, write_atomic, FileTensor};
+use peft_models::loss::{causal_lm_loss, IGNORE_INDEX};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
-use super::ModelArgs;
-use crate::output::write_atomic;
+use super::{ModelArgs, ADAPTER_NAME};
 
 /// Arguments of `logits`.
 #[derive(clap::Args, Debug)]
@@ -23,6 +26,12 @@ pub struct Args {
     /// Where to write the safetensors file with `logits` (f32 `[batch, seq, vocab]`).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Also compute the causal-LM loss against `labels` (i64 `[batch, seq]` in the input file,
+    /// -100 = no loss; shifted left by one inside, as transformers does) and write `loss` (f32
+    /// `[1]`) and `grad.<key>` for every adapter tensor, keyed as in adapter_model.safetensors.
+    /// Needs --adapter.
+    #[arg(long)]
+    grads: bool,
 }
 
 /// A `[batch, seq]` matrix of i64 read from the input file.
@@ -64,7 +73,39 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let (loaded, device) = args.model.load()?;
+    let labels = if args.grads {
+        if args.model.adapter.is_none() {
+            bail!("--grads needs --adapter DIR: gradients are computed for adapter tensors");
+        }
+        let labels = read_ids(&file, &args.input, "labels")?.with_context(|| {
+            format!(
+                "--grads: input file {} has no tensor `labels` (i64 [batch, seq])",
+                args.input.display()
+            )
+        })?;
+        if labels.shape != ids.shape {
+            bail!(
+                "input file {}: `labels` has shape {:?} but `input_ids` has {:?}; they must match",
+                args.input.display(),
+                labels.shape,
+                ids.shape
+            );
+        }
+        if !labels
+            .values
+            .chunks(ids.shape[1])
+            .any(|row| row[1..].iter().any(|&l| l != IGNORE_INDEX))
+        {
+            bail!(
+                "input file {}: `labels` has no position with a loss (all -100 after the shift)",
+                args.input.display()
+            );
+        }
+        Some(labels)
+    } else {
+        None
+    };
+    let (loaded, device) = args.model.load(args.grads)?;
     loaded
         .model
         .check_input(ids.values.iter().copied(), ids.shape[1])
@@ -74,16 +115,18 @@ pub fn run(args: Args) -> Result<()> {
         mask.as_ref().map(|m| upload(m, &device)).as_ref(),
         None,
     );
+    let mut outputs = BTreeMap::new();
+    if let Some(labels) = &labels {
+        let loss = causal_lm_loss(logits.clone(), upload(labels, &device));
+        let grads = loss.backward();
+        outputs.insert("loss".to_string(), FileTensor::read(loss.detach())?);
+        for (key, grad) in adapter_tensors(&loaded.model, ADAPTER_NAME, Some(&grads))? {
+            outputs.insert(format!("grad.{key}"), grad);
+        }
+    }
     let shape = logits.dims();
-    let data = logits
-        .try_into_data()
-        .map_err(|e| anyhow::anyhow!("reading logits from the device failed: {e:?}"))?
-        .try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("logits are not f32: {e:?}"))?;
-    let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(Dtype::F32, shape.to_vec(), &raw)?;
-    let serialized = safetensors::serialize([("logits", view)], None)?;
-    write_atomic(&args.out, &serialized)?;
+    outputs.insert("logits".to_string(), FileTensor::read(logits.detach())?);
+    write_atomic(&args.out, &to_safetensors(&outputs)?)?;
     eprintln!("wrote logits {:?} to {}", shape, args.out.display());
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod merge;
 
 use std::path::PathBuf;
 
@@ -12,6 +13,9 @@ use peft_models::LoadedModel;
 
 use crate::backend::{self, BackendChoice};
 
+/// Name under which `--adapter` is loaded (PEFT's default adapter name).
+pub const ADAPTER_NAME: &str = "default";
+
 /// Options of every command that loads a model and computes.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
@@ -19,6 +23,10 @@ pub struct ModelArgs {
     /// safetensors, tokenizer.json).
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
+    /// A PEFT adapter folder (adapter_config.json, adapter_model.safetensors) to apply to the model,
+    /// as saved by Hugging Face PEFT or by peft-cli.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Compute backend. `auto` picks CUDA, then a real GPU through WGPU, then the CPU, and
     /// says which it picked.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
@@ -26,12 +34,22 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Selects the device (telling the user on stderr) and loads the model onto it.
-    pub fn load(&self) -> Result<(LoadedModel, Device)> {
+    /// Selects the device (telling the user on stderr), loads the model and the adapter onto
+    /// it; `autodiff` prepares the device for gradients.
+    pub fn load(&self, autodiff: bool) -> Result<(LoadedModel, Device)> {
         let selected = backend::select(self.backend)?;
         eprintln!("backend: {}", selected.description);
-        let loaded = peft_models::load_model(&self.model, &selected.device)
+        let device = if autodiff {
+            selected.device.autodiff()
+        } else {
+            selected.device
+        };
+        let mut loaded = peft_models::load_model(&self.model, &device)
             .with_context(|| format!("cannot load model {}", self.model.display()))?;
-        Ok((loaded, selected.device))
+        if let Some(dir) = &self.adapter {
+            peft_core::load_adapter(&mut loaded.model, ADAPTER_NAME, dir)
+                .with_context(|| format!("cannot load adapter {}", dir.display()))?;
+        }
+        Ok((loaded, device))
     }
 }

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor};
-use peft_core::{Projection, ProjectionHost};
+use peft_core::{Projection, ProjectionHost, WeightLayout};
 
 use super::{Activation, Gpt2Config};
 use crate::attention::{attention_mask, scaled_dot_product, KvCache};
@@ -207,6 +207,19 @@ impl ProjectionHost for Gpt2 {
         out.push(("lm_head".to_string(), &self.lm_head));
         out
     }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        let mut out = Vec::new();
+        for (i, b) in self.h.iter_mut().enumerate() {
+            let p = format!("transformer.h.{i}");
+            out.push((format!("{p}.attn.c_attn"), &mut b.attn.c_attn));
+            out.push((format!("{p}.attn.c_proj"), &mut b.attn.c_proj));
+            out.push((format!("{p}.mlp.c_fc"), &mut b.mlp.c_fc));
+            out.push((format!("{p}.mlp.c_proj"), &mut b.mlp.c_proj));
+        }
+        out.push(("lm_head".to_string(), &mut self.lm_head));
+        out
+    }
 }
 
 /// A transformers `Conv1D` module: weight stored `[in, out]`, always with a bias.
@@ -214,6 +227,7 @@ fn conv1d(w: &mut WeightLoader, path: &str, d_in: usize, d_out: usize) -> Result
     Ok(Projection::new(
         w.matrix(&format!("{path}.weight"), d_in, d_out)?,
         Some(w.vector(&format!("{path}.bias"), d_out)?),
+        WeightLayout::Conv1D,
     ))
 }
 

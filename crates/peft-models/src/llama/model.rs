@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor};
-use peft_core::{Projection, ProjectionHost};
+use peft_core::{Projection, ProjectionHost, WeightLayout};
 
 use super::LlamaConfig;
 use crate::attention::{
@@ -235,16 +235,34 @@ impl ProjectionHost for Llama {
     fn projections(&self) -> Vec<(String, &Projection)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &l.self_attn.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &l.self_attn.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &l.self_attn.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &l.self_attn.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &l.mlp.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &l.mlp.down_proj));
+            out.push((format!("{p}.self_attn.q_proj"), &a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &m.down_proj));
         }
         out.push(("lm_head".to_string(), &self.lm_head));
+        out
+    }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out.push(("lm_head".to_string(), &mut self.lm_head));
         out
     }
 }
@@ -263,7 +281,7 @@ fn linear(
     } else {
         None
     };
-    Ok(Projection::new(weight, bias))
+    Ok(Projection::new(weight, bias, WeightLayout::Linear))
 }
 
 fn rms_norm(w: &mut WeightLoader, path: &str, hidden: usize, eps: f64) -> Result<RmsNorm> {

@@ -98,13 +98,13 @@ impl<'a> WeightLoader<'a> {
     /// A 1-D parameter of length `len`.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<1>>> {
         let t = self.host(name, &[len])?;
-        Ok(Param::from_tensor(self.upload(t.data, [len])))
+        Ok(frozen(self.upload(t.data, [len])))
     }
 
     /// A 2-D parameter stored as `[rows, cols]` and kept in that layout (embeddings, Conv1D).
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Param<Tensor<2>>> {
         let t = self.host(name, &[rows, cols])?;
-        Ok(Param::from_tensor(self.upload(t.data, [rows, cols])))
+        Ok(frozen(self.upload(t.data, [rows, cols])))
     }
 
     /// A PyTorch `nn.Linear` weight stored `[out, in]`, returned as `[in, out]`.
@@ -145,8 +145,13 @@ impl<'a> WeightLoader<'a> {
     }
 }
 
+/// Base weights are frozen: adapters, not the model, are trained.
+fn frozen<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t).set_require_grad(false)
+}
+
 /// Row-major transpose of a `[rows, cols]` matrix.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; data.len()];
     for r in 0..rows {
         for c in 0..cols {

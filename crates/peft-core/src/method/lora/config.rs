@@ -111,8 +111,8 @@ pub struct LoraShape {
 impl LoraConfig {
     /// Rank and scale for the module at `key`, after `rank_pattern` and `alpha_pattern`.
     pub fn shape_for(&self, key: &str) -> Result<LoraShape> {
-        let rank = pattern_for(self.rank_pattern.keys(), key)?
-            .map_or(self.r, |p| self.rank_pattern[p]);
+        let rank =
+            pattern_for(self.rank_pattern.keys(), key)?.map_or(self.r, |p| self.rank_pattern[p]);
         let alpha = pattern_for(self.alpha_pattern.keys(), key)?
             .map_or(self.lora_alpha, |p| self.alpha_pattern[p]);
         let denominator = if self.use_rslora {
@@ -141,10 +141,16 @@ impl LoraConfig {
             return fail("rank_pattern", format!("rank for {k:?} must be at least 1"));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            return fail("lora_dropout", format!("{} is outside [0, 1)", self.lora_dropout));
+            return fail(
+                "lora_dropout",
+                format!("{} is outside [0, 1)", self.lora_dropout),
+            );
         }
         if self.bias != "none" {
-            return fail("bias", format!("{:?} is not supported; expected \"none\"", self.bias));
+            return fail(
+                "bias",
+                format!("{:?} is not supported; expected \"none\"", self.bias),
+            );
         }
         if let LoraInit::Named(name) = &self.init_lora_weights {
             if !name.eq_ignore_ascii_case("gaussian") {

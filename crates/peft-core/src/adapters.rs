@@ -1,0 +1,180 @@
+//! What a user does with adapters on a model: attach (by target names), activate, disable,
+//! merge and unmerge, unload; as Hugging Face PEFT's `PeftModel` offers it.
+
+use std::collections::BTreeSet;
+
+use regex::Regex;
+
+use crate::error::{PeftError, Result};
+use crate::method::AdapterConfig;
+use crate::projection::ProjectionHost;
+use crate::target::TargetModules;
+
+/// What attaching touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachReport {
+    /// Modules that received an adapter layer.
+    pub adapted: Vec<String>,
+    /// Modules that received a trainable copy (`modules_to_save`).
+    pub saved: Vec<String>,
+}
+
+/// The adapter names attached anywhere on `model`, sorted.
+pub fn adapter_names(model: &impl ProjectionHost) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for (_, p) in model.projections() {
+        names.extend(p.adapters.iter().map(|a| a.name.clone()));
+        names.extend(p.saved.iter().map(|c| c.name.clone()));
+    }
+    names.into_iter().collect()
+}
+
+/// The active adapter, if any.
+pub fn active_adapter(model: &impl ProjectionHost) -> Option<String> {
+    model
+        .projections()
+        .into_iter()
+        .find_map(|(_, p)| p.state.active.clone())
+}
+
+/// Attaches a new adapter `name` as `config` says, freshly initialised, and activates it when
+/// no other adapter is active. Fails, listing the model's modules, if no target matches.
+pub fn attach_adapter(
+    model: &mut impl ProjectionHost,
+    name: &str,
+    config: &AdapterConfig,
+) -> Result<AttachReport> {
+    config.validate()?;
+    if adapter_names(model).iter().any(|n| n == name) {
+        return Err(PeftError::DuplicateAdapter(name.to_string()));
+    }
+    let matcher = config.matcher()?;
+    let to_save = config
+        .modules_to_save()
+        .iter()
+        .map(|m| {
+            // PEFT: re.match(rf"(^|.*\.){m}($|\..*)", key)
+            Regex::new(&format!(r"^(?:|.*\.)(?:{m})(?:$|\..*)")).map_err(|e| PeftError::Config {
+                field: "modules_to_save".into(),
+                message: format!("{m:?}: {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Check every target before changing anything.
+    let mut report = AttachReport::default();
+    for (key, _) in model.projections() {
+        if to_save.iter().any(|re| re.is_match(&key)) {
+            report.saved.push(key);
+        } else if matcher.matches(&key) {
+            report.adapted.push(key);
+        }
+    }
+    if report.adapted.is_empty() {
+        let available: Vec<String> = model.projections().into_iter().map(|(k, _)| k).collect();
+        return Err(PeftError::NoTargetMatched {
+            targets: describe_targets(config.targets()),
+            available: available.join(", "),
+        });
+    }
+    for module in config.modules_to_save() {
+        if !report
+            .saved
+            .iter()
+            .any(|k| k == module || k.ends_with(&format!(".{module}")))
+        {
+            return Err(PeftError::Config {
+                field: "modules_to_save".into(),
+                message: format!("{module:?} matches no projection of the model"),
+            });
+        }
+    }
+    let activate = active_adapter(model).is_none();
+    for (key, proj) in model.projections_mut() {
+        if report.saved.contains(&key) {
+            proj.attach_copy(name);
+        } else if report.adapted.contains(&key) {
+            let layer = config.new_layer(&key, &proj.base)?;
+            proj.attach(name, layer);
+        }
+    }
+    if activate {
+        set_adapter(model, name)?;
+    }
+    Ok(report)
+}
+
+fn describe_targets(targets: Option<&TargetModules>) -> String {
+    match targets {
+        Some(TargetModules::Names(n)) => format!("{n:?}"),
+        Some(TargetModules::Pattern(p)) => format!("{p:?}"),
+        None => "(none)".into(),
+    }
+}
+
+/// Makes `name` the adapter that runs.
+pub fn set_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()> {
+    let names = adapter_names(model);
+    if !names.iter().any(|n| n == name) {
+        return Err(PeftError::UnknownAdapter {
+            name: name.to_string(),
+            available: names.join(", "),
+        });
+    }
+    for (_, proj) in model.projections_mut() {
+        proj.state.active = Some(name.to_string());
+    }
+    Ok(())
+}
+
+/// Runs the base model alone (adapters stay attached); returns the adapter that was active.
+pub fn disable_adapters(model: &mut impl ProjectionHost) -> Option<String> {
+    let previous = active_adapter(model);
+    for (_, proj) in model.projections_mut() {
+        proj.state.active = None;
+    }
+    previous
+}
+
+/// Removes adapter `name` from every module (PEFT's `delete_adapter`).
+pub fn unload_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()> {
+    for (key, proj) in model.projections_mut() {
+        proj.detach(name, &key)?;
+    }
+    Ok(())
+}
+
+/// Merges the active adapter into the base weights (in f32). With `safe`, a merge that would
+/// put NaN or Inf into a weight is refused, naming the module; modules merged before it are
+/// unmerged again, so the model is left as it was.
+pub fn merge_adapter(model: &mut impl ProjectionHost, safe: bool) -> Result<()> {
+    let mut failure = None;
+    for (key, proj) in model.projections_mut() {
+        if let Err(e) = proj.merge(&key, safe) {
+            failure = Some(e);
+            break;
+        }
+    }
+    match failure {
+        Some(e) => {
+            unmerge_adapter(model);
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+/// Takes merged adapters back out of the base weights.
+pub fn unmerge_adapter(model: &mut impl ProjectionHost) {
+    for (_, proj) in model.projections_mut() {
+        proj.unmerge();
+    }
+}
+
+/// Merges the active adapter and removes every adapter, leaving a plain model.
+pub fn merge_and_unload(model: &mut impl ProjectionHost, safe: bool) -> Result<()> {
+    merge_adapter(model, safe)?;
+    for (_, proj) in model.projections_mut() {
+        proj.unload();
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The LoRA layer attached to one projection: `y = base(x) + s · B(A(dropout(x)))`, factored,
+//! with DoRA's magnitude rescaling when enabled.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Distribution, Tensor};
+
+use super::config::{LoraInit, LoraShape};
+use crate::error::Result;
+use crate::format::{FileTensor, TensorReader};
+use burn::tensor::Gradients;
+
+/// Low-rank update of one projection, stored in Burn's `[in, out]` layout: `A` `[in, r]`,
+/// `B` `[r, out]` (PEFT's files hold their transposes).
+#[derive(Module, Debug)]
+pub struct LoraLayer {
+    /// Down-projection `A`, `[in, r]`.
+    pub lora_a: Param<Tensor<2>>,
+    /// Up-projection `B`, `[r, out]`.
+    pub lora_b: Param<Tensor<2>>,
+    /// DoRA's per-output magnitude `[out]`, when DoRA is on.
+    pub magnitude: Option<Param<Tensor<1>>>,
+    /// Dropout on the branch's input.
+    pub dropout: Dropout,
+    /// Multiplier of the update (`alpha / r`, or `alpha / sqrt(r)` with rsLoRA).
+    pub scale: f64,
+}
+
+impl LoraLayer {
+    /// A new layer for `base`, initialised as PEFT initialises it; with DoRA the magnitude
+    /// starts at the column norms of the adapted weight, so that DoRA starts where LoRA does.
+    pub fn new(
+        base: &Linear,
+        shape: LoraShape,
+        dropout: f64,
+        init: &LoraInit,
+        use_dora: bool,
+    ) -> Self {
+        let [d_in, d_out] = base.weight.dims();
+        let device = base.weight.device();
+        let rank = shape.rank;
+        let (a, b) = match init {
+            // PEFT: kaiming_uniform_(A, a=sqrt(5)) on the [r, in] weight: U(-1/sqrt(in), 1/sqrt(in)).
+            LoraInit::Default(true) => (
+                uniform([d_in, rank], 1.0 / (d_in as f64).sqrt(), &device),
+                zeros([rank, d_out], &device),
+            ),
+            // PEFT: nn.init.normal_(A, std=1/r).
+            LoraInit::Named(_) => (
+                Tensor::random(
+                    [d_in, rank],
+                    Distribution::Normal(0.0, 1.0 / rank as f64),
+                    &device,
+                ),
+                zeros([rank, d_out], &device),
+            ),
+            // PEFT leaves both at nn.Linear's default init (used to test non-trivial adapters).
+            LoraInit::Default(false) => (
+                uniform([d_in, rank], 1.0 / (d_in as f64).sqrt(), &device),
+                uniform([rank, d_out], 1.0 / (rank as f64).sqrt(), &device),
+            ),
+        };
+        let mut layer = Self::from_factors(a, b, None, shape.scale, dropout);
+        if use_dora {
+            let norm = layer.weight_norm(base.weight.val());
+            layer.magnitude = Some(Param::from_tensor(norm));
+        }
+        layer
+    }
+
+    /// A layer from given factors (e.g. read from a file).
+    pub fn from_factors(
+        a: Tensor<2>,
+        b: Tensor<2>,
+        magnitude: Option<Tensor<1>>,
+        scale: f64,
+        dropout: f64,
+    ) -> Self {
+        Self {
+            lora_a: Param::from_tensor(a),
+            lora_b: Param::from_tensor(b),
+            magnitude: magnitude.map(Param::from_tensor),
+            dropout: DropoutConfig::new(dropout).init(),
+            scale,
+        }
+    }
+
+    /// Rank of the update.
+    pub fn rank(&self) -> usize {
+        self.lora_a.dims()[1]
+    }
+
+    /// Adds this adapter's contribution to `base_out = base(x)`.
+    pub fn forward<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        base_out: Tensor<D>,
+        base: &Linear,
+    ) -> Tensor<D> {
+        let dropout_active = self.dropout.training.is_enabled()
+            && x.device().is_autodiff()
+            && self.dropout.prob > 0.0;
+        let x = self.dropout.forward(x);
+        let update = linear(
+            linear(x.clone(), self.lora_a.val(), None),
+            self.lora_b.val(),
+            None,
+        ) * self.scale;
+        let Some(magnitude) = &self.magnitude else {
+            return base_out + update;
+        };
+        // DoRA, as PEFT's DoraLinearLayer: with the column norm of W + sBA detached,
+        // out = base(x) + (m/‖W+sBA‖ - 1) · x W + (m/‖W+sBA‖) · s·B(A(x)).
+        let norm = self.weight_norm(base.weight.val()).detach();
+        let factor = (magnitude.val() / norm).unsqueeze::<D>();
+        // With dropout off the base output (minus bias) is x W already; with it on, PEFT
+        // recomputes x W from the dropped-out input.
+        let base_term = if dropout_active {
+            linear(x, base.weight.val(), None)
+        } else {
+            match &base.bias {
+                Some(bias) => base_out.clone() - bias.val().unsqueeze::<D>(),
+                None => base_out.clone(),
+            }
+        };
+        base_out + (factor.clone() - 1.0) * base_term + factor * update
+    }
+
+    /// `s · A B`, `[in, out]`: what merging adds to the base weight.
+    pub fn delta_weight(&self) -> Tensor<2> {
+        self.lora_a.val().matmul(self.lora_b.val()) * self.scale
+    }
+
+    /// Column norms `‖W + s·A B‖` over the input dimension, `[out]`, without building the dense
+    /// sum: `‖W‖² + 2s·colsum(B ∘ AᵀW) + s²·colsum(B ∘ (AᵀA)B)`, all rank-r products.
+    pub fn weight_norm(&self, weight: Tensor<2>) -> Tensor<1> {
+        let a = self.lora_a.val().detach();
+        let b = self.lora_b.val().detach();
+        let s = self.scale;
+        let w_sq = weight.clone().powi_scalar(2).sum_dim(0);
+        let cross = (b.clone() * a.clone().transpose().matmul(weight)).sum_dim(0) * (2.0 * s);
+        let lora_sq = (b.clone() * a.clone().transpose().matmul(a).matmul(b)).sum_dim(0) * (s * s);
+        // Rounding can take a zero norm slightly below 0.
+        (w_sq + cross + lora_sq)
+            .clamp_min(0.0)
+            .sqrt()
+            .squeeze_dim::<1>(0)
+    }
+}
+
+impl LoraLayer {
+    /// The layer's tensors in PEFT's layout and names (`lora_A.weight` `[r, in]`,
+    /// `lora_B.weight` `[out, r]`, `lora_magnitude_vector` `[out]`); with `grads`, their
+    /// gradients instead (tensors without a gradient are left out).
+    pub fn file_tensors(
+        &self,
+        grads: Option<&Gradients>,
+    ) -> Result<Vec<(&'static str, FileTensor)>> {
+        let pick2 = |p: &Param<Tensor<2>>| match grads {
+            None => Some(p.val()),
+            Some(g) => p.val().grad(g),
+        };
+        let mut out = Vec::new();
+        if let Some(a) = pick2(&self.lora_a) {
+            out.push(("lora_A.weight", FileTensor::read(a.transpose())?));
+        }
+        if let Some(b) = pick2(&self.lora_b) {
+            out.push(("lora_B.weight", FileTensor::read(b.transpose())?));
+        }
+        if let Some(m) = &self.magnitude {
+            let m = match grads {
+                None => Some(m.val()),
+                Some(g) => m.val().grad(g),
+            };
+            if let Some(m) = m {
+                out.push(("lora_magnitude_vector", FileTensor::read(m)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the layer's tensors with those `read` returns for PEFT's names and shapes.
+    pub fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
+        let [d_in, rank] = self.lora_a.dims();
+        let d_out = self.lora_b.dims()[1];
+        let device = self.lora_a.device();
+        let a = read("lora_A.weight", &[rank, d_in])?
+            .upload::<2>(&device)
+            .transpose();
+        let b = read("lora_B.weight", &[d_out, rank])?
+            .upload::<2>(&device)
+            .transpose();
+        self.lora_a = Param::from_tensor(a);
+        self.lora_b = Param::from_tensor(b);
+        if self.magnitude.is_some() {
+            let m = read("lora_magnitude_vector", &[d_out])?.upload::<1>(&device);
+            self.magnitude = Some(Param::from_tensor(m));
+        }
+        Ok(())
+    }
+}
+
+fn uniform(shape: [usize; 2], bound: f64, device: &Device) -> Tensor<2> {
+    Tensor::random(shape, Distribution::Uniform(-bound, bound), device)
+}
+
+fn zeros(shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::zeros(shape, device)
+}
