@@ -114,11 +114,6 @@ macro_rules! backend_tests {
     };
 }
 
-#[allow(deprecated)] // ndarray is Burn's reference CPU backend; we test against it on purpose
-fn ndarray_device() -> Device {
-    Device::ndarray()
-}
-
 backend_tests!(ndarray, ndarray_device());
 backend_tests!(flex, Device::flex());
-backend_tests!(wgpu, Device::wgpu(burn::tensor::DeviceKind::DefaultDevice));
+backend_tests!(wgpu, wgpu_device());

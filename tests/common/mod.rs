@@ -117,3 +117,36 @@ pub fn max_abs_diff_masked(a: &[f32], b: &[f32], mask: &[i64], vocab: usize) -> 
 
 /// Max abs logit difference the fixtures allow (their README and case.json).
 pub const LOGITS_TOLERANCE: f32 = 1e-4;
+
+/// Relative L2 error `‖a - b‖ / ‖b‖`, the fixtures' gradient metric.
+pub fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "tensors differ in size");
+    let diff: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let norm: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+    diff / norm
+}
+
+/// The `case.json` of a fixture.
+pub fn case_json(case: &str) -> serde_json::Value {
+    let path = case_dir(case).join("case.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Gradient relative L2 tolerance of the fixtures.
+pub const GRAD_TOLERANCE: f32 = 1e-3;
+/// Loss relative tolerance (issue: 1e-5 relative).
+pub const LOSS_TOLERANCE: f32 = 1e-5;
+
+#[allow(deprecated)] // ndarray is Burn's reference CPU backend; we test against it on purpose
+pub fn ndarray_device() -> Device {
+    Device::ndarray()
+}
+
+pub fn wgpu_device() -> Device {
+    Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
+}

@@ -258,3 +258,176 @@ pub trait ProjectionHost {
     /// The same, mutable, for attaching, activating and merging adapters.
     fn projections_mut(&mut self) -> Vec<(String, &mut Projection)>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::method::lora::LoraLayer;
+    use crate::method::lora::{LoraConfig, LoraInit, LoraShape};
+    use burn::tensor::{Device, Distribution};
+
+    const D_IN: usize = 6;
+    const D_OUT: usize = 5;
+
+    fn random_projection(device: &Device) -> Projection {
+        let w = Tensor::<2>::random([D_IN, D_OUT], Distribution::Uniform(-1.0, 1.0), device);
+        let b = Tensor::<1>::random([D_OUT], Distribution::Uniform(-1.0, 1.0), device);
+        Projection::new(
+            Param::from_tensor(w),
+            Some(Param::from_tensor(b)),
+            WeightLayout::Linear,
+        )
+    }
+
+    fn lora(proj: &Projection, dropout: f64, init: bool, dora: bool) -> LoraLayer {
+        let shape = LoraShape {
+            rank: 3,
+            scale: 2.0,
+        };
+        LoraLayer::new(&proj.base, shape, dropout, &LoraInit::Default(init), dora)
+    }
+
+    fn attach(proj: &mut Projection, layer: LoraLayer) {
+        proj.attach("a", Adapter::Lora(layer));
+        proj.state.active = Some("a".into());
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().iter::<f32>().collect()
+    }
+
+    fn assert_close(a: Vec<f32>, b: Vec<f32>, tol: f32) {
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= tol, "max abs difference {worst:e} > {tol:e}");
+    }
+
+    fn input(device: &Device) -> Tensor<3> {
+        Tensor::random([2, 4, D_IN], Distribution::Uniform(-1.0, 1.0), device)
+    }
+
+    #[test]
+    fn lora_adds_the_scaled_factored_update() {
+        let device = Device::flex();
+        let mut proj = random_projection(&device);
+        let layer = lora(&proj, 0.0, false, false);
+        let dense = proj.base.weight.val() + layer.lora_a.val().matmul(layer.lora_b.val()) * 2.0;
+        attach(&mut proj, layer);
+        let x = input(&device);
+        let expected = burn::tensor::module::linear(
+            x.clone(),
+            dense,
+            proj.base.bias.as_ref().map(|b| b.val()),
+        );
+        assert_close(values(proj.forward(x)), values(expected), 1e-5);
+    }
+
+    #[test]
+    fn dora_starts_where_lora_does_and_rescales_columns_by_magnitude() {
+        let device = Device::flex();
+        let mut proj = random_projection(&device);
+        let x = input(&device);
+        let layer = lora(&proj, 0.0, false, true);
+        // At init the magnitude is the column norm of W + sBA, so DoRA equals LoRA.
+        let dense = proj.base.weight.val() + layer.lora_a.val().matmul(layer.lora_b.val()) * 2.0;
+        let norm = dense
+            .clone()
+            .powi_scalar(2)
+            .sum_dim(0)
+            .sqrt()
+            .squeeze_dim::<1>(0);
+        assert_close(
+            values(layer.weight_norm(proj.base.weight.val())),
+            values(norm.clone()),
+            1e-5,
+        );
+        let mut doubled = layer;
+        doubled.magnitude = Some(Param::from_tensor(norm * 2.0));
+        attach(&mut proj, doubled);
+        // m = 2‖W+sBA‖: the adapted weight is 2(W + sBA), the bias untouched.
+        let expected = burn::tensor::module::linear(
+            x.clone(),
+            dense * 2.0,
+            proj.base.bias.as_ref().map(|b| b.val()),
+        );
+        assert_close(values(proj.forward(x)), values(expected), 1e-4);
+    }
+
+    #[test]
+    fn merge_then_unmerge_restores_weights_for_lora_and_dora() {
+        for dora in [false, true] {
+            let device = Device::flex();
+            let mut proj = random_projection(&device);
+            let original = values(proj.base.weight.val());
+            let layer = lora(&proj, 0.0, false, dora);
+            attach(&mut proj, layer);
+            let x = input(&device);
+            let unmerged = values(proj.forward(x.clone()));
+            proj.merge("test", true).unwrap();
+            assert_close(values(proj.forward(x.clone())), unmerged.clone(), 1e-4);
+            // Merged weights, adapter switched off: the adapter's effect is in the base now.
+            proj.state.active = None;
+            assert_close(values(proj.forward(x.clone())), unmerged, 1e-4);
+            proj.state.active = Some("a".into());
+            proj.unmerge();
+            assert_close(values(proj.base.weight.val()), original, 1e-5);
+        }
+    }
+
+    #[test]
+    fn safe_merge_refuses_non_finite_weights() {
+        let device = Device::flex();
+        let mut proj = random_projection(&device);
+        let mut layer = lora(&proj, 0.0, false, false);
+        layer.lora_b = Param::from_tensor(Tensor::full([3, D_OUT], f32::INFINITY, &device));
+        attach(&mut proj, layer);
+        let before = values(proj.base.weight.val());
+        let err = proj.merge("model.layers.0.q_proj", true).unwrap_err();
+        assert!(err.to_string().contains("model.layers.0.q_proj"), "{err}");
+        assert_eq!(values(proj.base.weight.val()), before);
+    }
+
+    #[test]
+    fn dropout_acts_on_the_branch_only_and_only_in_training() {
+        let device = Device::flex().autodiff();
+        let mut proj = random_projection(&device);
+        // B = 0 (default init): whatever dropout does to the branch, the output is the base's.
+        let layer = lora(&proj, 0.9, true, false);
+        attach(&mut proj, layer);
+        let x = input(&device);
+        let base = values(proj.base.forward(x.clone()));
+        assert_close(values(proj.forward(x.clone())), base, 0.0);
+        // A non-zero branch under training: two passes drop different inputs.
+        let mut proj = random_projection(&device);
+        let layer = lora(&proj, 0.9, false, false);
+        attach(&mut proj, layer);
+        assert_ne!(
+            values(proj.forward(x.clone())),
+            values(proj.forward(x.clone()))
+        );
+        // Without autodiff (evaluation) dropout is off: deterministic.
+        let eval = proj.valid();
+        let x = x.inner();
+        assert_eq!(values(eval.forward(x.clone())), values(eval.forward(x)));
+    }
+
+    #[test]
+    fn rslora_scales_by_the_square_root_of_the_rank() {
+        let config = LoraConfig {
+            r: 16,
+            lora_alpha: 8.0,
+            use_rslora: true,
+            ..LoraConfig::default()
+        };
+        assert_eq!(config.shape_for("q_proj").unwrap().scale, 2.0);
+        let plain = LoraConfig {
+            use_rslora: false,
+            ..config
+        };
+        assert_eq!(plain.shape_for("q_proj").unwrap().scale, 0.5);
+    }
+}

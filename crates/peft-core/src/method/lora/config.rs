@@ -31,7 +31,7 @@ pub struct LoraConfig {
     #[serde(default = "default_r")]
     pub r: usize,
     /// Scale numerator: the update is multiplied by `lora_alpha / r` (or `/ sqrt(r)`).
-    #[serde(default = "default_alpha")]
+    #[serde(default = "default_alpha", serialize_with = "whole_as_int")]
     pub lora_alpha: f64,
     /// Dropout on the LoRA branch's input.
     #[serde(default)]
@@ -81,6 +81,18 @@ pub struct LoraConfig {
     /// Whether the adapter was saved for inference (informational).
     #[serde(default)]
     pub inference_mode: bool,
+}
+
+/// Writes whole numbers as JSON integers, as PEFT writes `lora_alpha` (`16`, not `16.0`).
+fn whole_as_int<S: serde::Serializer>(
+    value: &f64,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        serializer.serialize_i64(*value as i64)
+    } else {
+        serializer.serialize_f64(*value)
+    }
 }
 
 fn default_r() -> usize {

@@ -1,0 +1,263 @@
+//! LoRA adapters saved by Hugging Face PEFT, against PEFT's own outputs: logits, loss, gradients,
+//! greedy decoding, parameter counts, merge, disable, save/load round trips; on ndarray, flex
+//! and wgpu.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Device;
+use common::*;
+use peft_core::format::{adapter_tensors, load_adapter, save_adapter};
+use peft_core::{disable_adapters, merge_adapter, set_adapter, unmerge_adapter, ParameterReport};
+use peft_models::generate::{generate, SamplingConfig};
+use peft_models::loss::causal_lm_loss;
+use peft_models::{load_model, LoadedModel};
+use safetensors::SafeTensors;
+
+const CASES: [&str; 2] = ["gpt2-lora", "llama-lora"];
+
+fn load_peft(case: &str, device: &Device) -> LoadedModel {
+    let mut loaded = load_model(&case_dir(case).join("base"), device).expect("fixture base loads");
+    load_adapter(
+        &mut loaded.model,
+        "default",
+        &case_dir(case).join("adapter"),
+    )
+    .expect("fixture adapter loads");
+    loaded
+}
+
+fn logits_error(
+    loaded: &LoadedModel,
+    expected: &Expected,
+    reference: &str,
+    device: &Device,
+) -> f32 {
+    let ids = expected.i64("input_ids");
+    let mask = expected.i64("attention_mask");
+    let want = expected.f32(reference);
+    let logits = loaded.model.forward(
+        int_tensor(&ids, device),
+        Some(&int_tensor(&mask, device)),
+        None,
+    );
+    max_abs_diff_masked(&to_vec(logits), &want.values, &mask.values, want.shape[2])
+}
+
+fn check_logits_merge_disable(case: &str, device: &Device) {
+    let expected = Expected::load(case);
+    let mut loaded = load_peft(case, device);
+    let err = logits_error(&loaded, &expected, "logits_peft", device);
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "{case}: adapter logits error {err:e}"
+    );
+    merge_adapter(&mut loaded.model, true).unwrap();
+    let err = logits_error(&loaded, &expected, "logits_peft", device);
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "{case}: merged logits error {err:e}"
+    );
+    unmerge_adapter(&mut loaded.model);
+    disable_adapters(&mut loaded.model);
+    let err = logits_error(&loaded, &expected, "logits_base", device);
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "{case}: disabled adapter should give logits_base; error {err:e}"
+    );
+    set_adapter(&mut loaded.model, "default").unwrap();
+    let err = logits_error(&loaded, &expected, "logits_peft", device);
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "{case}: re-enabled adapter logits error {err:e}"
+    );
+}
+
+fn check_loss_and_grads(case: &str, device: &Device) {
+    let device = device.clone().autodiff();
+    let expected = Expected::load(case);
+    let loaded = load_peft(case, &device);
+    let ids = expected.i64("input_ids");
+    let mask = expected.i64("attention_mask");
+    let labels = expected.i64("labels");
+    let logits = loaded.model.forward(
+        int_tensor(&ids, &device),
+        Some(&int_tensor(&mask, &device)),
+        None,
+    );
+    let loss = causal_lm_loss(logits, int_tensor(&labels, &device));
+    let grads = loss.backward();
+    let loss = to_vec(loss.detach())[0];
+    let want = expected.f32("loss_peft").values[0];
+    let rel = (loss - want).abs() / want.abs();
+    assert!(
+        rel <= LOSS_TOLERANCE,
+        "{case}: loss {loss} vs {want} (relative {rel:e})"
+    );
+    let ours = adapter_tensors(&loaded.model, "default", Some(&grads)).unwrap();
+    let file = std::fs::read(case_dir(case).join("adapter/adapter_model.safetensors")).unwrap();
+    let keys: Vec<String> = SafeTensors::deserialize(&file)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        ours.keys().cloned().collect::<Vec<_>>(),
+        sorted(keys),
+        "{case}: gradient keys"
+    );
+    for (key, grad) in &ours {
+        let want = expected.f32(&format!("grad.{key}"));
+        assert_eq!(grad.shape, want.shape, "{case}: {key}");
+        let err = relative_l2(&grad.data, &want.values);
+        assert!(
+            err <= GRAD_TOLERANCE,
+            "{case}: grad of {key} relative L2 {err:e}"
+        );
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn check_greedy(case: &str, device: &Device) {
+    let expected = Expected::load(case);
+    let loaded = load_peft(case, device);
+    let prompt: Vec<u32> = expected.i64("input_ids").values[..8]
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    let want: Vec<u32> = expected
+        .i64("greedy_peft")
+        .values
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    let config = SamplingConfig {
+        max_new_tokens: want.len(),
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: 0,
+        eos_token_ids: loaded.eos_token_ids.clone(),
+    };
+    let got = generate(&loaded.model, &prompt, &config, device, |_| Ok(())).unwrap();
+    assert_eq!(got, want, "{case}: greedy continuation with the adapter");
+}
+
+/// Saving writes PEFT's keys, shapes and dtypes, and loading it back is bit-exact.
+fn check_round_trip(case: &str, device: &Device) {
+    let loaded = load_peft(case, device);
+    let dir = tempfile::tempdir().unwrap();
+    let config = peft_core::format::load_config(&case_dir(case).join("adapter")).unwrap();
+    save_adapter(&loaded.model, "default", &config, dir.path()).unwrap();
+
+    let theirs = std::fs::read(case_dir(case).join("adapter/adapter_model.safetensors")).unwrap();
+    let ours = std::fs::read(dir.path().join("adapter_model.safetensors")).unwrap();
+    let (theirs, ours) = (
+        SafeTensors::deserialize(&theirs).unwrap(),
+        SafeTensors::deserialize(&ours).unwrap(),
+    );
+    let layout = |f: &SafeTensors| -> BTreeMap<String, (String, Vec<usize>)> {
+        f.tensors()
+            .into_iter()
+            .map(|(k, v)| (k, (format!("{:?}", v.dtype()), v.shape().to_vec())))
+            .collect()
+    };
+    assert_eq!(
+        layout(&ours),
+        layout(&theirs),
+        "{case}: saved keys, dtypes and shapes"
+    );
+    for (key, view) in theirs.tensors() {
+        assert_eq!(
+            ours.tensor(&key).unwrap().data(),
+            view.data(),
+            "{case}: {key} not bit-exact"
+        );
+    }
+    let saved_config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let fixture_config = case_json(case)["adapter_config"].clone();
+    for field in [
+        "peft_type",
+        "r",
+        "lora_alpha",
+        "target_modules",
+        "fan_in_fan_out",
+        "use_dora",
+        "use_rslora",
+    ] {
+        assert_eq!(
+            saved_config[field], fixture_config[field],
+            "{case}: adapter_config.json field {field}"
+        );
+    }
+
+    let mut reloaded = load_model(&case_dir(case).join("base"), device).unwrap();
+    load_adapter(&mut reloaded.model, "default", dir.path()).unwrap();
+    let before = adapter_tensors(&loaded.model, "default", None).unwrap();
+    let after = adapter_tensors(&reloaded.model, "default", None).unwrap();
+    assert_eq!(before, after, "{case}: save then load is not bit-exact");
+}
+
+fn check_counts(case: &str, device: &Device) {
+    let loaded = load_peft(case, device);
+    let report = ParameterReport::of(&loaded.model);
+    let json = case_json(case);
+    assert_eq!(
+        report.trainable as u64,
+        json["trainable_params"].as_u64().unwrap(),
+        "{case}"
+    );
+    assert_eq!(
+        report.total as u64,
+        json["all_params"].as_u64().unwrap(),
+        "{case}"
+    );
+}
+
+macro_rules! backend_tests {
+    ($backend:ident, $device:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[test]
+            fn logits_merge_and_disable_match_peft() {
+                CASES
+                    .iter()
+                    .for_each(|c| check_logits_merge_disable(c, &$device));
+            }
+
+            #[test]
+            fn loss_and_gradients_match_peft() {
+                CASES.iter().for_each(|c| check_loss_and_grads(c, &$device));
+            }
+
+            #[test]
+            fn greedy_matches_peft() {
+                CASES.iter().for_each(|c| check_greedy(c, &$device));
+            }
+
+            #[test]
+            fn save_load_round_trip_is_bit_exact_in_peft_layout() {
+                CASES.iter().for_each(|c| check_round_trip(c, &$device));
+            }
+
+            #[test]
+            fn parameter_counts_match_peft() {
+                CASES.iter().for_each(|c| check_counts(c, &$device));
+            }
+        }
+    };
+}
+
+backend_tests!(ndarray, ndarray_device());
+backend_tests!(flex, Device::flex());
+backend_tests!(wgpu, wgpu_device());
