@@ -236,7 +236,9 @@ fn fill_from_file(
             }
         }
     }
-    if let Some(key) = file.names().into_iter().find(|k| !used.contains(*k)) {
+    let mut names = file.names();
+    names.sort();
+    if let Some(key) = names.into_iter().find(|k| !used.contains(*k)) {
         return Err(PeftError::UnexpectedTensor {
             path: path.to_path_buf(),
             key: key.to_string(),
