@@ -368,3 +368,219 @@ fn chat_without_template_says_so() {
     ]);
     assert_fails_with(&out, &["chat template"]);
 }
+
+/// `logits --grads` from the command line reproduces PEFT's loss and gradients.
+#[test]
+fn logits_with_grads_reproduces_peft_loss_and_gradients() {
+    let case = fixtures().join("llama-lora");
+    let expected_path = case.join("expected.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.safetensors");
+    let out = peft_cli(&[
+        "logits",
+        "--model",
+        path_str(&case.join("base")),
+        "--adapter",
+        path_str(&case.join("adapter")),
+        "--input",
+        path_str(&expected_path),
+        "--out",
+        path_str(&out_path),
+        "--grads",
+        "--backend",
+        "ndarray",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected_bytes = std::fs::read(&expected_path).unwrap();
+    let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
+    let got_bytes = std::fs::read(&out_path).unwrap();
+    let got = SafeTensors::deserialize(&got_bytes).unwrap();
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let loss = floats(got.tensor("loss").unwrap().data())[0];
+    let want = floats(expected.tensor("loss_peft").unwrap().data())[0];
+    assert!(
+        (loss - want).abs() / want.abs() <= 1e-5,
+        "loss {loss} vs {want}"
+    );
+    let grad_keys: Vec<String> = got
+        .names()
+        .into_iter()
+        .filter(|k| k.starts_with("grad."))
+        .map(String::from)
+        .collect();
+    assert_eq!(grad_keys.len(), 8, "{grad_keys:?}");
+    for key in grad_keys {
+        let (a, b) = (
+            floats(got.tensor(&key).unwrap().data()),
+            floats(expected.tensor(&key).unwrap().data()),
+        );
+        let diff: f32 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f32>()
+            .sqrt();
+        let norm: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+        assert!(diff / norm <= 1e-3, "{key}: relative L2 {}", diff / norm);
+    }
+}
+
+/// `merge` writes a plain model folder whose logits are the adapter's.
+#[test]
+fn merged_folder_loads_and_reproduces_adapter_logits() {
+    for case in ["gpt2-lora", "llama-lora"] {
+        let dir = fixtures().join(case);
+        let merged = tempfile::tempdir().unwrap();
+        let out = peft_cli(&[
+            "merge",
+            "--model",
+            path_str(&dir.join("base")),
+            "--adapter",
+            path_str(&dir.join("adapter")),
+            "--out",
+            path_str(merged.path()),
+            "--backend",
+            "ndarray",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            assert!(
+                merged.path().join(f).exists(),
+                "{case}: merged folder lacks {f}"
+            );
+        }
+        let logits_path = merged.path().join("logits.safetensors");
+        let out = peft_cli(&[
+            "logits",
+            "--model",
+            path_str(merged.path()),
+            "--input",
+            path_str(&dir.join("expected.safetensors")),
+            "--out",
+            path_str(&logits_path),
+            "--backend",
+            "ndarray",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected_bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+        let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
+        let got_bytes = std::fs::read(&logits_path).unwrap();
+        let got = SafeTensors::deserialize(&got_bytes).unwrap();
+        let floats = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let (a, b) = (
+            floats(got.tensor("logits").unwrap().data()),
+            floats(expected.tensor("logits_peft").unwrap().data()),
+        );
+        let mask: Vec<i64> = expected
+            .tensor("attention_mask")
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let vocab = 384;
+        let worst = mask
+            .iter()
+            .enumerate()
+            .filter(|(_, &m)| m == 1)
+            .flat_map(|(p, _)| {
+                (p * vocab..(p + 1) * vocab)
+                    .map(|i| (a[i] - b[i]).abs())
+                    .collect::<Vec<_>>()
+            })
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-4,
+            "{case}: merged model logits differ from PEFT's by {worst:e}"
+        );
+    }
+}
+
+#[test]
+fn inspect_with_adapter_prints_peft_counts() {
+    let case = fixtures().join("gpt2-lora");
+    let out = peft_cli(&[
+        "inspect",
+        "--model",
+        path_str(&case.join("base")),
+        "--adapter",
+        path_str(&case.join("adapter")),
+        "--backend",
+        "ndarray",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("trainable params: 2048 || all params: 134912 || trainable%: 1.5180"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("lora r=4 scale=2"), "{stdout}");
+}
+
+#[test]
+fn inspect_with_method_flags_reports_what_would_train() {
+    let model = fixtures().join("llama-base").join("base");
+    let out = peft_cli(&[
+        "inspect",
+        "--model",
+        path_str(&model),
+        "--method",
+        "lora",
+        "--rank",
+        "8",
+        "--target",
+        "q_proj,v_proj",
+        "--backend",
+        "ndarray",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Same shapes as the llama-lora fixture: case.json says 3584 trainable of 139072.
+    assert!(
+        stdout.contains("trainable params: 3584 || all params: 139072"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_adapter_folder_is_named() {
+    let model = fixtures().join("llama-base").join("base");
+    let out = peft_cli(&[
+        "inspect",
+        "--model",
+        path_str(&model),
+        "--adapter",
+        "/nonexistent/adapter",
+        "--backend",
+        "ndarray",
+    ]);
+    assert_fails_with(&out, &["/nonexistent/adapter", "adapter_config.json"]);
+}
