@@ -99,9 +99,9 @@ fn rank_pattern_and_alpha_pattern_override_per_module() {
         .model
         .projections()
         .into_iter()
-        .filter_map(|(k, p)| match p.adapter("default") {
-            Some(peft_core::Adapter::Lora(l)) => Some((k, l.scale)),
-            None => None,
+        .filter_map(|(k, p)| {
+            p.adapter("default")
+                .map(|peft_core::Adapter::Lora(l)| (k, l.scale))
         })
         .collect();
     assert!(

@@ -13,6 +13,7 @@ pub const SUPPORTED_MODEL_TYPES: &str = "llama, gpt2";
 
 /// The configuration of one supported architecture.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per loaded model: boxing would buy nothing
 pub enum ModelConfig {
     /// LLaMA family (RoPE, RMSNorm, SwiGLU, grouped-query attention).
     Llama(LlamaConfig),

@@ -99,8 +99,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!();
     println!(
-        "{:<44} {:>8} {:>8} {:>12}  {}",
-        "module", "in", "out", "params", "adapter"
+        "{:<44} {:>8} {:>8} {:>12}  adapter",
+        "module", "in", "out", "params"
     );
     for (name, proj) in loaded.model.projections() {
         let bias = proj.base.bias.as_ref().map_or(0, |b| b.dims()[0]);
