@@ -348,3 +348,49 @@ fn malformed_config_is_named() {
     assert_mentions(&load_error(dir.path()), &["adapter_config.json"]);
     assert!(load_config(dir.path()).is_err());
 }
+
+#[test]
+fn dora_adapter_round_trips_with_its_magnitude_vector() {
+    let mut m = base("llama-base");
+    let config = AdapterConfig::Lora(LoraConfig {
+        use_dora: true,
+        ..lora(names(&["q_proj", "v_proj"]))
+    });
+    attach_adapter(&mut m.model, "default", &config).unwrap();
+    // Move the magnitude away from its initial value so that the file must carry it.
+    for (_, proj) in m.model.projections_mut() {
+        for named in proj.adapters.iter_mut() {
+            let peft_core::Adapter::Lora(l) = &mut named.adapter;
+            let doubled = l.magnitude.as_ref().unwrap().val() * 1.5;
+            l.magnitude = Some(burn::module::Param::from_tensor(doubled));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&m.model, "default", &config, dir.path()).unwrap();
+    let tensors = adapter_tensors(&m.model, "default", None).unwrap();
+    let key = "base_model.model.model.layers.0.self_attn.v_proj.lora_magnitude_vector";
+    assert_eq!(tensors[key].shape, vec![32]);
+    let mut again = base("llama-base");
+    load_adapter(&mut again.model, "default", dir.path()).unwrap();
+    let err = max_abs_diff_masked(&logits(&again), &logits(&m), &[1; 32], 384);
+    // Same tensors (a transposed view after loading), so only summation order may differ.
+    assert!(
+        err <= 1e-6,
+        "reloaded DoRA adapter changes the logits by {err:e}"
+    );
+    assert_eq!(
+        adapter_tensors(&again.model, "default", None).unwrap(),
+        tensors
+    );
+    let mut plain = base("llama-base");
+    let path = dir.path().join("adapter_config.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"use_dora\": true", "\"use_dora\": false");
+    std::fs::write(&path, text).unwrap();
+    // Without DoRA the magnitude tensors belong to nothing: refused, not silently dropped.
+    let err = load_adapter(&mut plain.model, "default", dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lora_magnitude_vector"), "{err}");
+}

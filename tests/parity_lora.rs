@@ -112,6 +112,7 @@ fn check_loss_and_grads(case: &str, device: &Device) {
         let want = expected.f32(&format!("grad.{key}"));
         assert_eq!(grad.shape, want.shape, "{case}: {key}");
         let err = relative_l2(&grad.data, &want.values);
+        eprintln!("{case} on {device:?}: grad {key} relative L2 {err:e}");
         assert!(
             err <= GRAD_TOLERANCE,
             "{case}: grad of {key} relative L2 {err:e}"

@@ -15,6 +15,63 @@ fn fixtures() -> PathBuf {
         })
 }
 
+/// A safetensors file read into memory.
+struct TensorFile(Vec<u8>);
+
+impl TensorFile {
+    fn read(path: &Path) -> Self {
+        Self(std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    }
+
+    fn view(&self, name: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
+        let file = SafeTensors::deserialize(&self.0).unwrap();
+        let view = file
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no tensor {name}"));
+        (view.dtype(), view.shape().to_vec(), view.data().to_vec())
+    }
+
+    fn floats(&self, name: &str) -> Vec<f32> {
+        let (dtype, _, data) = self.view(name);
+        assert_eq!(dtype, Dtype::F32, "{name}");
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn ints(&self, name: &str) -> Vec<i64> {
+        let (dtype, _, data) = self.view(name);
+        assert_eq!(dtype, Dtype::I64, "{name}");
+        data.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn shape(&self, name: &str) -> Vec<usize> {
+        self.view(name).1
+    }
+
+    fn names(&self) -> Vec<String> {
+        SafeTensors::deserialize(&self.0)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// Largest |a - b| over positions whose mask is 1 (`a`, `b` flattened `[batch, seq, vocab]`).
+fn max_masked_diff(a: &[f32], b: &[f32], mask: &[i64]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let vocab = a.len() / mask.len();
+    mask.iter()
+        .enumerate()
+        .filter(|(_, &m)| m == 1)
+        .flat_map(|(p, _)| (p * vocab..(p + 1) * vocab).map(|i| (a[i] - b[i]).abs()))
+        .fold(0.0f32, f32::max)
+}
+
 fn peft_cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_peft-cli"))
         .args(args)
@@ -114,36 +171,16 @@ fn logits_command_reproduces_transformers_for_both_fixtures() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let expected_bytes = std::fs::read(&expected_path).unwrap();
-        let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
-        let got_bytes = std::fs::read(&out_path).unwrap();
-        let got = SafeTensors::deserialize(&got_bytes).unwrap();
-        let want = expected.tensor("logits_base").unwrap();
-        let have = got.tensor("logits").unwrap();
-        assert_eq!(have.dtype(), Dtype::F32);
-        assert_eq!(have.shape(), want.shape());
-        let floats = |b: &[u8]| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        };
-        let mask: Vec<i64> = expected
-            .tensor("attention_mask")
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let vocab = want.shape()[2];
-        let (a, b) = (floats(have.data()), floats(want.data()));
-        let mut worst = 0.0f32;
-        for (pos, &m) in mask.iter().enumerate() {
-            if m == 1 {
-                for i in pos * vocab..(pos + 1) * vocab {
-                    worst = worst.max((a[i] - b[i]).abs());
-                }
-            }
-        }
+        let (expected, got) = (
+            TensorFile::read(&expected_path),
+            TensorFile::read(&out_path),
+        );
+        assert_eq!(got.shape("logits"), expected.shape("logits_base"));
+        let worst = max_masked_diff(
+            &got.floats("logits"),
+            &expected.floats("logits_base"),
+            &expected.ints("attention_mask"),
+        );
         assert!(worst <= 1e-4, "{case}: max abs error {worst:e}");
     }
 }
@@ -395,17 +432,11 @@ fn logits_with_grads_reproduces_peft_loss_and_gradients() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected_bytes = std::fs::read(&expected_path).unwrap();
-    let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
-    let got_bytes = std::fs::read(&out_path).unwrap();
-    let got = SafeTensors::deserialize(&got_bytes).unwrap();
-    let floats = |b: &[u8]| -> Vec<f32> {
-        b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let loss = floats(got.tensor("loss").unwrap().data())[0];
-    let want = floats(expected.tensor("loss_peft").unwrap().data())[0];
+    let (expected, got) = (
+        TensorFile::read(&expected_path),
+        TensorFile::read(&out_path),
+    );
+    let (loss, want) = (got.floats("loss")[0], expected.floats("loss_peft")[0]);
     assert!(
         (loss - want).abs() / want.abs() <= 1e-5,
         "loss {loss} vs {want}"
@@ -414,14 +445,10 @@ fn logits_with_grads_reproduces_peft_loss_and_gradients() {
         .names()
         .into_iter()
         .filter(|k| k.starts_with("grad."))
-        .map(String::from)
         .collect();
     assert_eq!(grad_keys.len(), 8, "{grad_keys:?}");
     for key in grad_keys {
-        let (a, b) = (
-            floats(got.tensor(&key).unwrap().data()),
-            floats(expected.tensor(&key).unwrap().data()),
-        );
+        let (a, b) = (got.floats(&key), expected.floats(&key));
         let diff: f32 = a
             .iter()
             .zip(&b)
@@ -478,37 +505,15 @@ fn merged_folder_loads_and_reproduces_adapter_logits() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let expected_bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-        let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
-        let got_bytes = std::fs::read(&logits_path).unwrap();
-        let got = SafeTensors::deserialize(&got_bytes).unwrap();
-        let floats = |b: &[u8]| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        };
-        let (a, b) = (
-            floats(got.tensor("logits").unwrap().data()),
-            floats(expected.tensor("logits_peft").unwrap().data()),
+        let (expected, got) = (
+            TensorFile::read(&dir.join("expected.safetensors")),
+            TensorFile::read(&logits_path),
         );
-        let mask: Vec<i64> = expected
-            .tensor("attention_mask")
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let vocab = 384;
-        let worst = mask
-            .iter()
-            .enumerate()
-            .filter(|(_, &m)| m == 1)
-            .flat_map(|(p, _)| {
-                (p * vocab..(p + 1) * vocab)
-                    .map(|i| (a[i] - b[i]).abs())
-                    .collect::<Vec<_>>()
-            })
-            .fold(0.0f32, f32::max);
+        let worst = max_masked_diff(
+            &got.floats("logits"),
+            &expected.floats("logits_peft"),
+            &expected.ints("attention_mask"),
+        );
         assert!(
             worst <= 1e-4,
             "{case}: merged model logits differ from PEFT's by {worst:e}"

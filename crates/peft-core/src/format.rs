@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::module::Param;
+use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -53,6 +54,17 @@ impl FileTensor {
     }
 }
 
+/// A parameter's value, or with `grads` its gradient (`None` when it has none).
+pub fn value_or_grad<const D: usize>(
+    p: &Param<Tensor<D>>,
+    grads: Option<&Gradients>,
+) -> Option<Tensor<D>> {
+    match grads {
+        None => Some(p.val()),
+        Some(g) => p.val().grad(g),
+    }
+}
+
 /// Gives a layer the tensor named `suffix` with shape `expected`, or an error naming its key.
 pub type TensorReader<'a> = dyn FnMut(&str, &[usize]) -> Result<FileTensor> + 'a;
 
@@ -60,7 +72,7 @@ pub type TensorReader<'a> = dyn FnMut(&str, &[usize]) -> Result<FileTensor> + 'a
 pub fn adapter_tensors(
     model: &impl ProjectionHost,
     name: &str,
-    grads: Option<&burn::tensor::Gradients>,
+    grads: Option<&Gradients>,
 ) -> Result<BTreeMap<String, FileTensor>> {
     let mut out = BTreeMap::new();
     for (key, proj) in model.projections() {
@@ -70,25 +82,20 @@ pub fn adapter_tensors(
             }
         }
         if let Some(copy) = proj.saved.iter().find(|c| c.name == name) {
-            let pick = |t: Tensor<2>| match grads {
-                None => Some(t),
-                Some(g) => t.grad(g),
-            };
-            if let Some(w) = pick(copy.layer.weight.val()) {
+            if let Some(w) = value_or_grad(&copy.layer.weight, grads) {
                 let w = match proj.layout {
                     WeightLayout::Linear => w.transpose(),
                     WeightLayout::Conv1D => w,
                 };
                 out.insert(format!("{KEY_PREFIX}{key}.weight"), FileTensor::read(w)?);
             }
-            if let Some(bias) = &copy.layer.bias {
-                let b = match grads {
-                    None => Some(bias.val()),
-                    Some(g) => bias.val().grad(g),
-                };
-                if let Some(b) = b {
-                    out.insert(format!("{KEY_PREFIX}{key}.bias"), FileTensor::read(b)?);
-                }
+            if let Some(b) = copy
+                .layer
+                .bias
+                .as_ref()
+                .and_then(|b| value_or_grad(b, grads))
+            {
+                out.insert(format!("{KEY_PREFIX}{key}.bias"), FileTensor::read(b)?);
             }
         }
     }
@@ -229,10 +236,10 @@ fn fill_from_file(
                     .transpose(),
                 WeightLayout::Conv1D => reader("weight", &[d_in, d_out])?.upload::<2>(&device),
             };
-            copy.layer.weight = burn::module::Param::from_tensor(w);
+            copy.layer.weight = Param::from_tensor(w);
             if copy.layer.bias.is_some() {
                 let b = reader("bias", &[d_out])?.upload::<1>(&device);
-                copy.layer.bias = Some(burn::module::Param::from_tensor(b));
+                copy.layer.bias = Some(Param::from_tensor(b));
             }
         }
     }

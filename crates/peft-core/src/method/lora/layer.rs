@@ -8,7 +8,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 
 use super::config::{LoraInit, LoraShape};
 use crate::error::Result;
-use crate::format::{FileTensor, TensorReader};
+use crate::format::{value_or_grad, FileTensor, TensorReader};
 use burn::tensor::Gradients;
 
 /// Low-rank update of one projection, stored in Burn's `[in, out]` layout: `A` `[in, r]`,
@@ -157,25 +157,19 @@ impl LoraLayer {
         &self,
         grads: Option<&Gradients>,
     ) -> Result<Vec<(&'static str, FileTensor)>> {
-        let pick2 = |p: &Param<Tensor<2>>| match grads {
-            None => Some(p.val()),
-            Some(g) => p.val().grad(g),
-        };
         let mut out = Vec::new();
-        if let Some(a) = pick2(&self.lora_a) {
+        if let Some(a) = value_or_grad(&self.lora_a, grads) {
             out.push(("lora_A.weight", FileTensor::read(a.transpose())?));
         }
-        if let Some(b) = pick2(&self.lora_b) {
+        if let Some(b) = value_or_grad(&self.lora_b, grads) {
             out.push(("lora_B.weight", FileTensor::read(b.transpose())?));
         }
-        if let Some(m) = &self.magnitude {
-            let m = match grads {
-                None => Some(m.val()),
-                Some(g) => m.val().grad(g),
-            };
-            if let Some(m) = m {
-                out.push(("lora_magnitude_vector", FileTensor::read(m)?));
-            }
+        if let Some(m) = self
+            .magnitude
+            .as_ref()
+            .and_then(|m| value_or_grad(m, grads))
+        {
+            out.push(("lora_magnitude_vector", FileTensor::read(m)?));
         }
         Ok(out)
     }
