@@ -394,3 +394,10 @@ fn dora_adapter_round_trips_with_its_magnitude_vector() {
         .to_string();
     assert!(err.contains("lora_magnitude_vector"), "{err}");
 }
+
+#[test]
+fn wrongly_typed_value_names_its_field() {
+    let dir = adapter_copy();
+    edit_config(dir.path(), |c| c["r"] = "eight".into());
+    assert_mentions(&load_error(dir.path()), &["`r`", "eight"]);
+}

@@ -24,6 +24,7 @@ fn check_logits(case: &str, device: &Device) {
     assert_eq!(logits.dims().to_vec(), reference.shape);
     let vocab = reference.shape[2];
     let err = max_abs_diff_masked(&to_vec(logits), &reference.values, &mask.values, vocab);
+    eprintln!("{case} on {device:?}: max abs logit error {err:e}");
     assert!(
         err <= LOGITS_TOLERANCE,
         "{case}: max abs logit error {err:e} > {LOGITS_TOLERANCE:e}"

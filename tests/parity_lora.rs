@@ -49,6 +49,7 @@ fn check_logits_merge_disable(case: &str, device: &Device) {
     let expected = Expected::load(case);
     let mut loaded = load_peft(case, device);
     let err = logits_error(&loaded, &expected, "logits_peft", device);
+    eprintln!("{case} on {device:?}: adapter logits max abs error {err:e}");
     assert!(
         err <= LOGITS_TOLERANCE,
         "{case}: adapter logits error {err:e}"
@@ -91,6 +92,7 @@ fn check_loss_and_grads(case: &str, device: &Device) {
     let loss = to_vec(loss.detach())[0];
     let want = expected.f32("loss_peft").values[0];
     let rel = (loss - want).abs() / want.abs();
+    eprintln!("{case} on {device:?}: loss relative error {rel:e}");
     assert!(
         rel <= LOSS_TOLERANCE,
         "{case}: loss {loss} vs {want} (relative {rel:e})"

@@ -589,3 +589,10 @@ fn bad_adapter_folder_is_named() {
     ]);
     assert_fails_with(&out, &["/nonexistent/adapter", "adapter_config.json"]);
 }
+
+#[test]
+fn wrongly_typed_config_value_names_its_key() {
+    let dir = copy_base("llama-base");
+    edit_config(dir.path(), |c| c["hidden_size"] = "big".into());
+    assert_fails_with(&inspect(dir.path()), &["hidden_size", "config.json"]);
+}

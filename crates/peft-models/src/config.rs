@@ -144,8 +144,18 @@ pub(crate) fn read_text(path: &Path, what: &'static str, expected: &'static str)
 }
 
 fn parse<T: DeserializeOwned>(path: &Path, value: serde_json::Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|source| ModelError::Json {
+    serde_path_to_error::deserialize(value).map_err(|e| ModelError::ConfigValue {
         path: PathBuf::from(path),
-        source,
+        key: field_path(&e),
+        message: e.into_inner().to_string(),
     })
+}
+
+/// The key a deserialisation error is about (`rope_scaling.factor`), or `(top level)` for an
+/// error about the object itself (e.g. a missing field, which the message names).
+fn field_path<E>(e: &serde_path_to_error::Error<E>) -> String {
+    match e.path().to_string() {
+        p if p == "." => "(top level)".to_string(),
+        p => p,
+    }
 }

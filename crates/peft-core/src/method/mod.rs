@@ -54,34 +54,35 @@ impl AdapterConfig {
                     "missing or not a string; expected one of: {SUPPORTED_PEFT_TYPES}"
                 ),
             })?;
-        let config = match peft_type {
-            "LORA" => {
-                for field in MUST_BE_DEFAULT {
-                    if let Some(v) = value.get(field).filter(|v| !is_default(v)) {
-                        return Err(PeftError::Config {
-                            field: field.into(),
-                            message: format!(
-                                "{v} is not supported; only the default (null/false) is"
-                            ),
-                        });
+        let config =
+            match peft_type {
+                "LORA" => {
+                    for field in MUST_BE_DEFAULT {
+                        if let Some(v) = value.get(field).filter(|v| !is_default(v)) {
+                            return Err(PeftError::Config {
+                                field: field.into(),
+                                message: format!(
+                                    "{v} is not supported; only the default (null/false) is"
+                                ),
+                            });
+                        }
                     }
+                    let config: LoraConfig = serde_path_to_error::deserialize(value.clone())
+                        .map_err(|e| PeftError::Config {
+                            field: field_path(&e),
+                            message: e.into_inner().to_string(),
+                        })?;
+                    Self::Lora(config)
                 }
-                let config: LoraConfig =
-                    serde_json::from_value(value.clone()).map_err(|e| PeftError::Config {
-                        field: field_of(&e),
-                        message: e.to_string(),
-                    })?;
-                Self::Lora(config)
-            }
-            other => {
-                return Err(PeftError::Config {
-                    field: "peft_type".into(),
-                    message: format!(
-                        "{other:?} is not supported; expected one of: {SUPPORTED_PEFT_TYPES}"
-                    ),
-                })
-            }
-        };
+                other => {
+                    return Err(PeftError::Config {
+                        field: "peft_type".into(),
+                        message: format!(
+                            "{other:?} is not supported; expected one of: {SUPPORTED_PEFT_TYPES}"
+                        ),
+                    })
+                }
+            };
         config.validate()?;
         Ok(config)
     }
@@ -150,12 +151,6 @@ fn is_default(v: &Value) -> bool {
         Value::Object(o) => o.is_empty(),
         _ => false,
     }
-}
-
-/// The field a serde error is about, where its message names one.
-fn field_of(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    msg.split('`').nth(1).unwrap_or("(config)").to_string()
 }
 
 /// A method's layer on one projection.
@@ -231,5 +226,14 @@ impl Adapter {
         match self {
             Self::Lora(l) => l.magnitude.as_ref().map(|_| l.weight_norm(weight)),
         }
+    }
+}
+
+/// The key a deserialisation error is about (`rope_scaling.factor`), or `(top level)` for an
+/// error about the object itself (e.g. a missing field, which the message names).
+fn field_path<E>(e: &serde_path_to_error::Error<E>) -> String {
+    match e.path().to_string() {
+        p if p == "." => "(top level)".to_string(),
+        p => p,
     }
 }
