@@ -401,3 +401,25 @@ fn wrongly_typed_value_names_its_field() {
     edit_config(dir.path(), |c| c["r"] = "eight".into());
     assert_mentions(&load_error(dir.path()), &["`r`", "eight"]);
 }
+
+#[test]
+fn switching_away_from_a_merged_adapter_unmerges_it() {
+    let mut m = base("llama-lora");
+    load_adapter(&mut m.model, "a", &case_dir("llama-lora").join("adapter")).unwrap();
+    attach_adapter(
+        &mut m.model,
+        "b",
+        &AdapterConfig::Lora(lora(names(&["k_proj"]))),
+    )
+    .unwrap();
+    set_adapter(&mut m.model, "b").unwrap();
+    let only_b = logits(&m);
+    set_adapter(&mut m.model, "a").unwrap();
+    merge_adapter(&mut m.model, true).unwrap();
+    set_adapter(&mut m.model, "b").unwrap();
+    let err = max_abs_diff_masked(&logits(&m), &only_b, &[1; 32], 384);
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "adapters a (merged) and b added up: {err:e}"
+    );
+}

@@ -60,7 +60,7 @@ fn check_logits_merge_disable(case: &str, device: &Device) {
         err <= LOGITS_TOLERANCE,
         "{case}: merged logits error {err:e}"
     );
-    unmerge_adapter(&mut loaded.model);
+    // Disabling a merged adapter unmerges it, as PEFT does.
     disable_adapters(&mut loaded.model);
     let err = logits_error(&loaded, &expected, "logits_base", device);
     assert!(
@@ -72,6 +72,13 @@ fn check_logits_merge_disable(case: &str, device: &Device) {
     assert!(
         err <= LOGITS_TOLERANCE,
         "{case}: re-enabled adapter logits error {err:e}"
+    );
+    merge_adapter(&mut loaded.model, true).unwrap();
+    unmerge_adapter(&mut loaded.model);
+    let err = logits_error(&loaded, &expected, "logits_peft", device);
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "{case}: unmerged adapter logits error {err:e}"
     );
 }
 

@@ -111,7 +111,8 @@ fn describe_targets(targets: Option<&TargetModules>) -> String {
     }
 }
 
-/// Makes `name` the adapter that runs.
+/// Makes `name` the adapter that runs. Another adapter merged into the weights is unmerged
+/// first, as PEFT does, so that the two never add up.
 pub fn set_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()> {
     let names = adapter_names(model);
     if !names.iter().any(|n| n == name) {
@@ -121,15 +122,25 @@ pub fn set_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()> {
         });
     }
     for (_, proj) in model.projections_mut() {
+        if proj
+            .state
+            .merged
+            .as_ref()
+            .is_some_and(|(merged, _)| merged != name)
+        {
+            proj.unmerge();
+        }
         proj.state.active = Some(name.to_string());
     }
     Ok(())
 }
 
-/// Runs the base model alone (adapters stay attached); returns the adapter that was active.
+/// Runs the base model alone (adapters stay attached, a merged adapter is unmerged); returns
+/// the adapter that was active.
 pub fn disable_adapters(model: &mut impl ProjectionHost) -> Option<String> {
     let previous = active_adapter(model);
     for (_, proj) in model.projections_mut() {
+        proj.unmerge();
         proj.state.active = None;
     }
     previous
