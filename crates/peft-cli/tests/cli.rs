@@ -328,24 +328,34 @@ fn unreadable_safetensors_header_is_named() {
     assert_fails_with(&inspect(dir.path()), &["model.safetensors", "header"]);
 }
 
-#[test]
-fn bad_logits_input_is_named() {
+/// Runs `logits` on the llama-base fixture with a one-tensor input file `input_ids`.
+fn logits_on_input(dtype: Dtype, ids: Vec<u8>) -> (Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.safetensors");
-    let ids: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(Dtype::F32, vec![1, 2], &ids).unwrap();
+    let view = TensorView::new(dtype, vec![1, 2], &ids).unwrap();
     safetensors::serialize_to_file([("input_ids", view)], None, &input).unwrap();
+    let model = fixtures().join("llama-base").join("base");
+    let out_path = dir.path().join("out.safetensors");
     let out = peft_cli(&[
         "logits",
         "--model",
-        path_str(&fixtures().join("llama-base").join("base")),
+        path_str(&model),
         "--input",
         path_str(&input),
         "--out",
-        path_str(&dir.path().join("out.safetensors")),
+        path_str(&out_path),
         "--backend",
         "ndarray",
     ]);
+    (out, dir)
+}
+
+#[test]
+fn bad_logits_input_is_named() {
+    let (out, dir) = logits_on_input(
+        Dtype::F32,
+        [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
     assert_fails_with(&out, &["input_ids", "I64"]);
     assert!(
         !dir.path().join("out.safetensors").exists(),
@@ -355,22 +365,10 @@ fn bad_logits_input_is_named() {
 
 #[test]
 fn out_of_vocabulary_ids_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("input.safetensors");
-    let ids: Vec<u8> = [1i64, 384].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(Dtype::I64, vec![1, 2], &ids).unwrap();
-    safetensors::serialize_to_file([("input_ids", view)], None, &input).unwrap();
-    let out = peft_cli(&[
-        "logits",
-        "--model",
-        path_str(&fixtures().join("llama-base").join("base")),
-        "--input",
-        path_str(&input),
-        "--out",
-        path_str(&dir.path().join("out.safetensors")),
-        "--backend",
-        "ndarray",
-    ]);
+    let (out, _dir) = logits_on_input(
+        Dtype::I64,
+        [1i64, 384].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
     assert_fails_with(&out, &["token id 384", "vocabulary"]);
 }
 
