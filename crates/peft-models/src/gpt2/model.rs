@@ -194,31 +194,31 @@ impl Gpt2 {
     }
 }
 
+/// Every projection of a GPT-2 with its Hugging Face path; `mut` as second argument lists
+/// them mutably (one list for both, so they cannot drift apart).
+macro_rules! gpt2_projections {
+    ($model:expr $(, $m:tt)?) => {{
+        let mut out = Vec::new();
+        for (i, b) in (&$($m)? $model.h).into_iter().enumerate() {
+            let p = format!("transformer.h.{i}");
+            let (a, f) = (&$($m)? b.attn, &$($m)? b.mlp);
+            out.push((format!("{p}.attn.c_attn"), &$($m)? a.c_attn));
+            out.push((format!("{p}.attn.c_proj"), &$($m)? a.c_proj));
+            out.push((format!("{p}.mlp.c_fc"), &$($m)? f.c_fc));
+            out.push((format!("{p}.mlp.c_proj"), &$($m)? f.c_proj));
+        }
+        out.push(("lm_head".to_string(), &$($m)? $model.lm_head));
+        out
+    }};
+}
+
 impl ProjectionHost for Gpt2 {
     fn projections(&self) -> Vec<(String, &Projection)> {
-        let mut out = Vec::new();
-        for (i, b) in self.h.iter().enumerate() {
-            let p = format!("transformer.h.{i}");
-            out.push((format!("{p}.attn.c_attn"), &b.attn.c_attn));
-            out.push((format!("{p}.attn.c_proj"), &b.attn.c_proj));
-            out.push((format!("{p}.mlp.c_fc"), &b.mlp.c_fc));
-            out.push((format!("{p}.mlp.c_proj"), &b.mlp.c_proj));
-        }
-        out.push(("lm_head".to_string(), &self.lm_head));
-        out
+        gpt2_projections!(self)
     }
 
     fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
-        let mut out = Vec::new();
-        for (i, b) in self.h.iter_mut().enumerate() {
-            let p = format!("transformer.h.{i}");
-            out.push((format!("{p}.attn.c_attn"), &mut b.attn.c_attn));
-            out.push((format!("{p}.attn.c_proj"), &mut b.attn.c_proj));
-            out.push((format!("{p}.mlp.c_fc"), &mut b.mlp.c_fc));
-            out.push((format!("{p}.mlp.c_proj"), &mut b.mlp.c_proj));
-        }
-        out.push(("lm_head".to_string(), &mut self.lm_head));
-        out
+        gpt2_projections!(self, mut)
     }
 }
 

@@ -231,39 +231,34 @@ impl Llama {
     }
 }
 
+/// Every projection of a LLaMA with its Hugging Face path; `mut` as second argument lists
+/// them mutably (one list for both, so they cannot drift apart).
+macro_rules! llama_projections {
+    ($model:expr $(, $m:tt)?) => {{
+        let mut out = Vec::new();
+        for (i, l) in (&$($m)? $model.layers).into_iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let (a, f) = (&$($m)? l.self_attn, &$($m)? l.mlp);
+            out.push((format!("{p}.self_attn.q_proj"), &$($m)? a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &$($m)? a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &$($m)? a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &$($m)? a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &$($m)? f.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &$($m)? f.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &$($m)? f.down_proj));
+        }
+        out.push(("lm_head".to_string(), &$($m)? $model.lm_head));
+        out
+    }};
+}
+
 impl ProjectionHost for Llama {
     fn projections(&self) -> Vec<(String, &Projection)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            let (a, m) = (&l.self_attn, &l.mlp);
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &a.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &a.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &a.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &a.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &m.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &m.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &m.down_proj));
-        }
-        out.push(("lm_head".to_string(), &self.lm_head));
-        out
+        llama_projections!(self)
     }
 
     fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
-        }
-        out.push(("lm_head".to_string(), &mut self.lm_head));
-        out
+        llama_projections!(self, mut)
     }
 }
 
