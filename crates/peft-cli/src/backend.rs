@@ -37,7 +37,12 @@ pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
     }
 }
 
-#[cfg(not(all(feature = "ndarray", feature = "flex", feature = "wgpu", feature = "cuda")))]
+#[cfg(not(all(
+    feature = "ndarray",
+    feature = "flex",
+    feature = "wgpu",
+    feature = "cuda"
+)))]
 fn not_built(name: &str, feature: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "backend `{name}` was not compiled into this binary; rebuild with \
