@@ -83,6 +83,17 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// Runs `peft-cli`, asserts success and returns its stdout.
+fn peft_cli_ok(args: &[&str]) -> String {
+    let out = peft_cli(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Asserts a clean failure whose message contains every one of `needles`.
 fn assert_fails_with(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -154,7 +165,7 @@ fn logits_command_reproduces_transformers_for_both_fixtures() {
         let out_dir = tempfile::tempdir().unwrap();
         let out_path = out_dir.path().join("logits.safetensors");
         // The expected file holds input_ids and attention_mask: it is a valid input file.
-        let out = peft_cli(&[
+        let stdout = peft_cli_ok(&[
             "logits",
             "--model",
             path_str(&fixtures().join(case).join("base")),
@@ -531,12 +542,6 @@ fn inspect_with_adapter_prints_peft_counts() {
         "--backend",
         "ndarray",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.contains("trainable params: 2048 || all params: 134912 || trainable%: 1.5180"),
         "{stdout}"
@@ -547,7 +552,7 @@ fn inspect_with_adapter_prints_peft_counts() {
 #[test]
 fn inspect_with_method_flags_reports_what_would_train() {
     let model = fixtures().join("llama-base").join("base");
-    let out = peft_cli(&[
+    let stdout = peft_cli_ok(&[
         "inspect",
         "--model",
         path_str(&model),
@@ -560,12 +565,6 @@ fn inspect_with_method_flags_reports_what_would_train() {
         "--backend",
         "ndarray",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // Same shapes as the llama-lora fixture: case.json says 3584 trainable of 139072.
     assert!(
         stdout.contains("trainable params: 3584 || all params: 139072"),

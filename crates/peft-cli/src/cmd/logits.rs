@@ -58,14 +58,7 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     let mask = read_ids(&file, &args.input, "attention_mask")?;
     if let Some(mask) = &mask {
-        if mask.shape != ids.shape {
-            bail!(
-                "input file {}: `attention_mask` has shape {:?} but `input_ids` has {:?}; they must match",
-                args.input.display(),
-                mask.shape,
-                ids.shape
-            );
-        }
+        check_same_shape(mask, &ids, "attention_mask", &args.input)?;
         if let Some(v) = mask.values.iter().find(|&&v| v != 0 && v != 1) {
             bail!(
                 "input file {}: `attention_mask` holds {v}; expected only 0 and 1",
@@ -83,14 +76,7 @@ pub fn run(args: Args) -> Result<()> {
                 args.input.display()
             )
         })?;
-        if labels.shape != ids.shape {
-            bail!(
-                "input file {}: `labels` has shape {:?} but `input_ids` has {:?}; they must match",
-                args.input.display(),
-                labels.shape,
-                ids.shape
-            );
-        }
+        check_same_shape(&labels, &ids, "labels", &args.input)?;
         if !labels
             .values
             .chunks(ids.shape[1])
@@ -133,6 +119,19 @@ pub fn run(args: Args) -> Result<()> {
 
 fn upload(m: &IdMatrix, device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(m.values.clone(), m.shape), device)
+}
+
+/// Refuses a companion tensor (`attention_mask`, `labels`) whose shape differs from `input_ids`.
+fn check_same_shape(other: &IdMatrix, ids: &IdMatrix, name: &str, path: &Path) -> Result<()> {
+    if other.shape != ids.shape {
+        bail!(
+            "input file {}: `{name}` has shape {:?} but `input_ids` has {:?}; they must match",
+            path.display(),
+            other.shape,
+            ids.shape
+        );
+    }
+    Ok(())
 }
 
 /// Reads tensor `name` as i64 `[batch, seq]`; `None` if absent.
