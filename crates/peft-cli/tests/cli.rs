@@ -165,7 +165,7 @@ fn logits_command_reproduces_transformers_for_both_fixtures() {
         let out_dir = tempfile::tempdir().unwrap();
         let out_path = out_dir.path().join("logits.safetensors");
         // The expected file holds input_ids and attention_mask: it is a valid input file.
-        let stdout = peft_cli_ok(&[
+        let out = peft_cli(&[
             "logits",
             "--model",
             path_str(&fixtures().join(case).join("base")),
@@ -533,7 +533,7 @@ fn merged_folder_loads_and_reproduces_adapter_logits() {
 #[test]
 fn inspect_with_adapter_prints_peft_counts() {
     let case = fixtures().join("gpt2-lora");
-    let out = peft_cli(&[
+    let stdout = peft_cli_ok(&[
         "inspect",
         "--model",
         path_str(&case.join("base")),
@@ -542,6 +542,7 @@ fn inspect_with_adapter_prints_peft_counts() {
         "--backend",
         "ndarray",
     ]);
+
     assert!(
         stdout.contains("trainable params: 2048 || all params: 134912 || trainable%: 1.5180"),
         "{stdout}"
@@ -565,6 +566,7 @@ fn inspect_with_method_flags_reports_what_would_train() {
         "--backend",
         "ndarray",
     ]);
+
     // Same shapes as the llama-lora fixture: case.json says 3584 trainable of 139072.
     assert!(
         stdout.contains("trainable params: 3584 || all params: 139072"),
