@@ -133,11 +133,6 @@ impl Projection {
             .map(|a| &a.adapter)
     }
 
-    /// Whether anything (an adapter or a saved copy) is attached under `name`.
-    pub fn has(&self, name: &str) -> bool {
-        self.adapters.iter().any(|a| a.name == name) || self.saved.iter().any(|c| c.name == name)
-    }
-
     /// Attaches `adapter` under `name` (not activated).
     pub fn attach(&mut self, name: &str, adapter: Adapter) {
         self.adapters.push(NamedAdapter {

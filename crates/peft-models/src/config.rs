@@ -87,14 +87,6 @@ impl ModelConfig {
         }
     }
 
-    /// The longest sequence the position encoding is defined for.
-    pub fn max_positions(&self) -> usize {
-        match self {
-            Self::Llama(c) => c.max_position_embeddings,
-            Self::Gpt2(c) => c.n_positions,
-        }
-    }
-
     /// End-of-sequence ids named in the config (`eos_token_id`, a number or a list).
     pub fn eos_token_ids(&self) -> Vec<u32> {
         match self {

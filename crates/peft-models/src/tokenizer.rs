@@ -144,11 +144,6 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Number of tokens, added tokens included.
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
     fn error(&self, e: impl std::fmt::Display) -> ModelError {
         ModelError::Tokenizer {
             path: self.path.clone(),
@@ -188,10 +183,5 @@ impl<'a> TokenStream<'a> {
         let chunk = text[self.emitted..].to_string();
         self.emitted = text.len();
         Ok(Some(chunk))
-    }
-
-    /// Every id pushed so far.
-    pub fn ids(&self) -> &[u32] {
-        &self.ids
     }
 }
