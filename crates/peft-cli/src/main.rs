@@ -1,4 +1,4 @@
-//! `peft-cli`: inspect, run, merge and (soon) fine-tune language models with parameter-efficient methods.
+//! `peft-cli`: inspect, run, merge and fine-tune language models with parameter-efficient methods.
 
 mod backend;
 mod cmd;
@@ -24,6 +24,9 @@ enum Command {
     /// Compute logits (and with --grads the loss and adapter gradients) for token ids read from
     /// a safetensors file, and write them to another.
     Logits(cmd::logits::Args),
+    /// Train an adapter (LoRA, DoRA) on a frozen base model from a TOML configuration and/or
+    /// flags; saves checkpoints, metrics.jsonl and the final adapter in PEFT's format.
+    Train(Box<cmd::train::Args>),
     /// Merge an adapter into the model's weights and write a plain Hugging Face model folder.
     Merge(cmd::merge::Args),
 }
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Logits(args) => cmd::logits::run(args),
         Command::Merge(args) => cmd::merge::run(args),
+        Command::Train(args) => cmd::train::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use regex::Regex;
 
 use crate::error::{PeftError, Result};
+use crate::ids::with_stable_ids;
 use crate::method::AdapterConfig;
 use crate::projection::ProjectionHost;
 use crate::target::TargetModules;
@@ -91,9 +92,9 @@ pub fn attach_adapter(
     let activate = active_adapter(model).is_none();
     for (key, proj) in model.projections_mut() {
         if report.saved.contains(&key) {
-            proj.attach_copy(name);
+            proj.attach_copy(name, &key);
         } else if report.adapted.contains(&key) {
-            let layer = config.new_layer(&key, &proj.base)?;
+            let layer = with_stable_ids(config.new_layer(&key, &proj.base)?, &format!("{name}/{key}"));
             proj.attach(name, layer);
         }
     }

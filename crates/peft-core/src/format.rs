@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
+
+use crate::ids::replace_value;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -236,10 +238,10 @@ fn fill_from_file(
                     .transpose(),
                 WeightLayout::Conv1D => reader("weight", &[d_in, d_out])?.upload::<2>(&device),
             };
-            copy.layer.weight = Param::from_tensor(w);
-            if copy.layer.bias.is_some() {
+            copy.layer.weight = replace_value(&copy.layer.weight, w);
+            if let Some(bias) = &copy.layer.bias {
                 let b = reader("bias", &[d_out])?.upload::<1>(&device);
-                copy.layer.bias = Some(Param::from_tensor(b));
+                copy.layer.bias = Some(replace_value(bias, b));
             }
         }
     }

@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod error;
 pub mod format;
+mod ids;
 pub mod method;
 pub mod projection;
 pub mod report;

@@ -6,6 +6,7 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 
 use crate::error::{PeftError, Result};
+use crate::ids::with_stable_ids;
 use crate::method::Adapter;
 
 /// How the checkpoint stores this projection's weight; Burn always holds it `[in, out]`.
@@ -141,8 +142,9 @@ impl Projection {
         });
     }
 
-    /// Attaches a trainable copy of the base under `name` (not activated).
-    pub fn attach_copy(&mut self, name: &str) {
+    /// Attaches a trainable copy of the base under `name` (not activated); `key` is this
+    /// projection's module path, which fixes the copy's parameter ids.
+    pub fn attach_copy(&mut self, name: &str, key: &str) {
         let layer = Linear {
             weight: Param::from_tensor(self.base.weight.val().detach()),
             bias: self
@@ -153,7 +155,7 @@ impl Projection {
         };
         self.saved.push(SavedCopy {
             name: name.to_string(),
-            layer,
+            layer: with_stable_ids(layer, &format!("{name}/{key}/modules_to_save")),
         });
     }
 

@@ -1,4 +1,321 @@
 //! Training adapters on a frozen base model with Burn's Learner.
 //!
-//! Not implemented yet: this crate holds the place the workspace design gives it, and stays empty
-//! until the trainer is built (frozen-parameter filtering, datasets, the dashboard, checkpoints).
+//! [`train`] loads the model and data a [`TrainConfig`] names, attaches the adapter (or restores
+//! it from the last checkpoint), and runs Burn's `SupervisedTraining` with the step-counted
+//! loop of [`strategy`]: only adapter tensors get gradients and optimizer state, gradients are
+//! averaged over accumulation and clipped by their global norm, and the run leaves
+//! `metrics.jsonl`, atomic checkpoints and the final adapter in PEFT's format.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod clip;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod schedule;
+pub mod strategy;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use burn::optim::AdamWConfig;
+use burn::tensor::Device;
+use burn::train::metric::LearningRateMetric;
+use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
+use peft_core::ParameterReport;
+use peft_models::{CausalLm, LoadedModel};
+
+pub use config::TrainConfig;
+pub use error::{Result, TrainError};
+
+use crate::batch::ExampleLoader;
+use crate::checkpoint::TrainerState;
+use crate::data::{BatchPlan, Example, Tokenization};
+use crate::metrics::{LmMetric, LmQuantity};
+use crate::model::{OptimizerSnapshot, TrainableLm};
+use crate::schedule::WarmupSchedule;
+use crate::strategy::{LoopReport, LoopSettings, StepStrategy};
+
+/// Name of the adapter being trained (PEFT's default).
+pub const ADAPTER_NAME: &str = "default";
+/// Folder of the final adapter inside the output folder.
+pub const FINAL_DIR: &str = "final";
+
+/// LoRA-family adapters rarely learn anything below this learning rate.
+const LOWEST_USEFUL_LR: f64 = 1e-5;
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct TrainSummary {
+    /// The trained model (adapter attached, out of autodiff).
+    pub model: CausalLm,
+    /// Optimizer steps completed, counting those before a resume.
+    pub steps: usize,
+    /// Where the final adapter was saved.
+    pub final_adapter: PathBuf,
+    /// Loss of the last step.
+    pub last_loss: Option<f64>,
+    /// Last validation loss.
+    pub last_eval_loss: Option<f64>,
+    /// Trainable and total parameters.
+    pub parameters: ParameterReport,
+    /// Warnings about the run (also printed when they happen without a dashboard).
+    pub warnings: Vec<String>,
+    /// The step a resumed run started from.
+    pub resumed_from: Option<usize>,
+}
+
+/// Trains the adapter `config` describes on `device`; with `resume`, continues from the last
+/// complete checkpoint in the output folder.
+pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<TrainSummary> {
+    config.validate()?;
+    let t = &config.training;
+    let out = t.out.clone();
+    let resume_from = prepare_output(&out, resume)?;
+    if resume_from.is_none() {
+        peft_core::format::write_atomic(
+            &out.join(checkpoint::CONFIG_FILE),
+            config.to_toml().as_bytes(),
+        )?;
+    }
+    let device = if device.is_autodiff() {
+        device.clone()
+    } else {
+        device.clone().autodiff()
+    };
+    device.seed(t.seed);
+
+    let model_path = config.model.path.clone().expect("validated");
+    let loaded = peft_models::load_model(&model_path, &device)?;
+    let (train_examples, valid_examples) = load_examples(config, &loaded)?;
+    let pad_id = eos_id(&loaded)?;
+
+    let mut lm = loaded.model;
+    let adapter_config = config.method.adapter_config();
+    match &resume_from {
+        Some((_, dir)) => {
+            peft_core::load_adapter(&mut lm, ADAPTER_NAME, dir)?;
+        }
+        None => {
+            peft_core::attach_adapter(&mut lm, ADAPTER_NAME, &adapter_config)?;
+        }
+    }
+    let parameters = ParameterReport::of(&lm);
+    if parameters.trainable == 0 {
+        return Err(TrainError::NothingToTrain(
+            "the adapter adds no trainable tensor to this model".into(),
+        ));
+    }
+    let mut warnings = Vec::new();
+    if t.lr < LOWEST_USEFUL_LR {
+        warnings.push(format!(
+            "learning rate {} is far below what LoRA needs (typically 1e-4 to 1e-3); the \
+             adapter will barely move",
+            t.lr
+        ));
+    }
+
+    let plan = BatchPlan::new(train_examples.len(), t.batch_size, t.seed);
+    let max_steps = t.max_steps.unwrap_or_else(|| {
+        t.epochs.unwrap_or(1) * plan.batches_per_epoch().div_ceil(t.grad_accum)
+    });
+    let start_step = resume_from.as_ref().map_or(0, |(state, _)| state.step);
+    let has_valid = !valid_examples.is_empty();
+    let settings = LoopSettings {
+        grad_accum: t.grad_accum,
+        max_steps,
+        start_step,
+        eval_every: t.eval_every.filter(|_| has_valid).unwrap_or(max_steps),
+        save_every: t.save_every,
+        log_every: t.log_every,
+        max_grad_norm: t.max_grad_norm,
+        seed: t.seed,
+        check_change_at: (t.warmup_steps + 2).min(max_steps),
+    };
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+
+    let train_loader = ExampleLoader::new(Arc::new(train_examples), t.batch_size, pad_id, device.clone());
+    let valid_loader = ExampleLoader::new(
+        Arc::new(valid_examples),
+        t.batch_size,
+        pad_id,
+        device.clone().inner(),
+    );
+    let report = Arc::new(Mutex::new(LoopReport::default()));
+    let strategy = StepStrategy {
+        device: device.clone(),
+        train: train_loader.clone(),
+        plan,
+        valid: has_valid.then(|| valid_loader.clone()),
+        settings: settings.clone(),
+        out: out.clone(),
+        adapter: (ADAPTER_NAME.to_string(), adapter_config.clone()),
+        report: report.clone(),
+    };
+
+    let model = TrainableLm {
+        lm,
+        snapshot: OptimizerSnapshot::default(),
+    };
+    let optimizer = adamw(t.weight_decay).init();
+    let schedule = WarmupSchedule::new(t.lr, t.warmup_steps, max_steps, t.schedule, start_step);
+    let mut learner = Learner::new(model, optimizer, schedule);
+    if let Some((_, dir)) = &resume_from {
+        learner.load_optim(checkpoint::read_optimizer(dir)?);
+    }
+
+    let rounds = settings.rounds();
+    let mut training = SupervisedTraining::new(&out, Arc::new(train_loader), Arc::new(valid_loader))
+        .metric_train_numeric(LmMetric::new(LmQuantity::Loss))
+        .metric_train_numeric(LmMetric::new(LmQuantity::Perplexity))
+        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(LmMetric::new(LmQuantity::TokensPerSecond))
+        .metric_train_numeric(LmMetric::new(LmQuantity::GradNorm))
+        .metric_valid_numeric(LmMetric::new(LmQuantity::Loss))
+        .metric_valid_numeric(LmMetric::new(LmQuantity::Perplexity))
+        .num_epochs(rounds)
+        .label(&format!(
+            "{} steps, evaluation every {}",
+            max_steps, settings.eval_every
+        ))
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
+    if start_step > 0 {
+        training = training.checkpoint(settings.round_of(start_step + 1).saturating_sub(1));
+    }
+    let result = training.launch(learner);
+
+    let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(error) = report.error.take() {
+        return Err(error);
+    }
+    if let Some(error) = result.error {
+        return Err(TrainError::Learner(error.to_string()));
+    }
+    let lm = result.model.lm;
+    let final_adapter = out.join(FINAL_DIR);
+    checkpoint::save_adapter_folder(
+        &final_adapter,
+        &checkpoint::AdapterToSave {
+            model: &lm,
+            name: ADAPTER_NAME,
+            config: &adapter_config,
+        },
+    )?;
+    warnings.extend(report.warnings);
+    Ok(TrainSummary {
+        model: lm,
+        steps: report.steps.max(start_step),
+        final_adapter,
+        last_loss: report.last_loss,
+        last_eval_loss: report.last_eval_loss,
+        parameters,
+        warnings,
+        resumed_from: resume_from.map(|(state, _)| state.step),
+    })
+}
+
+/// AdamW with PyTorch's defaults (Burn's default epsilon and weight decay differ).
+pub fn adamw(weight_decay: f64) -> AdamWConfig {
+    AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(weight_decay as f32)
+}
+
+/// Creates the output folder; refuses to overwrite an earlier run's checkpoints unless resuming,
+/// and finds the checkpoint to resume from.
+fn prepare_output(out: &Path, resume: bool) -> Result<Option<(TrainerState, PathBuf)>> {
+    let latest = checkpoint::latest(out)?;
+    if resume {
+        let Some((state, dir)) = latest else {
+            return Err(TrainError::Resume {
+                path: out.to_path_buf(),
+                message: "it holds no complete checkpoint (checkpoint-<step>/ with trainer_state.json)"
+                    .into(),
+            });
+        };
+        checkpoint::truncate_metrics(out, state.step)?;
+        return Ok(Some((state, dir)));
+    }
+    if let Some((_, dir)) = latest {
+        return Err(TrainError::InvalidValue {
+            key: "training.out".into(),
+            message: format!(
+                "{} already holds a run ({}); pass --resume to continue it or choose another --out",
+                out.display(),
+                dir.display()
+            ),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(out.join(metrics::MetricsLog::FILE));
+    Ok(None)
+}
+
+fn eos_id(loaded: &LoadedModel) -> Result<u32> {
+    if let Some(&id) = loaded.eos_token_ids.first() {
+        return Ok(id);
+    }
+    let tokenizer = loaded.tokenizer()?;
+    tokenizer
+        .eos_token
+        .as_deref()
+        .and_then(|t| tokenizer.token_to_id(t))
+        .ok_or_else(|| {
+            TrainError::InvalidValue {
+                key: "model.path".into(),
+                message: format!(
+                    "{} names no end-of-sequence token (generation_config.json eos_token_id or \
+                     tokenizer_config.json eos_token), which training appends to every example",
+                    loaded.source.display()
+                ),
+            }
+        })
+}
+
+fn load_examples(config: &TrainConfig, loaded: &LoadedModel) -> Result<(Vec<Example>, Vec<Example>)> {
+    let tokenizer = loaded.tokenizer()?;
+    let tokenization = Tokenization {
+        tokenizer,
+        eos_id: eos_id(loaded)?,
+        seq_len: config.data.seq_len,
+    };
+    let read = |path: &Path| -> Result<Vec<Example>> {
+        let records = data::read_jsonl(path)?;
+        let examples = tokenization.examples(path, &records)?;
+        let examples = if config.data.packing {
+            data::pack(&examples, config.data.seq_len)
+        } else {
+            examples
+        };
+        if examples.is_empty() {
+            return Err(TrainError::EmptyData(format!(
+                "{}: no example left to learn from ({} records; an example needs at least one \
+                 completion token within data.seq_len = {})",
+                path.display(),
+                records.len(),
+                config.data.seq_len
+            )));
+        }
+        Ok(examples)
+    };
+    let train_path = config.data.train.as_deref().expect("validated");
+    let train = read(train_path)?;
+    match (&config.data.valid, config.data.valid_fraction) {
+        (Some(valid), _) => Ok((train, read(valid)?)),
+        (None, f) if f > 0.0 && train.len() > 1 => {
+            Ok(data::split_valid(train, f, config.training.seed))
+        }
+        _ => Ok((train, Vec::new())),
+    }
+}

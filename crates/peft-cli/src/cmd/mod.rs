@@ -4,6 +4,7 @@ pub mod generate;
 pub mod inspect;
 pub mod logits;
 pub mod merge;
+pub mod train;
 
 use std::path::PathBuf;
 

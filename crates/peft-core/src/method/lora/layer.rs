@@ -9,6 +9,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use super::config::{LoraInit, LoraShape};
 use crate::error::Result;
 use crate::format::{value_or_grad, FileTensor, TensorReader};
+use crate::ids::replace_value;
 use burn::tensor::Gradients;
 
 /// Low-rank update of one projection, stored in Burn's `[in, out]` layout: `A` `[in, r]`,
@@ -185,11 +186,11 @@ impl LoraLayer {
         let b = read("lora_B.weight", &[d_out, rank])?
             .upload::<2>(&device)
             .transpose();
-        self.lora_a = Param::from_tensor(a);
-        self.lora_b = Param::from_tensor(b);
-        if self.magnitude.is_some() {
+        self.lora_a = replace_value(&self.lora_a, a);
+        self.lora_b = replace_value(&self.lora_b, b);
+        if let Some(magnitude) = &self.magnitude {
             let m = read("lora_magnitude_vector", &[d_out])?.upload::<1>(&device);
-            self.magnitude = Some(Param::from_tensor(m));
+            self.magnitude = Some(replace_value(magnitude, m));
         }
         Ok(())
     }

@@ -1,0 +1,231 @@
+//! `peft-cli train`: train an adapter from a TOML configuration, with flags overriding it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use peft_train::checkpoint::CONFIG_FILE;
+use peft_train::config::{Method, Schedule};
+use peft_train::TrainConfig;
+
+use crate::backend::{self, BackendChoice};
+
+/// Options of `train`; each one overrides the configuration file's value.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Training configuration (TOML; see configs/README.md). Optional when flags give the
+    /// model and the data.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Continue the run in DIR from its last complete checkpoint; its saved configuration is
+    /// the starting point, and other flags still override it (e.g. a larger --max-steps).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Compute backend [default: the configuration's `model.backend`, else auto].
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendChoice>,
+    /// Base model: a Hugging Face folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Training data, JSONL: {"text"}, {"prompt","completion"} or {"messages":[...]} per line.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub data: Option<PathBuf>,
+    /// Validation data, JSONL (same formats).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub valid: Option<PathBuf>,
+    /// Hold out this fraction of the training data for validation when --valid is not given.
+    #[arg(long, value_name = "F")]
+    pub valid_fraction: Option<f64>,
+    /// Adapter method.
+    #[arg(long, value_enum)]
+    pub method: Option<MethodArg>,
+    /// LoRA rank [default: 8].
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
+    /// LoRA alpha; the update is scaled by alpha / rank [default: 16].
+    #[arg(long, value_name = "A")]
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter's input [default: 0.05].
+    #[arg(long, value_name = "P")]
+    pub dropout: Option<f64>,
+    /// Modules to adapt, comma-separated (q_proj,v_proj), or all-linear [default: q_proj,v_proj].
+    #[arg(long, value_name = "NAMES")]
+    pub target: Option<String>,
+    /// Scale by alpha / sqrt(rank) (rsLoRA).
+    #[arg(long)]
+    pub rslora: bool,
+    /// Peak learning rate [default: 2e-4].
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// Sequences per micro-batch [default: 4].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step; their gradients are averaged [default: 1].
+    #[arg(long, value_name = "K")]
+    pub grad_accum: Option<usize>,
+    /// Optimizer steps to run (takes precedence over --epochs).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<usize>,
+    /// Passes over the training data [default: 1 when --max-steps is not given].
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Longest sequence in tokens; longer examples are truncated [default: 512].
+    #[arg(long, value_name = "T")]
+    pub seq_len: Option<usize>,
+    /// Concatenate examples into full --seq-len rows instead of padding each one.
+    #[arg(long)]
+    pub packing: bool,
+    /// Steps of linear warmup from 0 to --lr [default: 0].
+    #[arg(long, value_name = "N")]
+    pub warmup_steps: Option<usize>,
+    /// Learning-rate shape after warmup [default: linear].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// AdamW weight decay [default: 0].
+    #[arg(long, value_name = "W")]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm to G; 0 disables [default: 1].
+    #[arg(long, value_name = "G")]
+    pub max_grad_norm: Option<f64>,
+    /// Seed of initialisation, data order and dropout [default: 42].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Evaluate on the validation data every N steps (and at the end).
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// Save a checkpoint every N steps (and at the end).
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<usize>,
+    /// Log metrics every N steps [default: 1].
+    #[arg(long, value_name = "N")]
+    pub log_every: Option<usize>,
+    /// Output folder: metrics.jsonl, checkpoint-<step>/, final/ [default: runs/adapter].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `--method`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum MethodArg {
+    /// LoRA.
+    Lora,
+    /// DoRA: LoRA with a learned per-output magnitude.
+    Dora,
+}
+
+/// `--schedule`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ScheduleArg {
+    /// Half a cosine down to 0.
+    Cosine,
+    /// Straight line down to 0.
+    Linear,
+    /// Stay at the peak.
+    Constant,
+}
+
+impl Args {
+    /// The configuration: the resumed run's or the file's (or defaults), then the flags.
+    fn config(&self) -> Result<TrainConfig> {
+        let mut c = match (&self.config, &self.resume) {
+            (Some(file), _) => TrainConfig::from_file(file)?,
+            (None, Some(dir)) => TrainConfig::from_file(&dir.join(CONFIG_FILE))
+                .with_context(|| format!("{} is not a training output folder", dir.display()))?,
+            (None, None) => TrainConfig::default(),
+        };
+        some(&mut c.model.path, &self.model);
+        some(&mut c.data.train, &self.data);
+        some(&mut c.data.valid, &self.valid);
+        set(&mut c.data.valid_fraction, &self.valid_fraction);
+        if let Some(m) = self.method {
+            c.method.name = match m {
+                MethodArg::Lora => Method::Lora,
+                MethodArg::Dora => Method::Dora,
+            };
+        }
+        set(&mut c.method.rank, &self.rank);
+        set(&mut c.method.alpha, &self.alpha);
+        set(&mut c.method.dropout, &self.dropout);
+        if let Some(target) = &self.target {
+            c.method.target = target.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        c.method.rslora |= self.rslora;
+        let t = &mut c.training;
+        set(&mut t.lr, &self.lr);
+        set(&mut t.batch_size, &self.batch_size);
+        set(&mut t.grad_accum, &self.grad_accum);
+        some(&mut t.max_steps, &self.max_steps);
+        some(&mut t.epochs, &self.epochs);
+        if self.max_steps.is_none() && self.epochs.is_some() {
+            t.max_steps = None;
+        }
+        set(&mut c.data.seq_len, &self.seq_len);
+        c.data.packing |= self.packing;
+        set(&mut t.warmup_steps, &self.warmup_steps);
+        if let Some(s) = self.schedule {
+            t.schedule = match s {
+                ScheduleArg::Cosine => Schedule::Cosine,
+                ScheduleArg::Linear => Schedule::Linear,
+                ScheduleArg::Constant => Schedule::Constant,
+            };
+        }
+        set(&mut t.weight_decay, &self.weight_decay);
+        set(&mut t.max_grad_norm, &self.max_grad_norm);
+        set(&mut t.seed, &self.seed);
+        some(&mut t.eval_every, &self.eval_every);
+        some(&mut t.save_every, &self.save_every);
+        set(&mut t.log_every, &self.log_every);
+        if let Some(dir) = &self.resume {
+            t.out = dir.clone();
+        }
+        set(&mut t.out, &self.out);
+        Ok(c)
+    }
+}
+
+/// `slot = value` when the flag was given.
+fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+    if let Some(v) = value {
+        *slot = v.clone();
+    }
+}
+
+/// `slot = value` for optional settings, when the flag was given.
+fn some<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
+    if value.is_some() {
+        slot.clone_from(value);
+    }
+}
+
+/// Trains, then says where the adapter is and how it went.
+pub fn run(args: Args) -> Result<()> {
+    let config = args.config()?;
+    let choice = match (args.backend, &config.model.backend) {
+        (Some(b), _) => b,
+        (None, Some(name)) => BackendChoice::from_str(name, true).map_err(|_| {
+            anyhow::anyhow!(
+                "invalid `model.backend` {name:?}: expected one of auto, ndarray, flex, wgpu, cuda"
+            )
+        })?,
+        (None, None) => BackendChoice::Auto,
+    };
+    let selected = backend::select(choice)?;
+    eprintln!("backend: {}", selected.description);
+    let summary = peft_train::train(&config, &selected.device, args.resume.is_some())?;
+    if let Some(step) = summary.resumed_from {
+        println!("resumed from step {step}");
+    }
+    println!("{}", summary.parameters);
+    match summary.last_loss {
+        Some(loss) => println!("steps: {}, final loss: {loss:.4}", summary.steps),
+        None => println!("steps: {}", summary.steps),
+    }
+    if let Some(eval) = summary.last_eval_loss {
+        println!("eval loss: {eval:.4}, eval perplexity: {:.3}", eval.exp());
+    }
+    for warning in &summary.warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!("adapter: {}", summary.final_adapter.display());
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! The training configuration: one TOML file with `[model]`, `[method]`, `[data]` and
+//! `[training]` sections (documented in `configs/README.md`); every value has a default and can
+//! be overridden from the command line.
+
+use std::path::{Path, PathBuf};
+
+use peft_core::method::lora::LoraConfig;
+use peft_core::target::TargetModules;
+use peft_core::AdapterConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Everything a training run needs to know.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The base model.
+    pub model: ModelSection,
+    /// The PEFT method and its options.
+    pub method: MethodSection,
+    /// The training and validation data.
+    pub data: DataSection,
+    /// Optimisation, schedule, logging and checkpoints.
+    pub training: TrainingSection,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face model folder.
+    pub path: Option<PathBuf>,
+    /// Compute backend name (`auto`, `ndarray`, `flex`, `wgpu`, `cuda`); read by the CLI.
+    pub backend: Option<String>,
+}
+
+/// The adapter method to train.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// LoRA.
+    #[default]
+    Lora,
+    /// DoRA (LoRA with a learned magnitude).
+    Dora,
+}
+
+/// `[method]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MethodSection {
+    /// `lora` or `dora`.
+    pub name: Method,
+    /// Rank of the update.
+    pub rank: usize,
+    /// Scaling numerator (`alpha / rank`).
+    pub alpha: f64,
+    /// Dropout on the adapter branch's input.
+    pub dropout: f64,
+    /// Module names to adapt (`["q_proj", "v_proj"]`), or `["all-linear"]`.
+    pub target: Vec<String>,
+    /// Scale by `alpha / sqrt(rank)` (rsLoRA).
+    pub rslora: bool,
+}
+
+impl Default for MethodSection {
+    fn default() -> Self {
+        Self {
+            name: Method::Lora,
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            target: vec!["q_proj".into(), "v_proj".into()],
+            rslora: false,
+        }
+    }
+}
+
+impl MethodSection {
+    /// The PEFT adapter configuration this section describes.
+    pub fn adapter_config(&self) -> AdapterConfig {
+        let target = match self.target.as_slice() {
+            [one] if one == "all-linear" => TargetModules::Pattern(one.clone()),
+            names => TargetModules::Names(names.to_vec()),
+        };
+        AdapterConfig::Lora(LoraConfig {
+            r: self.rank,
+            lora_alpha: self.alpha,
+            lora_dropout: self.dropout,
+            use_rslora: self.rslora,
+            use_dora: self.name == Method::Dora,
+            target_modules: Some(target),
+            ..LoraConfig::default()
+        })
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Training JSONL file.
+    pub train: Option<PathBuf>,
+    /// Validation JSONL file.
+    pub valid: Option<PathBuf>,
+    /// Fraction of the training examples held out for validation when there is no `valid`.
+    pub valid_fraction: f64,
+    /// Longest sequence in tokens; longer examples are truncated.
+    pub seq_len: usize,
+    /// Concatenate examples into full `seq_len` rows instead of padding each one.
+    pub packing: bool,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            train: None,
+            valid: None,
+            valid_fraction: 0.0,
+            seq_len: 512,
+            packing: false,
+        }
+    }
+}
+
+/// The learning-rate schedule after warmup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Half a cosine from the peak to 0 (transformers' `cosine`).
+    Cosine,
+    /// Straight line from the peak to 0 (transformers' default `linear`).
+    #[default]
+    Linear,
+    /// The peak until the end.
+    Constant,
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (their gradients are averaged).
+    pub grad_accum: usize,
+    /// Optimizer steps to run; takes precedence over `epochs`.
+    pub max_steps: Option<usize>,
+    /// Passes over the training data (1 when neither this nor `max_steps` is set).
+    pub epochs: Option<usize>,
+    /// Steps of linear warmup from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Shape of the learning rate after warmup.
+    pub schedule: Schedule,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 disables clipping).
+    pub max_grad_norm: f64,
+    /// Seed of initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Evaluate on the validation data every this many steps (and at the end).
+    pub eval_every: Option<usize>,
+    /// Save a checkpoint every this many steps (and at the end).
+    pub save_every: Option<usize>,
+    /// Log (metrics.jsonl, dashboard) every this many steps.
+    pub log_every: usize,
+    /// Output folder: checkpoints, the final adapter, metrics.jsonl.
+    pub out: PathBuf,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            lr: 2e-4,
+            batch_size: 4,
+            grad_accum: 1,
+            max_steps: None,
+            epochs: None,
+            warmup_steps: 0,
+            schedule: Schedule::Linear,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            seed: 42,
+            eval_every: None,
+            save_every: None,
+            log_every: 1,
+            out: PathBuf::from("runs/adapter"),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML configuration file; unknown keys and wrong types are errors naming the key.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| TrainError::Config {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error names the offending key.
+    pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().message().to_string();
+            if path == "." {
+                inner
+            } else {
+                format!("`{path}`: {inner}")
+            }
+        })
+    }
+
+    /// This configuration as TOML text (saved next to the checkpoints, read back by `--resume`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig serialises to TOML")
+    }
+
+    /// Checks the values that have a valid range, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, message: String| {
+            Err(TrainError::InvalidValue {
+                key: key.to_string(),
+                message,
+            })
+        };
+        let t = &self.training;
+        let m = &self.method;
+        if self.model.path.is_none() {
+            return bad("model.path", "no model given (set it or pass --model)".into());
+        }
+        if self.data.train.is_none() {
+            return bad("data.train", "no training data given (set it or pass --data)".into());
+        }
+        if m.rank == 0 {
+            return bad("method.rank", "must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return bad("method.dropout", format!("{} is not in [0, 1)", m.dropout));
+        }
+        if m.target.is_empty() {
+            return bad("method.target", "names no module".into());
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return bad("training.lr", format!("{} is not a positive number", t.lr));
+        }
+        for (key, value) in [
+            ("training.batch_size", t.batch_size),
+            ("training.grad_accum", t.grad_accum),
+            ("training.log_every", t.log_every),
+            ("data.seq_len", self.data.seq_len),
+        ] {
+            if value == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, value) in [
+            ("training.max_steps", t.max_steps),
+            ("training.epochs", t.epochs),
+            ("training.eval_every", t.eval_every),
+            ("training.save_every", t.save_every),
+        ] {
+            if value == Some(0) {
+                return bad(key, "must be at least 1 when given".into());
+            }
+        }
+        if t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
+            return bad(
+                "training.weight_decay / training.max_grad_norm",
+                "must not be negative".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.data.valid_fraction) {
+            return bad(
+                "data.valid_fraction",
+                format!("{} is not in [0, 1)", self.data.valid_fraction),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_parse_and_defaults_fill_the_rest() {
+        let config = TrainConfig::from_toml(
+            "[model]\npath = \"m\"\n[method]\nrank = 4\ntarget = [\"all-linear\"]\n\
+             [training]\nlr = 1e-3\nschedule = \"cosine\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.method.rank, 4);
+        assert_eq!(config.training.schedule, Schedule::Cosine);
+        assert_eq!(config.training.batch_size, 4);
+        assert_eq!(TrainConfig::from_toml(&config.to_toml()).unwrap(), config);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = TrainConfig::from_toml("[training]\nlr = \"fast\"\n").unwrap_err();
+        assert!(err.contains("training.lr"), "{err}");
+        let err = TrainConfig::from_toml("[training]\nlearning_rate = 1.0\n").unwrap_err();
+        assert!(err.contains("learning_rate"), "{err}");
+    }
+}

@@ -1,0 +1,326 @@
+//! Training data: JSONL records (`{"text"}`, `{"prompt","completion"}` or `{"messages"}`)
+//! tokenized into sequences whose labels cover only what the model should learn to write.
+
+use std::path::Path;
+
+use peft_models::chat::{apply_chat_template, ChatMessage};
+use peft_models::loss::IGNORE_INDEX;
+use peft_models::TextTokenizer;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::Value;
+
+use crate::error::{Result, TrainError};
+
+/// One line of a data file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// Plain text; every token is learned.
+    Text(String),
+    /// A prompt and the completion to learn.
+    PromptCompletion {
+        /// Given to the model, not learned.
+        prompt: String,
+        /// Learned.
+        completion: String,
+    },
+    /// A conversation rendered with the model's chat template; assistant turns are learned.
+    Messages(Vec<ChatMessage>),
+}
+
+/// A tokenized example: `labels[t]` is `ids[t]` where it is learned, [`IGNORE_INDEX`] elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Labels, aligned with `ids` (the loss shifts them).
+    pub labels: Vec<i64>,
+}
+
+impl Example {
+    /// Positions that contribute to the loss (a label whose next-token prediction is scored).
+    pub fn learned_tokens(&self) -> usize {
+        self.labels
+            .iter()
+            .skip(1)
+            .filter(|&&l| l != IGNORE_INDEX)
+            .count()
+    }
+}
+
+/// Reads every record of a JSONL file; a bad line is an error naming the file and line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut records = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| TrainError::Data {
+            path: path.to_path_buf(),
+            line: index + 1,
+            message,
+        };
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        records.push(parse_record(&value).map_err(bad)?);
+    }
+    Ok(records)
+}
+
+fn parse_record(value: &Value) -> std::result::Result<Record, String> {
+    const EXPECTED: &str =
+        r#"expected {"text": ...}, {"prompt": ..., "completion": ...} or {"messages": [{"role": ..., "content": ...}, ...]}"#;
+    let object = value
+        .as_object()
+        .ok_or_else(|| format!("a line must be a JSON object; {EXPECTED}"))?;
+    let string = |key: &str| -> std::result::Result<Option<String>, String> {
+        match object.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!("`{key}` must be a string, found {other}")),
+        }
+    };
+    if let Some(messages) = object.get("messages") {
+        let list = messages
+            .as_array()
+            .ok_or("`messages` must be a list of {\"role\", \"content\"} objects")?;
+        let mut out = Vec::new();
+        for (i, m) in list.iter().enumerate() {
+            let role = m.get("role").and_then(Value::as_str);
+            let content = m.get("content").and_then(Value::as_str);
+            match (role, content) {
+                (Some(role), Some(content)) => out.push(ChatMessage::new(role, content)),
+                _ => {
+                    return Err(format!(
+                        "`messages[{i}]` needs string fields `role` and `content`"
+                    ))
+                }
+            }
+        }
+        if !out.iter().any(|m| m.role == "assistant") {
+            return Err("`messages` has no assistant turn, so nothing would be learned".into());
+        }
+        return Ok(Record::Messages(out));
+    }
+    match (string("text")?, string("prompt")?, string("completion")?) {
+        (Some(text), None, None) => Ok(Record::Text(text)),
+        (None, Some(prompt), Some(completion)) => Ok(Record::PromptCompletion { prompt, completion }),
+        (None, Some(_), None) => Err("`prompt` without `completion`".into()),
+        (None, None, Some(_)) => Err("`completion` without `prompt`".into()),
+        _ => Err(EXPECTED.into()),
+    }
+}
+
+/// Turns records into examples for one tokenizer.
+pub struct Tokenization<'a> {
+    /// The model's tokenizer (and chat template).
+    pub tokenizer: &'a TextTokenizer,
+    /// Appended after text and completions (and after a conversation that does not end with it).
+    pub eos_id: u32,
+    /// Longest example; longer ones are truncated.
+    pub seq_len: usize,
+}
+
+impl Tokenization<'_> {
+    /// The example for `record`, truncated to `seq_len`.
+    pub fn example(&self, record: &Record) -> Result<Example> {
+        let mut ids = Vec::new();
+        let mut labels = Vec::new();
+        let mut push = |text: &str, learned: bool, special: bool| -> Result<()> {
+            for id in self.tokenizer.encode(text, special)? {
+                ids.push(id);
+                labels.push(if learned { i64::from(id) } else { IGNORE_INDEX });
+            }
+            Ok(())
+        };
+        match record {
+            Record::Text(text) => push(text, true, true)?,
+            Record::PromptCompletion { prompt, completion } => {
+                push(prompt, false, true)?;
+                push(completion, true, false)?;
+            }
+            Record::Messages(messages) => {
+                // Render growing prefixes so that each assistant reply is exactly the text the
+                // template adds for it; the template carries its own special tokens.
+                let mut rendered = String::new();
+                for (i, message) in messages.iter().enumerate() {
+                    let learned = message.role == "assistant";
+                    let upto = if learned {
+                        apply_chat_template(self.tokenizer, &messages[..i], true)?
+                    } else {
+                        apply_chat_template(self.tokenizer, &messages[..=i], false)?
+                    };
+                    if let Some(prompt) = upto.strip_prefix(rendered.as_str()) {
+                        push(prompt, false, false)?;
+                    }
+                    rendered = upto;
+                    if learned {
+                        let full = apply_chat_template(self.tokenizer, &messages[..=i], false)?;
+                        if let Some(reply) = full.strip_prefix(rendered.as_str()) {
+                            push(reply, true, false)?;
+                        }
+                        rendered = full;
+                    }
+                }
+            }
+        }
+        let ends_with_eos = ids.last() == Some(&self.eos_id);
+        if !ends_with_eos {
+            ids.push(self.eos_id);
+            labels.push(i64::from(self.eos_id));
+        }
+        ids.truncate(self.seq_len);
+        labels.truncate(self.seq_len);
+        Ok(Example { ids, labels })
+    }
+
+    /// Examples for every record of `path`, dropping those left with nothing to learn (a prompt
+    /// longer than `seq_len`); errors name the file and line.
+    pub fn examples(&self, path: &Path, records: &[Record]) -> Result<Vec<Example>> {
+        let mut out = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            let example = self.example(record).map_err(|e| TrainError::Data {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: e.to_string(),
+            })?;
+            if example.learned_tokens() > 0 {
+                out.push(example);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Concatenates examples into rows of exactly `seq_len` tokens (the last row may be shorter),
+/// keeping each token's label.
+pub fn pack(examples: &[Example], seq_len: usize) -> Vec<Example> {
+    let ids: Vec<u32> = examples.iter().flat_map(|e| e.ids.iter().copied()).collect();
+    let labels: Vec<i64> = examples.iter().flat_map(|e| e.labels.iter().copied()).collect();
+    ids.chunks(seq_len)
+        .zip(labels.chunks(seq_len))
+        .map(|(ids, labels)| Example {
+            ids: ids.to_vec(),
+            labels: labels.to_vec(),
+        })
+        .filter(|e| e.learned_tokens() > 0)
+        .collect()
+}
+
+/// Splits off `fraction` of `examples` (at least one) as validation data, chosen by `seed`.
+pub fn split_valid(
+    mut examples: Vec<Example>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>) {
+    let n_valid = ((examples.len() as f64 * fraction).round() as usize).clamp(1, examples.len());
+    examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_0f_5a11d));
+    let train = examples.split_off(n_valid);
+    (train, examples)
+}
+
+/// The order in which training examples are visited: a fresh seeded shuffle every epoch,
+/// micro-batches of `batch_size` consecutive examples (the last one of an epoch may be smaller).
+#[derive(Debug, Clone)]
+pub struct BatchPlan {
+    len: usize,
+    batch_size: usize,
+    seed: u64,
+}
+
+impl BatchPlan {
+    /// A plan over `len` examples.
+    pub fn new(len: usize, batch_size: usize, seed: u64) -> Self {
+        Self {
+            len,
+            batch_size,
+            seed,
+        }
+    }
+
+    /// Micro-batches in one pass over the data.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.len.div_ceil(self.batch_size)
+    }
+
+    /// Example indices of global micro-batch `index` (counting across epochs from 0).
+    pub fn batch(&self, index: usize) -> Vec<usize> {
+        let per_epoch = self.batches_per_epoch();
+        let epoch = index / per_epoch;
+        let within = index % per_epoch;
+        let order = self.epoch_order(epoch);
+        let start = within * self.batch_size;
+        order[start..(start + self.batch_size).min(self.len)].to_vec()
+    }
+
+    fn epoch_order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.len).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64));
+        order.shuffle(&mut rng);
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> std::result::Result<Record, String> {
+        parse_record(&serde_json::from_str(line).unwrap())
+    }
+
+    #[test]
+    fn the_three_shapes_parse() {
+        assert_eq!(parse(r#"{"text":"hi"}"#), Ok(Record::Text("hi".into())));
+        assert!(matches!(
+            parse(r#"{"prompt":"a","completion":"b"}"#),
+            Ok(Record::PromptCompletion { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}"#),
+            Ok(Record::Messages(m)) if m.len() == 2
+        ));
+    }
+
+    #[test]
+    fn bad_shapes_say_what_is_expected() {
+        assert!(parse(r#"{"prompt":"a"}"#).unwrap_err().contains("completion"));
+        assert!(parse(r#"{"text":3}"#).unwrap_err().contains("`text` must be a string"));
+        assert!(parse(r#"{"input":"a"}"#).unwrap_err().contains("expected"));
+        assert!(parse(r#"{"messages":[{"role":"user","content":"a"}]}"#)
+            .unwrap_err()
+            .contains("assistant"));
+    }
+
+    #[test]
+    fn every_example_is_visited_once_per_epoch_in_a_seeded_order() {
+        let plan = BatchPlan::new(10, 4, 7);
+        assert_eq!(plan.batches_per_epoch(), 3);
+        let mut first: Vec<usize> = (0..3).flat_map(|b| plan.batch(b)).collect();
+        let second: Vec<usize> = (3..6).flat_map(|b| plan.batch(b)).collect();
+        assert_ne!(first, second, "each epoch reshuffles");
+        assert_eq!(plan.batch(4), BatchPlan::new(10, 4, 7).batch(4));
+        first.sort();
+        assert_eq!(first, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn packing_keeps_tokens_and_labels_together() {
+        let e = |ids: &[u32], learned: bool| Example {
+            ids: ids.to_vec(),
+            labels: ids
+                .iter()
+                .map(|&i| if learned { i64::from(i) } else { IGNORE_INDEX })
+                .collect(),
+        };
+        let packed = pack(&[e(&[1, 2, 3], false), e(&[4, 5, 6, 7], true)], 4);
+        assert_eq!(packed.len(), 2);
+        assert_eq!(packed[0].ids, [1, 2, 3, 4]);
+        assert_eq!(packed[0].labels, [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 4]);
+        assert_eq!(packed[1].ids, [5, 6, 7]);
+    }
+}

@@ -1,0 +1,161 @@
+//! The model as Burn's Learner sees it: a causal LM with adapters, its training and
+//! validation steps, and what each step reports.
+
+use std::sync::{Arc, Mutex};
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::tensor::Tensor;
+use burn::train::metric::{Adaptor, ItemLazy};
+use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use peft_models::loss::causal_lm_loss;
+use peft_models::CausalLm;
+
+use crate::batch::LmBatch;
+
+/// A causal LM whose adapters are trained; the base weights are frozen
+/// (`require_grad = false`), so Burn computes gradients and keeps optimizer state for the
+/// adapter tensors only.
+#[derive(Module, Debug)]
+pub struct TrainableLm {
+    /// The model with its adapters attached.
+    pub lm: CausalLm,
+    /// Where the optimizer's state is copied when a checkpoint asks for it.
+    #[module(skip)]
+    pub snapshot: OptimizerSnapshot,
+}
+
+impl TrainableLm {
+    /// Mean next-token loss of `batch` `[1]`.
+    pub fn loss(&self, batch: &LmBatch) -> Tensor<1> {
+        let logits = self.lm.forward(
+            batch.input_ids.clone(),
+            Some(&batch.attention_mask),
+            None,
+        );
+        causal_lm_loss(logits, batch.labels.clone())
+    }
+
+    fn output(&self, batch: &LmBatch, loss: Tensor<1>) -> LmOutput {
+        LmOutput {
+            loss,
+            learned_tokens: batch.learned_tokens,
+            tokens: batch.tokens,
+            stats: None,
+        }
+    }
+}
+
+impl TrainStep for TrainableLm {
+    type Input = LmBatch;
+    type Output = LmOutput;
+
+    fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
+        let loss = self.loss(&batch);
+        let grads = loss.backward();
+        let output = self.output(&batch, loss.detach());
+        TrainOutput::new(self, grads, output)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> Self {
+        let snapshot = self.snapshot.clone();
+        let model = optim.step(lr, self, grads);
+        snapshot.offer(optim);
+        model
+    }
+}
+
+impl InferenceStep for TrainableLm {
+    type Input = LmBatch;
+    type Output = LmOutput;
+
+    fn step(&self, batch: LmBatch) -> LmOutput {
+        let loss = self.loss(&batch);
+        self.output(&batch, loss)
+    }
+}
+
+/// A copy of the optimizer's state taken right after an optimizer step, on request. Burn's
+/// `Learner` owns the optimizer and offers no accessor; its `optimize` hook (above) is the one
+/// place the optimizer is reachable, so checkpoints get the state through here.
+#[derive(Clone, Default)]
+pub struct OptimizerSnapshot(Arc<Mutex<SnapshotSlot>>);
+
+#[derive(Default)]
+struct SnapshotSlot {
+    wanted: bool,
+    record: Option<OptimizerRecord>,
+}
+
+impl OptimizerSnapshot {
+    /// Asks for the state after the next optimizer step.
+    pub fn request(&self) {
+        self.lock().wanted = true;
+    }
+
+    /// The state taken after the requested step, if any.
+    pub fn take(&self) -> Option<OptimizerRecord> {
+        self.lock().record.take()
+    }
+
+    fn offer(&self, optim: &ModuleOptimizer) {
+        let mut slot = self.lock();
+        if std::mem::take(&mut slot.wanted) {
+            slot.record = Some(optim.to_record());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotSlot> {
+        // The slot holds plain data; a panic elsewhere cannot leave it inconsistent.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl std::fmt::Debug for OptimizerSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OptimizerSnapshot")
+    }
+}
+
+/// What one step reports: the loss (per micro-batch, or averaged over an optimizer step) and,
+/// for optimizer steps, the host-side statistics the training loop computed.
+#[derive(Debug, Clone)]
+pub struct LmOutput {
+    /// Mean loss `[1]`.
+    pub loss: Tensor<1>,
+    /// Positions that contributed to the loss.
+    pub learned_tokens: usize,
+    /// Real tokens processed.
+    pub tokens: usize,
+    /// Set on the item the training loop reports once per optimizer step.
+    pub stats: Option<StepStats>,
+}
+
+/// Host-side numbers of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Loss averaged over the step's micro-batches.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens processed per second over the step.
+    pub tokens_per_s: f64,
+}
+
+impl ItemLazy for LmOutput {
+    fn sync(self) -> Result<Self, burn::tensor::ExecutionError> {
+        Ok(self)
+    }
+}
+
+impl Adaptor<LmOutput> for LmOutput {
+    fn adapt(&self) -> LmOutput {
+        self.clone()
+    }
+}

@@ -1,0 +1,379 @@
+//! The training loop, as a custom learning strategy of Burn's `SupervisedTraining`: counted in
+//! optimizer steps rather than epochs, with gradient averaging, global-norm clipping,
+//! evaluation, checkpoints and guards. Burn's `Learner` runs the forward/backward passes and the
+//! optimizer; Burn's event processor drives the dashboard.
+//!
+//! One Burn "epoch" here is one evaluation round: `eval_every` steps followed by a validation
+//! pass (the whole run is one round without validation data).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::data::dataloader::Progress;
+use burn::module::Module;
+use burn::optim::GradientsAccumulator;
+use burn::tensor::{Device, Tensor};
+use burn::train::{
+    EventProcessorTraining, InferenceStep, Learner, LearnerEvent, SupervisedLearningStrategy,
+    SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem, ValidLoader,
+};
+use peft_core::format::{adapter_tensors, FileTensor};
+use peft_core::AdapterConfig;
+use std::collections::BTreeMap;
+
+use crate::batch::ExampleLoader;
+use crate::checkpoint::{self, AdapterToSave, TrainerState};
+use crate::clip::average_and_clip;
+use crate::data::BatchPlan;
+use crate::error::{Result, TrainError};
+use crate::metrics::MetricsLog;
+use crate::model::{LmOutput, StepStats, TrainableLm};
+
+/// Step counts that shape the loop.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Last step.
+    pub max_steps: usize,
+    /// Steps already done (when resuming).
+    pub start_step: usize,
+    /// Steps per evaluation round.
+    pub eval_every: usize,
+    /// Save a checkpoint every this many steps.
+    pub save_every: Option<usize>,
+    /// Log every this many steps.
+    pub log_every: usize,
+    /// Global-norm clipping threshold (0: none).
+    pub max_grad_norm: f64,
+    /// Seed of the data order and of dropout.
+    pub seed: u64,
+    /// Step after which unchanged adapter weights draw a warning.
+    pub check_change_at: usize,
+}
+
+impl LoopSettings {
+    /// Number of evaluation rounds over the whole run.
+    pub fn rounds(&self) -> usize {
+        self.max_steps.div_ceil(self.eval_every)
+    }
+
+    /// The round that `step` (from 1) belongs to.
+    pub fn round_of(&self, step: usize) -> usize {
+        (step - 1) / self.eval_every + 1
+    }
+}
+
+/// What the loop leaves behind for the caller.
+#[derive(Debug, Default)]
+pub struct LoopReport {
+    /// Why it stopped early, if it did.
+    pub error: Option<TrainError>,
+    /// Warnings for the user.
+    pub warnings: Vec<String>,
+    /// Optimizer steps done (including those before a resume).
+    pub steps: usize,
+    /// Loss of the last step.
+    pub last_loss: Option<f64>,
+    /// Last validation loss.
+    pub last_eval_loss: Option<f64>,
+    /// The last complete checkpoint.
+    pub last_checkpoint: Option<std::path::PathBuf>,
+}
+
+/// The strategy handed to `SupervisedTraining::with_training_strategy`.
+pub struct StepStrategy {
+    /// The training device (with autodiff).
+    pub device: Device,
+    /// Training examples.
+    pub train: ExampleLoader,
+    /// Order of the training examples.
+    pub plan: BatchPlan,
+    /// Validation examples.
+    pub valid: Option<ExampleLoader>,
+    /// Step counts.
+    pub settings: LoopSettings,
+    /// Output folder.
+    pub out: std::path::PathBuf,
+    /// Name and configuration of the adapter being trained.
+    pub adapter: (String, AdapterConfig),
+    /// Filled in as the loop runs.
+    pub report: Arc<Mutex<LoopReport>>,
+}
+
+impl SupervisedLearningStrategy<TrainableLm> for StepStrategy {
+    fn fit(
+        &self,
+        components: TrainingComponents<TrainableLm>,
+        learner: Learner<TrainableLm>,
+        _dataloader_train: TrainLoader<TrainableLm>,
+        _dataloader_valid: ValidLoader<TrainableLm>,
+        _starting_epoch: usize,
+    ) -> (TrainableLm, SupervisedTrainingEventProcessor<TrainableLm>) {
+        let mut run = Run {
+            strategy: self,
+            learner,
+            processor: components.event_processor,
+            components_interrupter: components.interrupter,
+            metrics: None,
+            initial_adapter: None,
+        };
+        if let Err(error) = run.run() {
+            run.components_interrupter.stop(Some(&error.to_string()));
+            self.lock_report().error = Some(error);
+        }
+        (run.learner.model(), run.processor)
+    }
+}
+
+impl StepStrategy {
+    fn lock_report(&self) -> std::sync::MutexGuard<'_, LoopReport> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Run<'a> {
+    strategy: &'a StepStrategy,
+    learner: Learner<TrainableLm>,
+    processor: SupervisedTrainingEventProcessor<TrainableLm>,
+    components_interrupter: burn::train::Interrupter,
+    metrics: Option<MetricsLog>,
+    initial_adapter: Option<BTreeMap<String, FileTensor>>,
+}
+
+impl Run<'_> {
+    fn run(&mut self) -> Result<()> {
+        let s = &self.strategy.settings;
+        self.metrics = Some(MetricsLog::open(&self.strategy.out)?);
+        self.initial_adapter = Some(self.adapter_values()?);
+        let first_step = s.start_step + 1;
+        if first_step > s.max_steps {
+            return Ok(());
+        }
+        for round in s.round_of(first_step)..=s.rounds() {
+            let begin = ((round - 1) * s.eval_every + 1).max(first_step);
+            let end = (round * s.eval_every).min(s.max_steps);
+            self.emit_train(LearnerEvent::StartSplit {
+                epoch_number: round,
+                total_items: end - begin + 1,
+            })?;
+            for step in begin..=end {
+                self.train_step(step, Progress {
+                    items_processed: step - begin + 1,
+                    items_total: end - begin + 1,
+                    unit: Some("steps".into()),
+                })?;
+                if self.components_interrupter.should_stop() {
+                    // Stopped from the dashboard: the caller saves the adapter as it is.
+                    return Ok(());
+                }
+            }
+            self.emit_train(LearnerEvent::EndSplit(round))?;
+            self.validate(round, end)?;
+            self.emit_train(LearnerEvent::EndEpoch(round))?;
+        }
+        let s = &self.strategy.settings;
+        let last_saved = self.lock_report().last_checkpoint.clone();
+        if last_saved != Some(checkpoint::checkpoint_dir(&self.strategy.out, s.max_steps)) {
+            self.save_checkpoint(s.max_steps)?;
+        }
+        Ok(())
+    }
+
+    fn train_step(&mut self, step: usize, progress: Progress) -> Result<()> {
+        let s = self.strategy.settings.clone();
+        let started = Instant::now();
+        // Dropout draws from the device's generator; reseeding it from (seed, step) makes the
+        // random state of every step reproducible after a resume.
+        self.strategy.device.seed(mix(s.seed, step as u64));
+        let mut accumulator = GradientsAccumulator::new();
+        let mut losses = Vec::with_capacity(s.grad_accum);
+        let (mut tokens, mut learned) = (0, 0);
+        for k in 0..s.grad_accum {
+            let micro = (step - 1) * s.grad_accum + k;
+            let batch = self.strategy.train.batch_of(&self.strategy.plan.batch(micro));
+            let output = self.learner.train_step(batch);
+            accumulator.accumulate(&self.learner.model(), output.grads);
+            losses.push(output.item.loss);
+            tokens += output.item.tokens;
+            learned += output.item.learned_tokens;
+        }
+        let model = self.learner.model();
+        let (grads, norm) = average_and_clip(&model, accumulator.grads(), s.grad_accum, s.max_grad_norm);
+        let Some(norm) = norm else {
+            return Err(TrainError::NothingToTrain(
+                "the loss has no gradient with respect to any adapter tensor".into(),
+            ));
+        };
+        self.learner.lr_step();
+        let lr = self.learner.lr_current();
+        let saving = s.save_every.is_some_and(|n| step % n == 0) || step == s.max_steps;
+        if saving {
+            model.snapshot.request();
+        }
+        self.learner.optimizer_step(grads);
+        let loss = Tensor::cat(losses, 0).mean();
+        // The one read per step: the loss (for the NaN guard and the log) and the norm.
+        let values = Tensor::cat(vec![loss.clone(), norm], 0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Backend(format!("cannot read the loss: {e:?}")))?;
+        let (loss_value, norm_value) = (values[0], values[1]);
+        if !loss_value.is_finite() {
+            let last_good = match &self.lock_report().last_checkpoint {
+                Some(dir) => format!("the last good checkpoint is {}", dir.display()),
+                None => "no checkpoint was saved before it".into(),
+            };
+            return Err(TrainError::NonFiniteLoss {
+                step,
+                loss: loss_value,
+                last_good,
+            });
+        }
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        let stats = StepStats {
+            loss: f64::from(loss_value),
+            grad_norm: f64::from(norm_value),
+            tokens_per_s: tokens as f64 / seconds,
+        };
+        {
+            let mut report = self.lock_report();
+            report.steps = step;
+            report.last_loss = Some(stats.loss);
+        }
+        if step % s.log_every == 0 || step == s.max_steps {
+            let base_lr = lr.base();
+            if let Some(log) = &mut self.metrics {
+                log.step(step, stats.loss, base_lr, stats.tokens_per_s, stats.grad_norm)?;
+            }
+            let item = LmOutput {
+                loss,
+                learned_tokens: learned,
+                tokens,
+                stats: Some(stats),
+            };
+            self.emit_train(LearnerEvent::ProcessedItem(TrainingItem::new(
+                item,
+                progress,
+                Some(step),
+                Some(lr),
+            )))?;
+        }
+        if step == s.check_change_at {
+            self.warn_if_unchanged(step)?;
+        }
+        if saving {
+            self.save_checkpoint(step)?;
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self, round: usize, step: usize) -> Result<()> {
+        let Some(valid) = &self.strategy.valid else {
+            return Ok(());
+        };
+        let model = self.learner.model().valid();
+        let total = valid.len();
+        self.emit_valid(LearnerEvent::StartSplit {
+            epoch_number: round,
+            total_items: total,
+        })?;
+        let mut weighted = Vec::new();
+        let mut learned_total = 0usize;
+        let mut iterator = burn::data::dataloader::DataLoader::iter(valid);
+        let mut iteration = 0;
+        while let Some(batch) = iterator.next() {
+            let batch = batch.map_err(|e| TrainError::Learner(e.to_string()))?;
+            iteration += 1;
+            let output = InferenceStep::step(&model, batch);
+            learned_total += output.learned_tokens;
+            weighted.push(output.loss.clone() * output.learned_tokens as f64);
+            let progress = iterator.progress();
+            self.emit_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
+                output,
+                progress,
+                Some(iteration),
+                None,
+            )))?;
+        }
+        self.emit_valid(LearnerEvent::EndSplit(round))?;
+        if learned_total == 0 {
+            return Ok(());
+        }
+        let eval_loss = (Tensor::cat(weighted, 0).sum() / learned_total as f64)
+            .try_into_scalar::<f64>()
+            .map_err(|e| TrainError::Backend(format!("cannot read the validation loss: {e:?}")))?;
+        self.lock_report().last_eval_loss = Some(eval_loss);
+        if let Some(log) = &mut self.metrics {
+            log.eval(step, eval_loss)?;
+        }
+        Ok(())
+    }
+
+    fn save_checkpoint(&mut self, step: usize) -> Result<()> {
+        let model = self.learner.model();
+        let Some(optimizer) = model.snapshot.take() else {
+            // No optimizer step since the request (e.g. stopped between steps): nothing new.
+            return Ok(());
+        };
+        let (name, config) = &self.strategy.adapter;
+        let state = TrainerState {
+            step,
+            micro_batches: step * self.strategy.settings.grad_accum,
+            seed: self.strategy.settings.seed,
+        };
+        let dir = checkpoint::save(
+            &self.strategy.out,
+            &AdapterToSave {
+                model: &model.lm,
+                name,
+                config,
+            },
+            optimizer,
+            &state,
+        )?;
+        self.lock_report().last_checkpoint = Some(dir);
+        Ok(())
+    }
+
+    fn warn_if_unchanged(&mut self, step: usize) -> Result<()> {
+        let now = self.adapter_values()?;
+        if Some(&now) == self.initial_adapter.as_ref() {
+            self.lock_report().warnings.push(format!(
+                "the adapter weights have not changed after {step} optimizer steps: check the \
+                 learning rate, the warmup and that the data has completion tokens"
+            ));
+        }
+        Ok(())
+    }
+
+    fn adapter_values(&self) -> Result<BTreeMap<String, FileTensor>> {
+        let model = self.learner.model();
+        Ok(adapter_tensors(&model.lm, &self.strategy.adapter.0, None)?)
+    }
+
+    fn lock_report(&self) -> std::sync::MutexGuard<'_, LoopReport> {
+        self.strategy.lock_report()
+    }
+
+    fn emit_train(&mut self, event: LearnerEvent<LmOutput>) -> Result<()> {
+        self.processor
+            .process_train(event)
+            .map_err(|e| TrainError::Learner(e.to_string()))
+    }
+
+    fn emit_valid(&mut self, event: LearnerEvent<LmOutput>) -> Result<()> {
+        self.processor
+            .process_valid(event)
+            .map_err(|e| TrainError::Learner(e.to_string()))
+    }
+}
+
+/// A per-step seed from the run's seed (splitmix64's finaliser, so neighbouring steps get
+/// unrelated streams).
+fn mix(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
