@@ -595,3 +595,242 @@ fn wrongly_typed_config_value_names_its_key() {
     edit_config(dir.path(), |c| c["hidden_size"] = "big".into());
     assert_fails_with(&inspect(dir.path()), &["hidden_size", "config.json"]);
 }
+
+/// A tiny prompt/completion dataset in `dir`.
+fn training_data(dir: &Path) -> PathBuf {
+    let path = dir.join("train.jsonl");
+    std::fs::write(
+        &path,
+        "{\"prompt\":\"abc ->\",\"completion\":\" cba\"}\n\
+         {\"prompt\":\"hello ->\",\"completion\":\" olleh\"}\n\
+         {\"prompt\":\"rust ->\",\"completion\":\" tsur\"}\n",
+    )
+    .unwrap();
+    path
+}
+
+/// `train` arguments for the llama-base fixture with every piece of state a resume must
+/// restore: dropout, accumulation, warmup, a decaying schedule and weight decay.
+fn train_args(data: &Path, out: &Path) -> Vec<String> {
+    let base = fixtures().join("llama-base/base");
+    [
+        "train",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&base),
+        "--data",
+        path_str(data),
+        "--target",
+        "q_proj,v_proj,lm_head",
+        "--dropout",
+        "0.1",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--schedule",
+        "cosine",
+        "--weight-decay",
+        "0.01",
+        "--max-steps",
+        "6",
+        "--save-every",
+        "2",
+        "--out",
+        path_str(out),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn args_ref(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn train_resumes_bit_exactly_after_sigkill_during_a_checkpoint_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = training_data(dir.path());
+    let full = dir.path().join("full");
+    peft_cli_ok(&args_ref(&train_args(&data, &full)));
+
+    // The same run, killed while its step-4 checkpoint is half written.
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peft-cli"))
+        .args(train_args(&data, &killed))
+        .env(peft_train::checkpoint::WRITE_DELAY_ENV, "1500")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = killed.join(".checkpoint-4.partial");
+    let started = std::time::Instant::now();
+    while !partial.join("adapter_model.safetensors").exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the run never reached its step-4 checkpoint"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(killed.join("checkpoint-2/trainer_state.json").exists());
+    assert!(
+        !killed.join("checkpoint-4").exists(),
+        "a half-written checkpoint looks complete"
+    );
+
+    let stdout = peft_cli_ok(&[
+        "train",
+        "--resume",
+        path_str(&killed),
+        "--backend",
+        "ndarray",
+    ]);
+    assert!(stdout.contains("resumed from step 2"), "{stdout}");
+    let a = std::fs::read(full.join("final/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("final/adapter_model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed run's adapter differs from the uninterrupted run's"
+    );
+    // Same losses, learning rates and norms at every step (throughput differs, of course).
+    let logged = |out: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(logged(&full), logged(&killed));
+}
+
+#[test]
+fn train_dashboard_runs_under_a_pseudo_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = training_data(dir.path());
+    let out = dir.path().join("run");
+    let command = format!(
+        "{} train --backend ndarray --model {} --data {} --max-steps 3 --out {}",
+        env!("CARGO_BIN_EXE_peft-cli"),
+        path_str(&fixtures().join("llama-base/base")),
+        path_str(&data),
+        path_str(&out)
+    );
+    // `script` gives the command a pseudo-terminal, so Burn's dashboard is drawn.
+    let status = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("`script` (util-linux) is installed");
+    assert!(status.success());
+    assert!(out.join("final/adapter_model.safetensors").exists());
+}
+
+#[test]
+fn train_refuses_a_bad_configuration_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[training]\nlearning_rate = 1e-3\n").unwrap();
+    assert_fails_with(
+        &peft_cli(&[
+            "train",
+            "--config",
+            path_str(&config),
+            "--backend",
+            "ndarray",
+        ]),
+        &["bad.toml", "learning_rate"],
+    );
+    std::fs::write(&config, "[training]\nlr = -1.0\n").unwrap();
+    let data = training_data(dir.path());
+    let base = fixtures().join("llama-base/base");
+    assert_fails_with(
+        &peft_cli(&[
+            "train",
+            "--config",
+            path_str(&config),
+            "--backend",
+            "ndarray",
+            "--model",
+            path_str(&base),
+            "--data",
+            path_str(&data),
+        ]),
+        &["training.lr", "-1"],
+    );
+}
+
+#[test]
+fn train_names_the_file_and_line_of_bad_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\":\"fine\"}\n{\"prompt\":\"no completion\"}\n",
+    )
+    .unwrap();
+    let base = fixtures().join("llama-base/base");
+    let out = dir.path().join("run");
+    let args = [
+        "train",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&base),
+        "--data",
+        path_str(&data),
+        "--out",
+        path_str(&out),
+    ];
+    assert_fails_with(&peft_cli(&args), &["bad.jsonl:2", "completion"]);
+    std::fs::write(&data, "{\"text\":\"fine\"}\nnot json\n").unwrap();
+    assert_fails_with(&peft_cli(&args), &["bad.jsonl:2", "not valid JSON"]);
+}
+
+#[test]
+fn train_names_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures().join("llama-base/base");
+    let missing = dir.path().join("nowhere.jsonl");
+    let out = dir.path().join("run");
+    assert_fails_with(
+        &peft_cli(&[
+            "train",
+            "--backend",
+            "ndarray",
+            "--model",
+            path_str(&base),
+            "--data",
+            path_str(&missing),
+            "--out",
+            path_str(&out),
+        ]),
+        &["nowhere.jsonl"],
+    );
+    assert_fails_with(
+        &peft_cli(&["train", "--config", path_str(&dir.path().join("none.toml"))]),
+        &["none.toml"],
+    );
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("train_config.toml"), "").unwrap();
+    assert_fails_with(
+        &peft_cli(&["train", "--resume", path_str(&out), "--backend", "ndarray"]),
+        &["no model given"],
+    );
+}

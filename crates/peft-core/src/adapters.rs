@@ -94,7 +94,10 @@ pub fn attach_adapter(
         if report.saved.contains(&key) {
             proj.attach_copy(name, &key);
         } else if report.adapted.contains(&key) {
-            let layer = with_stable_ids(config.new_layer(&key, &proj.base)?, &format!("{name}/{key}"));
+            let layer = with_stable_ids(
+                config.new_layer(&key, &proj.base)?,
+                &format!("{name}/{key}"),
+            );
             proj.attach(name, layer);
         }
     }

@@ -15,7 +15,10 @@ pub(crate) fn with_stable_ids<M: Module>(module: M, scope: &str) -> M {
 
 /// A trainable parameter holding `value` under `old`'s id (a value read from a file replaces
 /// the initial one without losing the id).
-pub(crate) fn replace_value<const D: usize>(old: &Param<Tensor<D>>, value: Tensor<D>) -> Param<Tensor<D>> {
+pub(crate) fn replace_value<const D: usize>(
+    old: &Param<Tensor<D>>,
+    value: Tensor<D>,
+) -> Param<Tensor<D>> {
     let mut param = Param::from_tensor(value);
     param.id = old.id;
     param

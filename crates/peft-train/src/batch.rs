@@ -65,7 +65,12 @@ pub struct ExampleLoader {
 
 impl ExampleLoader {
     /// A loader over all of `examples`.
-    pub fn new(examples: Arc<Vec<Example>>, batch_size: usize, pad_id: u32, device: Device) -> Self {
+    pub fn new(
+        examples: Arc<Vec<Example>>,
+        batch_size: usize,
+        pad_id: u32,
+        device: Device,
+    ) -> Self {
         let range = 0..examples.len();
         Self {
             examples,

@@ -66,7 +66,8 @@ pub fn latest(out: &Path) -> Result<Option<(TrainerState, PathBuf)>> {
             best = Some((step, dir));
         }
     }
-    best.map(|(_, dir)| Ok((read_state(&dir)?, dir))).transpose()
+    best.map(|(_, dir)| Ok((read_state(&dir)?, dir)))
+        .transpose()
 }
 
 fn read_state(dir: &Path) -> Result<TrainerState> {
@@ -124,7 +125,10 @@ pub fn save<M: ProjectionHost>(
 }
 
 /// Saves the adapter alone (the final result) to `dir`, atomically as a whole folder.
-pub fn save_adapter_folder<M: ProjectionHost>(dir: &Path, adapter: &AdapterToSave<'_, M>) -> Result<()> {
+pub fn save_adapter_folder<M: ProjectionHost>(
+    dir: &Path,
+    adapter: &AdapterToSave<'_, M>,
+) -> Result<()> {
     write_folder(dir, |tmp| {
         peft_core::save_adapter(adapter.model, adapter.name, adapter.config, tmp)?;
         Ok(())

@@ -235,10 +235,16 @@ impl TrainConfig {
         let t = &self.training;
         let m = &self.method;
         if self.model.path.is_none() {
-            return bad("model.path", "no model given (set it or pass --model)".into());
+            return bad(
+                "model.path",
+                "no model given (set it or pass --model)".into(),
+            );
         }
         if self.data.train.is_none() {
-            return bad("data.train", "no training data given (set it or pass --data)".into());
+            return bad(
+                "data.train",
+                "no training data given (set it or pass --data)".into(),
+            );
         }
         if m.rank == 0 {
             return bad("method.rank", "must be at least 1".into());

@@ -72,8 +72,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
 }
 
 fn parse_record(value: &Value) -> std::result::Result<Record, String> {
-    const EXPECTED: &str =
-        r#"expected {"text": ...}, {"prompt": ..., "completion": ...} or {"messages": [{"role": ..., "content": ...}, ...]}"#;
+    const EXPECTED: &str = r#"expected {"text": ...}, {"prompt": ..., "completion": ...} or {"messages": [{"role": ..., "content": ...}, ...]}"#;
     let object = value
         .as_object()
         .ok_or_else(|| format!("a line must be a JSON object; {EXPECTED}"))?;
@@ -108,7 +107,9 @@ fn parse_record(value: &Value) -> std::result::Result<Record, String> {
     }
     match (string("text")?, string("prompt")?, string("completion")?) {
         (Some(text), None, None) => Ok(Record::Text(text)),
-        (None, Some(prompt), Some(completion)) => Ok(Record::PromptCompletion { prompt, completion }),
+        (None, Some(prompt), Some(completion)) => {
+            Ok(Record::PromptCompletion { prompt, completion })
+        }
         (None, Some(_), None) => Err("`prompt` without `completion`".into()),
         (None, None, Some(_)) => Err("`completion` without `prompt`".into()),
         _ => Err(EXPECTED.into()),
@@ -199,8 +200,14 @@ impl Tokenization<'_> {
 /// Concatenates examples into rows of exactly `seq_len` tokens (the last row may be shorter),
 /// keeping each token's label.
 pub fn pack(examples: &[Example], seq_len: usize) -> Vec<Example> {
-    let ids: Vec<u32> = examples.iter().flat_map(|e| e.ids.iter().copied()).collect();
-    let labels: Vec<i64> = examples.iter().flat_map(|e| e.labels.iter().copied()).collect();
+    let ids: Vec<u32> = examples
+        .iter()
+        .flat_map(|e| e.ids.iter().copied())
+        .collect();
+    let labels: Vec<i64> = examples
+        .iter()
+        .flat_map(|e| e.labels.iter().copied())
+        .collect();
     ids.chunks(seq_len)
         .zip(labels.chunks(seq_len))
         .map(|(ids, labels)| Example {
@@ -218,7 +225,9 @@ pub fn split_valid(
     seed: u64,
 ) -> (Vec<Example>, Vec<Example>) {
     let n_valid = ((examples.len() as f64 * fraction).round() as usize).clamp(1, examples.len());
-    examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_0f_5a11d));
+    examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+        seed ^ 0x5eed_0f_5a11d,
+    ));
     let train = examples.split_off(n_valid);
     (train, examples)
 }
@@ -288,8 +297,12 @@ mod tests {
 
     #[test]
     fn bad_shapes_say_what_is_expected() {
-        assert!(parse(r#"{"prompt":"a"}"#).unwrap_err().contains("completion"));
-        assert!(parse(r#"{"text":3}"#).unwrap_err().contains("`text` must be a string"));
+        assert!(parse(r#"{"prompt":"a"}"#)
+            .unwrap_err()
+            .contains("completion"));
+        assert!(parse(r#"{"text":3}"#)
+            .unwrap_err()
+            .contains("`text` must be a string"));
         assert!(parse(r#"{"input":"a"}"#).unwrap_err().contains("expected"));
         assert!(parse(r#"{"messages":[{"role":"user","content":"a"}]}"#)
             .unwrap_err()
@@ -320,7 +333,10 @@ mod tests {
         let packed = pack(&[e(&[1, 2, 3], false), e(&[4, 5, 6, 7], true)], 4);
         assert_eq!(packed.len(), 2);
         assert_eq!(packed[0].ids, [1, 2, 3, 4]);
-        assert_eq!(packed[0].labels, [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 4]);
+        assert_eq!(
+            packed[0].labels,
+            [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 4]
+        );
         assert_eq!(packed[1].ids, [5, 6, 7]);
     }
 }

@@ -118,9 +118,9 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     }
 
     let plan = BatchPlan::new(train_examples.len(), t.batch_size, t.seed);
-    let max_steps = t.max_steps.unwrap_or_else(|| {
-        t.epochs.unwrap_or(1) * plan.batches_per_epoch().div_ceil(t.grad_accum)
-    });
+    let max_steps = t
+        .max_steps
+        .unwrap_or_else(|| t.epochs.unwrap_or(1) * plan.batches_per_epoch().div_ceil(t.grad_accum));
     let start_step = resume_from.as_ref().map_or(0, |(state, _)| state.step);
     let has_valid = !valid_examples.is_empty();
     let settings = LoopSettings {
@@ -140,7 +140,12 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
         }
     }
 
-    let train_loader = ExampleLoader::new(Arc::new(train_examples), t.batch_size, pad_id, device.clone());
+    let train_loader = ExampleLoader::new(
+        Arc::new(train_examples),
+        t.batch_size,
+        pad_id,
+        device.clone(),
+    );
     let valid_loader = ExampleLoader::new(
         Arc::new(valid_examples),
         t.batch_size,
@@ -171,20 +176,24 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     }
 
     let rounds = settings.rounds();
-    let mut training = SupervisedTraining::new(&out, Arc::new(train_loader), Arc::new(valid_loader))
-        .metric_train_numeric(LmMetric::new(LmQuantity::Loss))
-        .metric_train_numeric(LmMetric::new(LmQuantity::Perplexity))
-        .metric_train_numeric(LearningRateMetric::new())
-        .metric_train_numeric(LmMetric::new(LmQuantity::TokensPerSecond))
-        .metric_train_numeric(LmMetric::new(LmQuantity::GradNorm))
-        .metric_valid_numeric(LmMetric::new(LmQuantity::Loss))
-        .metric_valid_numeric(LmMetric::new(LmQuantity::Perplexity))
-        .num_epochs(rounds)
-        .label(&format!(
-            "{} steps, evaluation every {}",
-            max_steps, settings.eval_every
-        ))
-        .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
+    let mut training =
+        SupervisedTraining::new(&out, Arc::new(train_loader), Arc::new(valid_loader))
+            .metric_train_numeric(LmMetric::new(LmQuantity::Loss))
+            .metric_train_numeric(LmMetric::new(LmQuantity::Perplexity))
+            .metric_train_numeric(LearningRateMetric::new())
+            .metric_train_numeric(LmMetric::new(LmQuantity::TokensPerSecond))
+            .metric_train_numeric(LmMetric::new(LmQuantity::GradNorm))
+            .metric_valid_numeric(LmMetric::new(LmQuantity::Loss))
+            .metric_valid_numeric(LmMetric::new(LmQuantity::Perplexity))
+            .num_epochs(rounds)
+            // Burn's application logger is process-global (and installs a panic hook); errors
+            // reach the user through this function's result instead.
+            .with_application_logger(None)
+            .label(&format!(
+                "{} steps, evaluation every {}",
+                max_steps, settings.eval_every
+            ))
+            .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
     if start_step > 0 {
         training = training.checkpoint(settings.round_of(start_step + 1).saturating_sub(1));
     }
@@ -237,8 +246,9 @@ fn prepare_output(out: &Path, resume: bool) -> Result<Option<(TrainerState, Path
         let Some((state, dir)) = latest else {
             return Err(TrainError::Resume {
                 path: out.to_path_buf(),
-                message: "it holds no complete checkpoint (checkpoint-<step>/ with trainer_state.json)"
-                    .into(),
+                message:
+                    "it holds no complete checkpoint (checkpoint-<step>/ with trainer_state.json)"
+                        .into(),
             });
         };
         checkpoint::truncate_metrics(out, state.step)?;
@@ -271,19 +281,20 @@ fn eos_id(loaded: &LoadedModel) -> Result<u32> {
         .eos_token
         .as_deref()
         .and_then(|t| tokenizer.token_to_id(t))
-        .ok_or_else(|| {
-            TrainError::InvalidValue {
-                key: "model.path".into(),
-                message: format!(
-                    "{} names no end-of-sequence token (generation_config.json eos_token_id or \
+        .ok_or_else(|| TrainError::InvalidValue {
+            key: "model.path".into(),
+            message: format!(
+                "{} names no end-of-sequence token (generation_config.json eos_token_id or \
                      tokenizer_config.json eos_token), which training appends to every example",
-                    loaded.source.display()
-                ),
-            }
+                loaded.source.display()
+            ),
         })
 }
 
-fn load_examples(config: &TrainConfig, loaded: &LoadedModel) -> Result<(Vec<Example>, Vec<Example>)> {
+fn load_examples(
+    config: &TrainConfig,
+    loaded: &LoadedModel,
+) -> Result<(Vec<Example>, Vec<Example>)> {
     let tokenizer = loaded.tokenizer()?;
     let tokenization = Tokenization {
         tokenizer,

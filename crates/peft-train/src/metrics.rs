@@ -9,8 +9,8 @@ use std::sync::Arc;
 use burn::tensor::TensorReadError;
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
-    Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes,
-    NumericEntry, SerializedEntry,
+    Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
+    SerializedEntry,
 };
 use serde_json::{json, Value};
 
@@ -148,7 +148,14 @@ impl MetricsLog {
     }
 
     /// Logs a training step.
-    pub fn step(&mut self, step: usize, loss: f64, lr: f64, tokens_per_s: f64, grad_norm: f64) -> Result<()> {
+    pub fn step(
+        &mut self,
+        step: usize,
+        loss: f64,
+        lr: f64,
+        tokens_per_s: f64,
+        grad_norm: f64,
+    ) -> Result<()> {
         self.write(json!({
             "step": step,
             "loss": loss,

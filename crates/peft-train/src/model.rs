@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Tensor;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
@@ -29,11 +29,9 @@ pub struct TrainableLm {
 impl TrainableLm {
     /// Mean next-token loss of `batch` `[1]`.
     pub fn loss(&self, batch: &LmBatch) -> Tensor<1> {
-        let logits = self.lm.forward(
-            batch.input_ids.clone(),
-            Some(&batch.attention_mask),
-            None,
-        );
+        let logits = self
+            .lm
+            .forward(batch.input_ids.clone(), Some(&batch.attention_mask), None);
         causal_lm_loss(logits, batch.labels.clone())
     }
 
@@ -113,7 +111,9 @@ impl OptimizerSnapshot {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotSlot> {
         // The slot holds plain data; a panic elsewhere cannot leave it inconsistent.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

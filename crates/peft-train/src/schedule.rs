@@ -3,7 +3,6 @@
 
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 
-
 use crate::config::Schedule;
 
 /// The schedule, stepped once per optimizer step (Burn's Learner calls `step` before each
@@ -41,9 +40,7 @@ impl WarmupSchedule {
         let multiplier = match self.shape {
             Schedule::Constant => 1.0,
             Schedule::Linear => ((self.total as f64 - s) / decay_steps).max(0.0),
-            Schedule::Cosine => {
-                (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
-            }
+            Schedule::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
         };
         self.peak * multiplier
     }

@@ -158,11 +158,14 @@ impl Run<'_> {
                 total_items: end - begin + 1,
             })?;
             for step in begin..=end {
-                self.train_step(step, Progress {
-                    items_processed: step - begin + 1,
-                    items_total: end - begin + 1,
-                    unit: Some("steps".into()),
-                })?;
+                self.train_step(
+                    step,
+                    Progress {
+                        items_processed: step - begin + 1,
+                        items_total: end - begin + 1,
+                        unit: Some("steps".into()),
+                    },
+                )?;
                 if self.components_interrupter.should_stop() {
                     // Stopped from the dashboard: the caller saves the adapter as it is.
                     return Ok(());
@@ -191,7 +194,10 @@ impl Run<'_> {
         let (mut tokens, mut learned) = (0, 0);
         for k in 0..s.grad_accum {
             let micro = (step - 1) * s.grad_accum + k;
-            let batch = self.strategy.train.batch_of(&self.strategy.plan.batch(micro));
+            let batch = self
+                .strategy
+                .train
+                .batch_of(&self.strategy.plan.batch(micro));
             let output = self.learner.train_step(batch);
             accumulator.accumulate(&self.learner.model(), output.grads);
             losses.push(output.item.loss);
@@ -199,7 +205,8 @@ impl Run<'_> {
             learned += output.item.learned_tokens;
         }
         let model = self.learner.model();
-        let (grads, norm) = average_and_clip(&model, accumulator.grads(), s.grad_accum, s.max_grad_norm);
+        let (grads, norm) =
+            average_and_clip(&model, accumulator.grads(), s.grad_accum, s.max_grad_norm);
         let Some(norm) = norm else {
             return Err(TrainError::NothingToTrain(
                 "the loss has no gradient with respect to any adapter tensor".into(),
@@ -244,7 +251,13 @@ impl Run<'_> {
         if step % s.log_every == 0 || step == s.max_steps {
             let base_lr = lr.base();
             if let Some(log) = &mut self.metrics {
-                log.step(step, stats.loss, base_lr, stats.tokens_per_s, stats.grad_norm)?;
+                log.step(
+                    step,
+                    stats.loss,
+                    base_lr,
+                    stats.tokens_per_s,
+                    stats.grad_norm,
+                )?;
             }
             let item = LmOutput {
                 loss,

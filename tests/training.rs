@@ -1,0 +1,231 @@
+//! Training on the fixtures (ndarray): the loss falls, only adapter tensors move and hold
+//! optimizer state, one AdamW step equals PyTorch's formula applied to PEFT's gradients, and the
+//! final adapter reloads to the logits training ended with. (Resuming is tested through the CLI
+//! in `crates/peft-cli/tests/cli.rs`: runs in separate processes do not share the device's
+//! random generator, as tests running in parallel threads do.)
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use burn::train::Learner;
+use common::*;
+use peft_core::format::adapter_tensors;
+use peft_core::load_adapter;
+use peft_models::{load_model, CausalLm};
+use peft_train::batch::LmBatch;
+use peft_train::clip::average_and_clip;
+use peft_train::config::Schedule;
+use peft_train::model::{OptimizerSnapshot, TrainableLm};
+use peft_train::schedule::WarmupSchedule;
+use peft_train::{adamw, train, TrainConfig};
+
+/// Bits of every parameter outside the adapters, by module path.
+fn base_parameters(model: &CausalLm) -> BTreeMap<String, Vec<u32>> {
+    #[derive(Default)]
+    struct Collect {
+        path: Vec<String>,
+        out: BTreeMap<String, Vec<u32>>,
+    }
+    impl ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.path.iter().any(|p| p == "adapters" || p == "saved") {
+                return;
+            }
+            let bits = to_vec(param.val()).iter().map(|v| v.to_bits()).collect();
+            self.out.insert(self.path.join("."), bits);
+        }
+    }
+    let mut collect = Collect::default();
+    model.visit(&mut collect);
+    collect.out
+}
+
+fn write_data(dir: &Path) -> PathBuf {
+    let path = dir.join("train.jsonl");
+    let lines: Vec<String> = ["abc", "hello", "rust"]
+        .iter()
+        .map(|w| {
+            serde_json::json!({"prompt": format!("{w} ->"), "completion": format!(" {}", w.chars().rev().collect::<String>())})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn config(data: &Path, out: &Path) -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.model.path = Some(case_dir("llama-base").join("base"));
+    c.data.train = Some(data.to_path_buf());
+    // The fixture's LM head is small and random: adapting it lets a tiny model memorise.
+    c.method.target = vec!["q_proj".into(), "v_proj".into(), "lm_head".into()];
+    c.method.dropout = 0.0;
+    c.training.lr = 1e-2;
+    c.training.schedule = Schedule::Constant;
+    c.training.batch_size = 3;
+    c.training.max_steps = Some(40);
+    c.training.out = out.to_path_buf();
+    c
+}
+
+fn logged_losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect()
+}
+
+#[test]
+fn lora_training_lowers_the_loss_and_moves_only_the_adapter() {
+    let device = ndarray_device();
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path());
+    let out = dir.path().join("run");
+    let config = config(&data, &out);
+    let summary = train(&config, &device, false).expect("training runs");
+
+    let losses = logged_losses(&out);
+    assert_eq!(losses.len(), 40, "one metrics line per step");
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(
+        last <= 0.2 * first,
+        "loss fell from {first} to {last}, less than 80%"
+    );
+
+    let fresh = load_model(&case_dir("llama-base").join("base"), &device).unwrap();
+    let before = base_parameters(&fresh.model);
+    let after = base_parameters(&summary.model);
+    assert_eq!(before.len(), after.len());
+    for (path, bits) in &before {
+        assert!(after[path] == *bits, "base parameter {path} changed");
+    }
+
+    // Optimizer state: AdamW keeps two moments per trained tensor; the record holds exactly
+    // two per adapter tensor, so no base parameter has state.
+    let adapter = adapter_tensors(&summary.model, "default", None).unwrap();
+    let record = peft_train::checkpoint::read_optimizer(&out.join("checkpoint-40")).unwrap();
+    assert_eq!(record.len(), 2 * adapter.len());
+}
+
+#[test]
+fn the_final_adapter_reloads_to_the_logits_training_ended_with() {
+    let device = ndarray_device();
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path());
+    let out = dir.path().join("run");
+    let mut config = config(&data, &out);
+    config.training.max_steps = Some(5);
+    let summary = train(&config, &device, false).unwrap();
+
+    let expected = Expected::load("llama-base");
+    let ids = int_tensor(&expected.i64("input_ids"), &device);
+    let mask = int_tensor(&expected.i64("attention_mask"), &device);
+    let trained = to_vec(summary.model.forward(ids.clone(), Some(&mask), None));
+    let mut reloaded = load_model(&case_dir("llama-base").join("base"), &device).unwrap();
+    load_adapter(&mut reloaded.model, "default", &summary.final_adapter).unwrap();
+    let logits = to_vec(reloaded.model.forward(ids, Some(&mask), None));
+    let diff = trained
+        .iter()
+        .zip(&logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff <= 1e-6, "reloaded adapter's logits differ by {diff}");
+}
+
+/// PyTorch's AdamW (`torch.optim.AdamW`, defaults but `lr` and `weight_decay`), first step:
+/// `p ← p(1 − lr·wd) − lr · m̂ / (√v̂ + ε)` with `m̂ = g`, `v̂ = g²`.
+fn torch_adamw_first_step(p: &[f32], g: &[f32], lr: f64, wd: f64) -> Vec<f32> {
+    let (beta1, beta2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+    p.iter()
+        .zip(g)
+        .map(|(&p, &g)| {
+            let (p, g) = (f64::from(p), f64::from(g));
+            let m = (1.0 - beta1) * g;
+            let v = (1.0 - beta2) * g * g;
+            let m_hat = m / (1.0 - beta1);
+            let v_hat = v / (1.0 - beta2);
+            (p * (1.0 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)) as f32
+        })
+        .collect()
+}
+
+#[test]
+fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
+    let device = ndarray_device().autodiff();
+    let case = "llama-lora";
+    let expected = Expected::load(case);
+    let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
+    load_adapter(
+        &mut loaded.model,
+        "default",
+        &case_dir(case).join("adapter"),
+    )
+    .unwrap();
+    let before = adapter_tensors(&loaded.model, "default", None).unwrap();
+
+    let ids = int_tensor(&expected.i64("input_ids"), &device);
+    let mask = int_tensor(&expected.i64("attention_mask"), &device);
+    let labels = int_tensor(&expected.i64("labels"), &device);
+    let batch = LmBatch {
+        input_ids: ids,
+        attention_mask: mask,
+        labels,
+        learned_tokens: 0,
+        tokens: 0,
+    };
+    let (lr, wd) = (1e-3, 0.01);
+    let model = TrainableLm {
+        lm: loaded.model,
+        snapshot: OptimizerSnapshot::default(),
+    };
+    let schedule = WarmupSchedule::new(lr, 0, 1, Schedule::Constant, 0);
+    let mut learner = Learner::new(model, adamw(wd).init(), schedule);
+    let output = learner.train_step(batch);
+    let (grads, norm) = average_and_clip(&learner.model(), output.grads, 1, 0.0);
+    learner.lr_step();
+    learner.optimizer_step(grads);
+    let after = adapter_tensors(&learner.model().lm, "default", None).unwrap();
+
+    // The norm the loop logs is the global norm of PEFT's gradients.
+    let fixture_norm: f64 = before
+        .keys()
+        .flat_map(|k| expected.f32(&format!("grad.{k}")).values)
+        .map(|g| f64::from(g).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm = f64::from(to_vec(norm.unwrap())[0]);
+    assert!(
+        (norm - fixture_norm).abs() <= 1e-4 * fixture_norm,
+        "{norm} vs {fixture_norm}"
+    );
+
+    for (key, p0) in &before {
+        let g = expected.f32(&format!("grad.{key}")).values;
+        let want = torch_adamw_first_step(&p0.data, &g, lr, wd);
+        let got = &after[key].data;
+        // Where |g| is far above ε the step is ±lr; where a gradient rounds differently near 0
+        // the sign may differ, so compare elementwise with a tolerance of a fraction of lr
+        // and require nearly every element to match.
+        let close = want
+            .iter()
+            .zip(got)
+            .filter(|(w, g)| (*w - *g).abs() <= 1e-6 + 1e-3 * lr as f32)
+            .count();
+        assert!(
+            close as f64 >= 0.999 * want.len() as f64,
+            "{key}: {close} of {} elements match PyTorch's AdamW step",
+            want.len()
+        );
+    }
+}
