@@ -229,3 +229,20 @@ fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
         );
     }
 }
+
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = TrainConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no configuration in {}", dir.display());
+}

@@ -226,7 +226,7 @@ pub fn split_valid(
 ) -> (Vec<Example>, Vec<Example>) {
     let n_valid = ((examples.len() as f64 * fraction).round() as usize).clamp(1, examples.len());
     examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-        seed ^ 0x5eed_0f_5a11d,
+        seed ^ 0x05ee_d0f5_a11d,
     ));
     let train = examples.split_off(n_valid);
     (train, examples)
