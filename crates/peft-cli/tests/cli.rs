@@ -834,3 +834,50 @@ fn train_names_missing_files() {
         &["no model given"],
     );
 }
+
+#[test]
+fn train_guards_against_empty_data_and_a_useless_learning_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures().join("llama-base/base");
+    let data = training_data(dir.path());
+    let out = dir.path().join("run");
+    let slow = peft_cli(&[
+        "train",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&base),
+        "--data",
+        path_str(&data),
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-9",
+        "--out",
+        path_str(&out),
+    ]);
+    assert!(slow.status.success());
+    let stderr = String::from_utf8_lossy(&slow.stderr);
+    assert!(stderr.contains("far below"), "{stderr}");
+    // Plain log lines when stdout is not a terminal.
+    assert!(String::from_utf8_lossy(&slow.stdout).contains("step 3/3  loss"));
+
+    // Every prompt is longer than --seq-len: nothing left to learn.
+    let out = dir.path().join("empty");
+    assert_fails_with(
+        &peft_cli(&[
+            "train",
+            "--backend",
+            "ndarray",
+            "--model",
+            path_str(&base),
+            "--data",
+            path_str(&data),
+            "--seq-len",
+            "2",
+            "--out",
+            path_str(&out),
+        ]),
+        &["train.jsonl", "no example left"],
+    );
+}

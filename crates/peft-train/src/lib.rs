@@ -14,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod plain;
 pub mod schedule;
 pub mod strategy;
 
@@ -134,7 +135,8 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
         seed: t.seed,
         check_change_at: (t.warmup_steps + 2).min(max_steps),
     };
-    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+    let plain_log = !std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if plain_log {
         for w in &warnings {
             eprintln!("warning: {w}");
         }
@@ -162,6 +164,7 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
         out: out.clone(),
         adapter: (ADAPTER_NAME.to_string(), adapter_config.clone()),
         report: report.clone(),
+        plain_log,
     };
 
     let model = TrainableLm {
@@ -194,6 +197,9 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
                 max_steps, settings.eval_every
             ))
             .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
+    if plain_log {
+        training = training.renderer(Box::new(plain::QuietRenderer));
+    }
     if start_step > 0 {
         training = training.checkpoint(settings.round_of(start_step + 1).saturating_sub(1));
     }

@@ -28,6 +28,7 @@ use crate::data::BatchPlan;
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
 use crate::model::{LmOutput, StepStats, TrainableLm};
+use crate::plain::{eval_line, step_line};
 
 /// Step counts that shape the loop.
 #[derive(Debug, Clone)]
@@ -99,6 +100,8 @@ pub struct StepStrategy {
     pub adapter: (String, AdapterConfig),
     /// Filled in as the loop runs.
     pub report: Arc<Mutex<LoopReport>>,
+    /// No dashboard: print a line per logged step and evaluation, and warnings as they come.
+    pub plain_log: bool,
 }
 
 impl SupervisedLearningStrategy<TrainableLm> for StepStrategy {
@@ -259,6 +262,9 @@ impl Run<'_> {
                     stats.grad_norm,
                 )?;
             }
+            if self.strategy.plain_log {
+                println!("{}", step_line(step, s.max_steps, &stats, base_lr));
+            }
             let item = LmOutput {
                 loss,
                 learned_tokens: learned,
@@ -320,6 +326,9 @@ impl Run<'_> {
         if let Some(log) = &mut self.metrics {
             log.eval(step, eval_loss)?;
         }
+        if self.strategy.plain_log {
+            println!("{}", eval_line(step, eval_loss));
+        }
         Ok(())
     }
 
@@ -352,10 +361,14 @@ impl Run<'_> {
     fn warn_if_unchanged(&mut self, step: usize) -> Result<()> {
         let now = self.adapter_values()?;
         if Some(&now) == self.initial_adapter.as_ref() {
-            self.lock_report().warnings.push(format!(
+            let warning = format!(
                 "the adapter weights have not changed after {step} optimizer steps: check the \
                  learning rate, the warmup and that the data has completion tokens"
-            ));
+            );
+            if self.strategy.plain_log {
+                eprintln!("warning: {warning}");
+            }
+            self.lock_report().warnings.push(warning);
         }
         Ok(())
     }

@@ -223,8 +223,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(eval) = summary.last_eval_loss {
         println!("eval loss: {eval:.4}, eval perplexity: {:.3}", eval.exp());
     }
-    for warning in &summary.warnings {
-        eprintln!("warning: {warning}");
+    // Without a terminal the trainer printed its warnings as they came; the dashboard hid them.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        for warning in &summary.warnings {
+            eprintln!("warning: {warning}");
+        }
     }
     println!("adapter: {}", summary.final_adapter.display());
     Ok(())
