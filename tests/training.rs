@@ -78,6 +78,14 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
     c
 }
 
+/// A temporary folder with the dataset, and the fixture configuration writing to `<dir>/run`.
+fn setup() -> (tempfile::TempDir, TrainConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path());
+    let config = config(&data, &dir.path().join("run"));
+    (dir, config)
+}
+
 fn logged_losses(out: &Path) -> Vec<f64> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
@@ -89,10 +97,8 @@ fn logged_losses(out: &Path) -> Vec<f64> {
 #[test]
 fn lora_training_lowers_the_loss_and_moves_only_the_adapter() {
     let device = ndarray_device();
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_data(dir.path());
-    let out = dir.path().join("run");
-    let config = config(&data, &out);
+    let (_dir, config) = setup();
+    let out = config.training.out.clone();
     let summary = train(&config, &device, false).expect("training runs");
 
     let losses = logged_losses(&out);
@@ -121,10 +127,7 @@ fn lora_training_lowers_the_loss_and_moves_only_the_adapter() {
 #[test]
 fn the_final_adapter_reloads_to_the_logits_training_ended_with() {
     let device = ndarray_device();
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_data(dir.path());
-    let out = dir.path().join("run");
-    let mut config = config(&data, &out);
+    let (_dir, mut config) = setup();
     config.training.max_steps = Some(5);
     let summary = train(&config, &device, false).unwrap();
 
@@ -245,4 +248,78 @@ fn every_shipped_config_parses_and_validates() {
         }
     }
     assert!(seen > 0, "no configuration in {}", dir.display());
+}
+
+/// A copy of the fixture's tokenizer with `template` as its chat template.
+fn tokenizer_with_template(dir: &Path, template: &str) -> peft_models::TextTokenizer {
+    let base = case_dir("llama-base").join("base");
+    std::fs::copy(base.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    config["chat_template"] = template.into();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    peft_models::TextTokenizer::from_folder(dir).unwrap()
+}
+
+#[test]
+fn chat_examples_learn_the_assistant_turns_only() {
+    use peft_models::chat::ChatMessage;
+    use peft_train::data::{Record, Tokenization};
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = tokenizer_with_template(
+        dir.path(),
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}\
+         {% if add_generation_prompt %}<assistant>{% endif %}",
+    );
+    let eos = tokenizer.token_to_id("<|endoftext|>").unwrap();
+    let tokenization = Tokenization {
+        tokenizer: &tokenizer,
+        eos_id: eos,
+        seq_len: 512,
+    };
+    let record = Record::Messages(vec![
+        ChatMessage::new("user", "hi"),
+        ChatMessage::new("assistant", "hello there"),
+        ChatMessage::new("user", "again"),
+        ChatMessage::new("assistant", "bye"),
+    ]);
+    let example = tokenization.example(&record).unwrap();
+    let pick = |learned: bool| -> Vec<u32> {
+        example
+            .ids
+            .iter()
+            .zip(&example.labels)
+            .filter(|(_, &l)| (l != peft_models::loss::IGNORE_INDEX) == learned)
+            .map(|(&id, _)| id)
+            .collect()
+    };
+    assert_eq!(
+        tokenizer.decode(&pick(true), true).unwrap(),
+        "hello there\nbye\n"
+    );
+    assert_eq!(
+        tokenizer.decode(&pick(false), true).unwrap(),
+        "<user>hi\n<assistant><user>again\n<assistant>"
+    );
+    assert_eq!(
+        example.ids.last(),
+        Some(&eos),
+        "end of sequence appended and learned"
+    );
+    assert_eq!(*example.labels.last().unwrap(), i64::from(eos));
+
+    // A template that rewrites earlier turns cannot be split into prompt and reply.
+    let shifting = tokenizer_with_template(
+        dir.path(),
+        "{{ messages|length }}{% for m in messages %}{{ m.content }}{% endfor %}",
+    );
+    let err = Tokenization {
+        tokenizer: &shifting,
+        eos_id: eos,
+        seq_len: 512,
+    }
+    .example(&record)
+    .unwrap_err();
+    assert!(err.to_string().contains("earlier ones"), "{err}");
 }

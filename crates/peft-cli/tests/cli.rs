@@ -32,18 +32,24 @@ impl TensorFile {
     }
 
     fn floats(&self, name: &str) -> Vec<f32> {
-        let (dtype, _, data) = self.view(name);
-        assert_eq!(dtype, Dtype::F32, "{name}");
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        self.decode(name, Dtype::F32, f32::from_le_bytes)
     }
 
     fn ints(&self, name: &str) -> Vec<i64> {
-        let (dtype, _, data) = self.view(name);
-        assert_eq!(dtype, Dtype::I64, "{name}");
-        data.chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        self.decode(name, Dtype::I64, i64::from_le_bytes)
+    }
+
+    /// The values of tensor `name`, which must have `dtype`, decoded from little-endian bytes.
+    fn decode<T, const N: usize>(
+        &self,
+        name: &str,
+        dtype: Dtype,
+        from: fn([u8; N]) -> T,
+    ) -> Vec<T> {
+        let (actual, _, data) = self.view(name);
+        assert_eq!(actual, dtype, "{name}");
+        data.chunks_exact(N)
+            .map(|c| from(c.try_into().unwrap()))
             .collect()
     }
 
@@ -609,11 +615,33 @@ fn training_data(dir: &Path) -> PathBuf {
     path
 }
 
-/// `train` arguments for the llama-base fixture with every piece of state a resume must
-/// restore: dropout, accumulation, warmup, a decaying schedule and weight decay.
-fn train_args(data: &Path, out: &Path) -> Vec<String> {
+/// Every piece of state a resume must restore: dropout, accumulation, warmup, a decaying
+/// schedule and weight decay.
+const RESUME_FLAGS: [&str; 18] = [
+    "--target",
+    "q_proj,v_proj,lm_head",
+    "--dropout",
+    "0.1",
+    "--lr",
+    "1e-2",
+    "--batch-size",
+    "2",
+    "--grad-accum",
+    "2",
+    "--warmup-steps",
+    "2",
+    "--schedule",
+    "cosine",
+    "--weight-decay",
+    "0.01",
+    "--max-steps",
+    "6",
+];
+
+/// `train` on the llama-base fixture with `data`, writing to `out`, plus `extra` flags.
+fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let base = fixtures().join("llama-base/base");
-    [
+    let fixed = [
         "train",
         "--backend",
         "ndarray",
@@ -621,36 +649,35 @@ fn train_args(data: &Path, out: &Path) -> Vec<String> {
         path_str(&base),
         "--data",
         path_str(data),
-        "--target",
-        "q_proj,v_proj,lm_head",
-        "--dropout",
-        "0.1",
-        "--lr",
-        "1e-2",
-        "--batch-size",
-        "2",
-        "--grad-accum",
-        "2",
-        "--warmup-steps",
-        "2",
-        "--schedule",
-        "cosine",
-        "--weight-decay",
-        "0.01",
-        "--max-steps",
-        "6",
-        "--save-every",
-        "2",
         "--out",
         path_str(out),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ];
+    fixed.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
-fn args_ref(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
+/// Runs [`train_args`].
+fn train_cli(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let args = train_args(data, out, extra);
+    peft_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `logits` of the llama-base fixture's batch with `adapter`, read back.
+fn fixture_logits(adapter: &Path, dir: &Path) -> Vec<f32> {
+    let out = dir.join("logits.safetensors");
+    peft_cli_ok(&[
+        "logits",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&fixtures().join("llama-base/base")),
+        "--adapter",
+        path_str(adapter),
+        "--input",
+        path_str(&fixtures().join("llama-base/expected.safetensors")),
+        "--out",
+        path_str(&out),
+    ]);
+    TensorFile::read(&out).floats("logits")
 }
 
 #[test]
@@ -658,12 +685,25 @@ fn train_resumes_bit_exactly_after_sigkill_during_a_checkpoint_write() {
     let dir = tempfile::tempdir().unwrap();
     let data = training_data(dir.path());
     let full = dir.path().join("full");
-    peft_cli_ok(&args_ref(&train_args(&data, &full)));
+    let full_run = train_cli(
+        &data,
+        &full,
+        &[&RESUME_FLAGS[..], &["--save-every", "2"]].concat(),
+    );
+    assert!(
+        full_run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full_run.stderr)
+    );
 
     // The same run, killed while its step-4 checkpoint is half written.
     let killed = dir.path().join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_peft-cli"))
-        .args(train_args(&data, &killed))
+        .args(train_args(
+            &data,
+            &killed,
+            &[&RESUME_FLAGS[..], &["--save-every", "2"]].concat(),
+        ))
         .env(peft_train::checkpoint::WRITE_DELAY_ENV, "1500")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -785,44 +825,21 @@ fn train_names_the_file_and_line_of_bad_data() {
         "{\"text\":\"fine\"}\n{\"prompt\":\"no completion\"}\n",
     )
     .unwrap();
-    let base = fixtures().join("llama-base/base");
     let out = dir.path().join("run");
-    let args = [
-        "train",
-        "--backend",
-        "ndarray",
-        "--model",
-        path_str(&base),
-        "--data",
-        path_str(&data),
-        "--out",
-        path_str(&out),
-    ];
-    assert_fails_with(&peft_cli(&args), &["bad.jsonl:2", "completion"]);
+    assert_fails_with(&train_cli(&data, &out, &[]), &["bad.jsonl:2", "completion"]);
     std::fs::write(&data, "{\"text\":\"fine\"}\nnot json\n").unwrap();
-    assert_fails_with(&peft_cli(&args), &["bad.jsonl:2", "not valid JSON"]);
+    assert_fails_with(
+        &train_cli(&data, &out, &[]),
+        &["bad.jsonl:2", "not valid JSON"],
+    );
 }
 
 #[test]
 fn train_names_missing_files() {
     let dir = tempfile::tempdir().unwrap();
-    let base = fixtures().join("llama-base/base");
     let missing = dir.path().join("nowhere.jsonl");
     let out = dir.path().join("run");
-    assert_fails_with(
-        &peft_cli(&[
-            "train",
-            "--backend",
-            "ndarray",
-            "--model",
-            path_str(&base),
-            "--data",
-            path_str(&missing),
-            "--out",
-            path_str(&out),
-        ]),
-        &["nowhere.jsonl"],
-    );
+    assert_fails_with(&train_cli(&missing, &out, &[]), &["nowhere.jsonl"]);
     assert_fails_with(
         &peft_cli(&["train", "--config", path_str(&dir.path().join("none.toml"))]),
         &["none.toml"],
@@ -838,46 +855,62 @@ fn train_names_missing_files() {
 #[test]
 fn train_guards_against_empty_data_and_a_useless_learning_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let base = fixtures().join("llama-base/base");
     let data = training_data(dir.path());
-    let out = dir.path().join("run");
-    let slow = peft_cli(&[
-        "train",
-        "--backend",
-        "ndarray",
-        "--model",
-        path_str(&base),
-        "--data",
-        path_str(&data),
-        "--max-steps",
-        "3",
-        "--lr",
-        "1e-9",
-        "--out",
-        path_str(&out),
-    ]);
+    // 1e-50 is 0 in f32: the adapter cannot move, and both guards say so.
+    let slow = train_cli(
+        &data,
+        &dir.path().join("run"),
+        &["--max-steps", "3", "--lr", "1e-50"],
+    );
     assert!(slow.status.success());
     let stderr = String::from_utf8_lossy(&slow.stderr);
     assert!(stderr.contains("far below"), "{stderr}");
+    assert!(
+        stderr.contains("have not changed after 2 optimizer steps"),
+        "{stderr}"
+    );
     // Plain log lines when stdout is not a terminal.
     assert!(String::from_utf8_lossy(&slow.stdout).contains("step 3/3  loss"));
 
     // Every prompt is longer than --seq-len: nothing left to learn.
-    let out = dir.path().join("empty");
     assert_fails_with(
-        &peft_cli(&[
-            "train",
-            "--backend",
-            "ndarray",
-            "--model",
-            path_str(&base),
-            "--data",
-            path_str(&data),
-            "--seq-len",
-            "2",
-            "--out",
-            path_str(&out),
-        ]),
+        &train_cli(&data, &dir.path().join("empty"), &["--seq-len", "2"]),
         &["train.jsonl", "no example left"],
+    );
+}
+
+#[test]
+fn train_final_adapter_loads_with_the_adapter_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = training_data(dir.path());
+    let out = dir.path().join("run");
+    let flags = [
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-2",
+        "--target",
+        "q_proj,v_proj,lm_head",
+    ];
+    let run = train_cli(&data, &out, &flags);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The last checkpoint is the state training ended with; the final adapter must equal it,
+    // and differ from the base model.
+    let final_logits = fixture_logits(&out.join("final"), dir.path());
+    assert_eq!(
+        final_logits,
+        fixture_logits(&out.join("checkpoint-4"), dir.path())
+    );
+    let expected = TensorFile::read(&fixtures().join("llama-base/expected.safetensors"));
+    assert!(
+        max_masked_diff(
+            &final_logits,
+            &expected.floats("logits_base"),
+            &expected.ints("attention_mask")
+        ) > 1e-3
     );
 }

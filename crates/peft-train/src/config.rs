@@ -278,11 +278,13 @@ impl TrainConfig {
                 return bad(key, "must be at least 1 when given".into());
             }
         }
-        if t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
-            return bad(
-                "training.weight_decay / training.max_grad_norm",
-                "must not be negative".into(),
-            );
+        for (key, value) in [
+            ("training.weight_decay", t.weight_decay),
+            ("training.max_grad_norm", t.max_grad_norm),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return bad(key, format!("{value} is not a non-negative number"));
+            }
         }
         if !(0.0..1.0).contains(&self.data.valid_fraction) {
             return bad(

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use peft_models::chat::{apply_chat_template, ChatMessage};
 use peft_models::loss::IGNORE_INDEX;
-use peft_models::TextTokenizer;
+use peft_models::{ModelError, TextTokenizer};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::Value;
@@ -145,27 +145,19 @@ impl Tokenization<'_> {
                 push(completion, true, false)?;
             }
             Record::Messages(messages) => {
-                // Render growing prefixes so that each assistant reply is exactly the text the
-                // template adds for it; the template carries its own special tokens.
+                // Render growing prefixes so that each turn is exactly the text the template
+                // adds for it; the template carries its own special tokens.
                 let mut rendered = String::new();
                 for (i, message) in messages.iter().enumerate() {
                     let learned = message.role == "assistant";
-                    let upto = if learned {
-                        apply_chat_template(self.tokenizer, &messages[..i], true)?
-                    } else {
-                        apply_chat_template(self.tokenizer, &messages[..=i], false)?
-                    };
-                    if let Some(prompt) = upto.strip_prefix(rendered.as_str()) {
-                        push(prompt, false, false)?;
-                    }
-                    rendered = upto;
                     if learned {
-                        let full = apply_chat_template(self.tokenizer, &messages[..=i], false)?;
-                        if let Some(reply) = full.strip_prefix(rendered.as_str()) {
-                            push(reply, true, false)?;
-                        }
-                        rendered = full;
+                        let prompt = apply_chat_template(self.tokenizer, &messages[..i], true)?;
+                        push(extension(&rendered, &prompt)?, false, false)?;
+                        rendered = prompt;
                     }
+                    let full = apply_chat_template(self.tokenizer, &messages[..=i], false)?;
+                    push(extension(&rendered, &full)?, learned, false)?;
+                    rendered = full;
                 }
             }
         }
@@ -197,6 +189,20 @@ impl Tokenization<'_> {
     }
 }
 
+/// What `next` adds after `before`: the text of one more turn. Templates that rewrite earlier
+/// turns when a new one is added (so that the split between prompt and reply is unknown) are
+/// refused rather than guessed at.
+fn extension<'a>(before: &str, next: &'a str) -> Result<&'a str> {
+    next.strip_prefix(before).ok_or_else(|| {
+        ModelError::ChatTemplate(
+            "rendering one more message changes the text of the earlier ones, so the tokens of \
+             each turn cannot be told apart; use {\"prompt\",\"completion\"} lines instead"
+                .into(),
+        )
+        .into()
+    })
+}
+
 /// Concatenates examples into rows of exactly `seq_len` tokens (the last row may be shorter),
 /// keeping each token's label.
 pub fn pack(examples: &[Example], seq_len: usize) -> Vec<Example> {
@@ -218,13 +224,15 @@ pub fn pack(examples: &[Example], seq_len: usize) -> Vec<Example> {
         .collect()
 }
 
-/// Splits off `fraction` of `examples` (at least one) as validation data, chosen by `seed`.
+/// Splits off `fraction` of `examples` as validation data, chosen by `seed`: at least one
+/// example, and never all of them (`examples` must hold two or more).
 pub fn split_valid(
     mut examples: Vec<Example>,
     fraction: f64,
     seed: u64,
 ) -> (Vec<Example>, Vec<Example>) {
-    let n_valid = ((examples.len() as f64 * fraction).round() as usize).clamp(1, examples.len());
+    let n_valid =
+        ((examples.len() as f64 * fraction).round() as usize).clamp(1, examples.len() - 1);
     examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
         seed ^ 0x05ee_d0f5_a11d,
     ));
@@ -234,11 +242,13 @@ pub fn split_valid(
 
 /// The order in which training examples are visited: a fresh seeded shuffle every epoch,
 /// micro-batches of `batch_size` consecutive examples (the last one of an epoch may be smaller).
+/// The current epoch's order is kept, so each micro-batch costs only its own indices.
 #[derive(Debug, Clone)]
 pub struct BatchPlan {
     len: usize,
     batch_size: usize,
     seed: u64,
+    current: Option<(usize, Vec<usize>)>,
 }
 
 impl BatchPlan {
@@ -248,6 +258,7 @@ impl BatchPlan {
             len,
             batch_size,
             seed,
+            current: None,
         }
     }
 
@@ -257,21 +268,26 @@ impl BatchPlan {
     }
 
     /// Example indices of global micro-batch `index` (counting across epochs from 0).
-    pub fn batch(&self, index: usize) -> Vec<usize> {
+    pub fn batch(&mut self, index: usize) -> Vec<usize> {
         let per_epoch = self.batches_per_epoch();
         let epoch = index / per_epoch;
-        let within = index % per_epoch;
-        let order = self.epoch_order(epoch);
-        let start = within * self.batch_size;
-        order[start..(start + self.batch_size).min(self.len)].to_vec()
+        let start = (index % per_epoch) * self.batch_size;
+        let end = (start + self.batch_size).min(self.len);
+        let order = match &mut self.current {
+            Some((cached, order)) if *cached == epoch => order,
+            slot => &mut slot.insert((epoch, shuffled(self.len, self.seed, epoch))).1,
+        };
+        order[start..end].to_vec()
     }
+}
 
-    fn epoch_order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.len).collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64));
-        order.shuffle(&mut rng);
-        order
-    }
+/// `0..len` shuffled by `seed` and `epoch`.
+fn shuffled(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+        seed.wrapping_add(epoch as u64),
+    ));
+    order
 }
 
 #[cfg(test)]
@@ -311,12 +327,16 @@ mod tests {
 
     #[test]
     fn every_example_is_visited_once_per_epoch_in_a_seeded_order() {
-        let plan = BatchPlan::new(10, 4, 7);
+        let mut plan = BatchPlan::new(10, 4, 7);
         assert_eq!(plan.batches_per_epoch(), 3);
         let mut first: Vec<usize> = (0..3).flat_map(|b| plan.batch(b)).collect();
         let second: Vec<usize> = (3..6).flat_map(|b| plan.batch(b)).collect();
         assert_ne!(first, second, "each epoch reshuffles");
-        assert_eq!(plan.batch(4), BatchPlan::new(10, 4, 7).batch(4));
+        assert_eq!(
+            plan.batch(4),
+            BatchPlan::new(10, 4, 7).batch(4),
+            "no state but the seed"
+        );
         first.sort();
         assert_eq!(first, (0..10).collect::<Vec<_>>());
     }

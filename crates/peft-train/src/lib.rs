@@ -74,13 +74,7 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     config.validate()?;
     let t = &config.training;
     let out = t.out.clone();
-    let resume_from = prepare_output(&out, resume)?;
-    if resume_from.is_none() {
-        peft_core::format::write_atomic(
-            &out.join(checkpoint::CONFIG_FILE),
-            config.to_toml().as_bytes(),
-        )?;
-    }
+    let resume_from = prepare_output(config, resume)?;
     let device = if device.is_autodiff() {
         device.clone()
     } else {
@@ -88,72 +82,41 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     };
     device.seed(t.seed);
 
-    let model_path = config.model.path.clone().expect("validated");
-    let loaded = peft_models::load_model(&model_path, &device)?;
-    let (train_examples, valid_examples) = load_examples(config, &loaded)?;
-    let pad_id = eos_id(&loaded)?;
-
+    let model_path = config.model.path.as_deref().expect("validated");
+    let loaded = peft_models::load_model(model_path, &device)?;
+    let eos = eos_id(&loaded)?;
+    let (train_examples, valid_examples) = load_examples(config, &loaded, eos)?;
     let mut lm = loaded.model;
-    let adapter_config = config.method.adapter_config();
-    match &resume_from {
-        Some((_, dir)) => {
-            peft_core::load_adapter(&mut lm, ADAPTER_NAME, dir)?;
-        }
-        None => {
-            peft_core::attach_adapter(&mut lm, ADAPTER_NAME, &adapter_config)?;
-        }
-    }
+    let adapter_config = attach(&mut lm, config, resume_from.as_ref())?;
     let parameters = ParameterReport::of(&lm);
     if parameters.trainable == 0 {
         return Err(TrainError::NothingToTrain(
             "the adapter adds no trainable tensor to this model".into(),
         ));
     }
+    let plain_log = !std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut warnings = Vec::new();
     if t.lr < LOWEST_USEFUL_LR {
-        warnings.push(format!(
+        let warning = format!(
             "learning rate {} is far below what LoRA needs (typically 1e-4 to 1e-3); the \
              adapter will barely move",
             t.lr
-        ));
+        );
+        if plain_log {
+            eprintln!("warning: {warning}");
+        }
+        warnings.push(warning);
     }
 
     let plan = BatchPlan::new(train_examples.len(), t.batch_size, t.seed);
-    let max_steps = t
-        .max_steps
-        .unwrap_or_else(|| t.epochs.unwrap_or(1) * plan.batches_per_epoch().div_ceil(t.grad_accum));
     let start_step = resume_from.as_ref().map_or(0, |(state, _)| state.step);
     let has_valid = !valid_examples.is_empty();
-    let settings = LoopSettings {
-        grad_accum: t.grad_accum,
-        max_steps,
-        start_step,
-        eval_every: t.eval_every.filter(|_| has_valid).unwrap_or(max_steps),
-        save_every: t.save_every,
-        log_every: t.log_every,
-        max_grad_norm: t.max_grad_norm,
-        seed: t.seed,
-        check_change_at: (t.warmup_steps + 2).min(max_steps),
+    let settings = loop_settings(t, &plan, has_valid, start_step);
+    let loader = |examples, device: Device| {
+        ExampleLoader::new(Arc::new(examples), t.batch_size, eos, device)
     };
-    let plain_log = !std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if plain_log {
-        for w in &warnings {
-            eprintln!("warning: {w}");
-        }
-    }
-
-    let train_loader = ExampleLoader::new(
-        Arc::new(train_examples),
-        t.batch_size,
-        pad_id,
-        device.clone(),
-    );
-    let valid_loader = ExampleLoader::new(
-        Arc::new(valid_examples),
-        t.batch_size,
-        pad_id,
-        device.clone().inner(),
-    );
+    let train_loader = loader(train_examples, device.clone());
+    let valid_loader = loader(valid_examples, device.clone().inner());
     let report = Arc::new(Mutex::new(LoopReport::default()));
     let strategy = StepStrategy {
         device: device.clone(),
@@ -171,14 +134,17 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
         lm,
         snapshot: OptimizerSnapshot::default(),
     };
-    let optimizer = adamw(t.weight_decay).init();
-    let schedule = WarmupSchedule::new(t.lr, t.warmup_steps, max_steps, t.schedule, start_step);
-    let mut learner = Learner::new(model, optimizer, schedule);
+    let schedule = WarmupSchedule::new(
+        t.lr,
+        t.warmup_steps,
+        settings.max_steps,
+        t.schedule,
+        start_step,
+    );
+    let mut learner = Learner::new(model, adamw(t.weight_decay).init(), schedule);
     if let Some((_, dir)) = &resume_from {
         learner.load_optim(checkpoint::read_optimizer(dir)?);
     }
-
-    let rounds = settings.rounds();
     let mut training =
         SupervisedTraining::new(&out, Arc::new(train_loader), Arc::new(valid_loader))
             .metric_train_numeric(LmMetric::new(LmQuantity::Loss))
@@ -188,13 +154,13 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
             .metric_train_numeric(LmMetric::new(LmQuantity::GradNorm))
             .metric_valid_numeric(LmMetric::new(LmQuantity::Loss))
             .metric_valid_numeric(LmMetric::new(LmQuantity::Perplexity))
-            .num_epochs(rounds)
+            .num_epochs(settings.rounds())
             // Burn's application logger is process-global (and installs a panic hook); errors
             // reach the user through this function's result instead.
             .with_application_logger(None)
             .label(&format!(
                 "{} steps, evaluation every {}",
-                max_steps, settings.eval_every
+                settings.max_steps, settings.eval_every
             ))
             .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
     if plain_log {
@@ -235,6 +201,49 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     })
 }
 
+/// Attaches a fresh adapter, or the checkpoint's when resuming; returns its configuration
+/// (the checkpoint's own, so that later checkpoints describe the tensors they hold).
+fn attach(
+    lm: &mut CausalLm,
+    config: &TrainConfig,
+    resume_from: Option<&(TrainerState, PathBuf)>,
+) -> Result<peft_core::AdapterConfig> {
+    match resume_from {
+        Some((_, dir)) => {
+            peft_core::load_adapter(lm, ADAPTER_NAME, dir)?;
+            Ok(peft_core::format::load_config(dir)?)
+        }
+        None => {
+            let adapter = config.method.adapter_config();
+            peft_core::attach_adapter(lm, ADAPTER_NAME, &adapter)?;
+            Ok(adapter)
+        }
+    }
+}
+
+/// The loop's step counts: `max_steps`, else `epochs` passes of `plan`'s micro-batches.
+fn loop_settings(
+    t: &config::TrainingSection,
+    plan: &BatchPlan,
+    has_valid: bool,
+    start_step: usize,
+) -> LoopSettings {
+    let max_steps = t
+        .max_steps
+        .unwrap_or_else(|| t.epochs.unwrap_or(1) * plan.batches_per_epoch().div_ceil(t.grad_accum));
+    LoopSettings {
+        grad_accum: t.grad_accum,
+        max_steps,
+        start_step,
+        eval_every: t.eval_every.filter(|_| has_valid).unwrap_or(max_steps),
+        save_every: t.save_every,
+        log_every: t.log_every,
+        max_grad_norm: t.max_grad_norm,
+        seed: t.seed,
+        check_change_at: (t.warmup_steps + 2).min(max_steps),
+    }
+}
+
 /// AdamW with PyTorch's defaults (Burn's default epsilon and weight decay differ).
 pub fn adamw(weight_decay: f64) -> AdamWConfig {
     AdamWConfig::new()
@@ -244,9 +253,11 @@ pub fn adamw(weight_decay: f64) -> AdamWConfig {
         .with_weight_decay(weight_decay as f32)
 }
 
-/// Creates the output folder; refuses to overwrite an earlier run's checkpoints unless resuming,
-/// and finds the checkpoint to resume from.
-fn prepare_output(out: &Path, resume: bool) -> Result<Option<(TrainerState, PathBuf)>> {
+/// Creates the output folder and saves the run's configuration in it; refuses to overwrite an
+/// earlier run's checkpoints unless resuming; when resuming, finds the checkpoint and checks
+/// that the adapter settings are the run's.
+fn prepare_output(config: &TrainConfig, resume: bool) -> Result<Option<(TrainerState, PathBuf)>> {
+    let out = &config.training.out;
     let latest = checkpoint::latest(out)?;
     if resume {
         let Some((state, dir)) = latest else {
@@ -257,6 +268,17 @@ fn prepare_output(out: &Path, resume: bool) -> Result<Option<(TrainerState, Path
                         .into(),
             });
         };
+        let saved = TrainConfig::from_file(&out.join(checkpoint::CONFIG_FILE))?;
+        if saved.method != config.method {
+            return Err(TrainError::Resume {
+                path: out.to_path_buf(),
+                message: format!(
+                    "the adapter settings cannot change on resume: the run has {:?}, this \
+                     configuration {:?}",
+                    saved.method, config.method
+                ),
+            });
+        }
         checkpoint::truncate_metrics(out, state.step)?;
         return Ok(Some((state, dir)));
     }
@@ -275,6 +297,10 @@ fn prepare_output(out: &Path, resume: bool) -> Result<Option<(TrainerState, Path
         source,
     })?;
     let _ = std::fs::remove_file(out.join(metrics::MetricsLog::FILE));
+    peft_core::format::write_atomic(
+        &out.join(checkpoint::CONFIG_FILE),
+        config.to_toml().as_bytes(),
+    )?;
     Ok(None)
 }
 
@@ -300,11 +326,12 @@ fn eos_id(loaded: &LoadedModel) -> Result<u32> {
 fn load_examples(
     config: &TrainConfig,
     loaded: &LoadedModel,
+    eos_id: u32,
 ) -> Result<(Vec<Example>, Vec<Example>)> {
     let tokenizer = loaded.tokenizer()?;
     let tokenization = Tokenization {
         tokenizer,
-        eos_id: eos_id(loaded)?,
+        eos_id,
         seq_len: config.data.seq_len,
     };
     let read = |path: &Path| -> Result<Vec<Example>> {

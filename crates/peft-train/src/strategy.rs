@@ -10,16 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::data::dataloader::Progress;
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor};
 use burn::train::{
-    EventProcessorTraining, InferenceStep, Learner, LearnerEvent, SupervisedLearningStrategy,
-    SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem, ValidLoader,
+    EventProcessorTraining, InferenceStep, Interrupter, Learner, LearnerEvent,
+    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
+    TrainingItem, ValidLoader,
 };
-use peft_core::format::{adapter_tensors, FileTensor};
 use peft_core::AdapterConfig;
-use std::collections::BTreeMap;
 
 use crate::batch::ExampleLoader;
 use crate::checkpoint::{self, AdapterToSave, TrainerState};
@@ -113,23 +112,37 @@ impl SupervisedLearningStrategy<TrainableLm> for StepStrategy {
         _dataloader_valid: ValidLoader<TrainableLm>,
         _starting_epoch: usize,
     ) -> (TrainableLm, SupervisedTrainingEventProcessor<TrainableLm>) {
+        let interrupter = components.interrupter;
+        let metrics = match MetricsLog::open(&self.out) {
+            Ok(metrics) => metrics,
+            Err(error) => {
+                self.fail(&interrupter, error);
+                return (learner.model(), components.event_processor);
+            }
+        };
         let mut run = Run {
             strategy: self,
+            initial: trainable_tensors(&learner.model()),
             learner,
             processor: components.event_processor,
-            components_interrupter: components.interrupter,
-            metrics: None,
-            initial_adapter: None,
+            interrupter,
+            metrics,
+            plan: self.plan.clone(),
         };
         if let Err(error) = run.run() {
-            run.components_interrupter.stop(Some(&error.to_string()));
-            self.lock_report().error = Some(error);
+            self.fail(&run.interrupter, error);
         }
         (run.learner.model(), run.processor)
     }
 }
 
 impl StepStrategy {
+    /// Stops Burn's loop and keeps `error` for the caller.
+    fn fail(&self, interrupter: &Interrupter, error: TrainError) {
+        interrupter.stop(Some(&error.to_string()));
+        self.lock_report().error = Some(error);
+    }
+
     fn lock_report(&self) -> std::sync::MutexGuard<'_, LoopReport> {
         self.report.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -139,16 +152,17 @@ struct Run<'a> {
     strategy: &'a StepStrategy,
     learner: Learner<TrainableLm>,
     processor: SupervisedTrainingEventProcessor<TrainableLm>,
-    components_interrupter: burn::train::Interrupter,
-    metrics: Option<MetricsLog>,
-    initial_adapter: Option<BTreeMap<String, FileTensor>>,
+    interrupter: Interrupter,
+    metrics: MetricsLog,
+    /// The trainable tensors before the first step (device handles, for the "unchanged" guard).
+    initial: Vec<Tensor<1>>,
+    /// This run's cursor over the data order.
+    plan: BatchPlan,
 }
 
 impl Run<'_> {
     fn run(&mut self) -> Result<()> {
         let s = &self.strategy.settings;
-        self.metrics = Some(MetricsLog::open(&self.strategy.out)?);
-        self.initial_adapter = Some(self.adapter_values()?);
         let first_step = s.start_step + 1;
         if first_step > s.max_steps {
             return Ok(());
@@ -169,7 +183,7 @@ impl Run<'_> {
                         unit: Some("steps".into()),
                     },
                 )?;
-                if self.components_interrupter.should_stop() {
+                if self.interrupter.should_stop() {
                     // Stopped from the dashboard: the caller saves the adapter as it is.
                     return Ok(());
                 }
@@ -178,16 +192,12 @@ impl Run<'_> {
             self.validate(round, end)?;
             self.emit_train(LearnerEvent::EndEpoch(round))?;
         }
-        let s = &self.strategy.settings;
-        let last_saved = self.lock_report().last_checkpoint.clone();
-        if last_saved != Some(checkpoint::checkpoint_dir(&self.strategy.out, s.max_steps)) {
-            self.save_checkpoint(s.max_steps)?;
-        }
         Ok(())
     }
 
     fn train_step(&mut self, step: usize, progress: Progress) -> Result<()> {
-        let s = self.strategy.settings.clone();
+        let strategy = self.strategy;
+        let s = &strategy.settings;
         let started = Instant::now();
         // Dropout draws from the device's generator; reseeding it from (seed, step) makes the
         // random state of every step reproducible after a resume.
@@ -197,10 +207,7 @@ impl Run<'_> {
         let (mut tokens, mut learned) = (0, 0);
         for k in 0..s.grad_accum {
             let micro = (step - 1) * s.grad_accum + k;
-            let batch = self
-                .strategy
-                .train
-                .batch_of(&self.strategy.plan.batch(micro));
+            let batch = self.strategy.train.batch_of(&self.plan.batch(micro));
             let output = self.learner.train_step(batch);
             accumulator.accumulate(&self.learner.model(), output.grads);
             losses.push(output.item.loss);
@@ -253,15 +260,13 @@ impl Run<'_> {
         }
         if step % s.log_every == 0 || step == s.max_steps {
             let base_lr = lr.base();
-            if let Some(log) = &mut self.metrics {
-                log.step(
-                    step,
-                    stats.loss,
-                    base_lr,
-                    stats.tokens_per_s,
-                    stats.grad_norm,
-                )?;
-            }
+            self.metrics.step(
+                step,
+                stats.loss,
+                base_lr,
+                stats.tokens_per_s,
+                stats.grad_norm,
+            )?;
             if self.strategy.plain_log {
                 println!("{}", step_line(step, s.max_steps, &stats, base_lr));
             }
@@ -323,9 +328,7 @@ impl Run<'_> {
             .try_into_scalar::<f64>()
             .map_err(|e| TrainError::Backend(format!("cannot read the validation loss: {e:?}")))?;
         self.lock_report().last_eval_loss = Some(eval_loss);
-        if let Some(log) = &mut self.metrics {
-            log.eval(step, eval_loss)?;
-        }
+        self.metrics.eval(step, eval_loss)?;
         if self.strategy.plain_log {
             println!("{}", eval_line(step, eval_loss));
         }
@@ -334,10 +337,11 @@ impl Run<'_> {
 
     fn save_checkpoint(&mut self, step: usize) -> Result<()> {
         let model = self.learner.model();
-        let Some(optimizer) = model.snapshot.take() else {
-            // No optimizer step since the request (e.g. stopped between steps): nothing new.
-            return Ok(());
-        };
+        let optimizer = model.snapshot.take().ok_or_else(|| {
+            TrainError::Learner(format!(
+                "the optimizer state of step {step} was not captured for its checkpoint"
+            ))
+        })?;
         let (name, config) = &self.strategy.adapter;
         let state = TrainerState {
             step,
@@ -359,8 +363,20 @@ impl Run<'_> {
     }
 
     fn warn_if_unchanged(&mut self, step: usize) -> Result<()> {
-        let now = self.adapter_values()?;
-        if Some(&now) == self.initial_adapter.as_ref() {
+        if self.initial.is_empty() {
+            return Ok(());
+        }
+        // One scalar read: the total absolute change of every trainable tensor.
+        let moved: Vec<Tensor<1>> = trainable_tensors(&self.learner.model())
+            .into_iter()
+            .zip(&self.initial)
+            .map(|(now, before)| (now - before.clone()).abs().sum())
+            .collect();
+        let moved = Tensor::cat(moved, 0)
+            .sum()
+            .try_into_scalar::<f32>()
+            .map_err(|e| TrainError::Backend(format!("cannot read the adapter change: {e:?}")))?;
+        if moved == 0.0 {
             let warning = format!(
                 "the adapter weights have not changed after {step} optimizer steps: check the \
                  learning rate, the warmup and that the data has completion tokens"
@@ -371,11 +387,6 @@ impl Run<'_> {
             self.lock_report().warnings.push(warning);
         }
         Ok(())
-    }
-
-    fn adapter_values(&self) -> Result<BTreeMap<String, FileTensor>> {
-        let model = self.learner.model();
-        Ok(adapter_tensors(&model.lm, &self.strategy.adapter.0, None)?)
     }
 
     fn lock_report(&self) -> std::sync::MutexGuard<'_, LoopReport> {
@@ -393,6 +404,21 @@ impl Run<'_> {
             .process_valid(event)
             .map_err(|e| TrainError::Learner(e.to_string()))
     }
+}
+
+/// Handles to the trainable (adapter) tensors of `model`, flattened and detached; no data moves.
+fn trainable_tensors(model: &TrainableLm) -> Vec<Tensor<1>> {
+    struct Collect(Vec<Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0.push(param.val().detach().flatten(0, D - 1));
+            }
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
 }
 
 /// A per-step seed from the run's seed (splitmix64's finaliser, so neighbouring steps get
