@@ -4,15 +4,19 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod dataset;
+
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  lint    cargo fmt --check and cargo clippy --all-targets -D warnings, as CI runs them";
+  lint      cargo fmt --check and cargo clippy --all-targets -D warnings, as CI runs them
+  dataset   regenerate datasets/order-extraction (seeded; the shipped files are its output)";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1);
     match task.as_deref() {
         Some("lint") => lint(),
+        Some("dataset") => dataset::generate(&workspace_root()),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -31,6 +35,14 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ])
+}
+
+/// The workspace root (the parent of this crate's folder).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -27,6 +27,9 @@ enum Command {
     /// Train an adapter (LoRA, DoRA) on a frozen base model from a TOML configuration and/or
     /// flags; saves checkpoints, metrics.jsonl and the final adapter in PEFT's format.
     Train(Box<cmd::train::Args>),
+    /// Score a model (and adapter) on a JSONL file: loss, perplexity, exact match of greedy
+    /// answers, and the wrong answers next to the expected ones.
+    Eval(cmd::eval::Args),
     /// Merge an adapter into the model's weights and write a plain Hugging Face model folder.
     Merge(cmd::merge::Args),
 }
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Logits(args) => cmd::logits::run(args),
         Command::Merge(args) => cmd::merge::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
         Command::Train(args) => cmd::train::run(*args),
     };
     match result {

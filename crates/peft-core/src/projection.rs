@@ -89,8 +89,12 @@ impl Projection {
     /// (tied embeddings): the same parameter id, so it is counted once, and a transposed view of
     /// the same memory rather than a copy.
     pub fn tied_to(embedding: &Param<Tensor<2>>) -> Self {
+        // A contiguous copy of the transpose: CPU backends multiply by a strided view of a
+        // 49k x 576 embedding far more slowly (they copy it on every call).
+        let transposed = embedding.val().transpose();
+        let contiguous = Tensor::from_data(transposed.to_data(), &transposed.device());
         Self::new(
-            Param::initialized(embedding.id, embedding.val().transpose()),
+            Param::initialized(embedding.id, contiguous),
             None,
             WeightLayout::Linear,
         )

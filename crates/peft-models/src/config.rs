@@ -97,7 +97,7 @@ impl ModelConfig {
 }
 
 /// `eos_token_id` as Hugging Face writes it: absent, one id, or a list.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum TokenIds {
     /// No id given.

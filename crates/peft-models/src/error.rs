@@ -90,9 +90,7 @@ pub enum ModelError {
         message: String,
     },
     /// A tensor is stored in a type this crate cannot convert to floats.
-    #[error(
-        "tensor {name:?} in {source_desc} has unsupported dtype {dtype}; expected F32, F16 or BF16"
-    )]
+    #[error("tensor {name:?} in {source_desc} has unsupported dtype {dtype}; expected one of {expected}")]
     UnsupportedDtype {
         /// The tensor name.
         name: String,
@@ -100,6 +98,8 @@ pub enum ModelError {
         dtype: String,
         /// The file holding it.
         source_desc: String,
+        /// The types this crate reads from that kind of file.
+        expected: &'static str,
     },
     /// The tokenizer file could not be loaded, or encoding failed.
     #[error("tokenizer error ({path}): {message}")]
@@ -112,6 +112,9 @@ pub enum ModelError {
     /// The chat template is missing or failed to render.
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A named model could not be fetched into the cache.
+    #[error("fetching a model: {0}")]
+    Fetch(String),
     /// The compute backend reported an error (e.g. reading a result back from the device).
     #[error("backend error: {0}")]
     Backend(String),

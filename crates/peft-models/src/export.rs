@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use peft_core::format::{to_safetensors, write_atomic, FileTensor};
 use peft_core::{Projection, WeightLayout};
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::load::LoadedModel;
 use crate::model::CausalLm;
@@ -32,30 +33,60 @@ pub fn save_hf_folder(loaded: &LoadedModel, dir: &Path) -> Result<()> {
     let (tensors, untied_head) = hf_tensors(&loaded.model)?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let bytes = to_safetensors(&tensors).map_err(|e| ModelError::Backend(e.to_string()))?;
-    write_atomic(&dir.join("model.safetensors"), &bytes)
-        .map_err(|e| ModelError::Backend(e.to_string()))?;
-    let config_path = loaded.source.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
-    let mut config: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            path: config_path,
-            source,
-        })?;
+    write(&dir.join("model.safetensors"), &bytes)?;
+    let mut config = source_config(loaded)?;
     if untied_head {
         config["tie_word_embeddings"] = serde_json::Value::Bool(false);
     }
     let text = serde_json::to_string_pretty(&config).expect("JSON value serialises");
-    write_atomic(&dir.join("config.json"), text.as_bytes())
-        .map_err(|e| ModelError::Backend(e.to_string()))?;
-    for name in COPIED_FILES {
-        let from = loaded.source.join(name);
-        if from.exists() {
-            let bytes = std::fs::read(&from).map_err(io(&from))?;
-            write_atomic(&dir.join(name), &bytes)
-                .map_err(|e| ModelError::Backend(e.to_string()))?;
+    write(&dir.join("config.json"), text.as_bytes())?;
+    if loaded.source.is_dir() {
+        for name in COPIED_FILES {
+            let from = loaded.source.join(name);
+            if from.exists() {
+                let bytes = std::fs::read(&from).map_err(io(&from))?;
+                write(&dir.join(name), &bytes)?;
+            }
         }
+    } else if let Some(tokenizer) = &loaded.tokenizer {
+        // A GGUF carries its tokenizer as metadata: write it out as transformers expects it.
+        write(&dir.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
+        let tokenizer_config = serde_json::json!({
+            "bos_token": tokenizer.bos_token,
+            "eos_token": tokenizer.eos_token,
+            "chat_template": tokenizer.chat_template,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        });
+        let text = serde_json::to_string_pretty(&tokenizer_config).expect("JSON value serialises");
+        write(&dir.join("tokenizer_config.json"), text.as_bytes())?;
     }
     Ok(())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, bytes).map_err(|e| ModelError::Backend(e.to_string()))
+}
+
+/// `config.json` of the source folder, or one written from the config of a GGUF.
+fn source_config(loaded: &LoadedModel) -> Result<serde_json::Value> {
+    if !loaded.source.is_dir() {
+        let ModelConfig::Llama(c) = &loaded.config else {
+            return Err(ModelError::InvalidInput(format!(
+                "cannot write a config.json for {}: only LLaMA models load from GGUF",
+                loaded.source.display()
+            )));
+        };
+        let mut value = serde_json::to_value(c).expect("config serialises");
+        value["model_type"] = "llama".into();
+        value["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        return Ok(value);
+    }
+    let path = loaded.source.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ModelError::Json { path, source })
 }
 
 /// Every weight under its transformers name and layout, and whether a tied head had to be

@@ -139,6 +139,11 @@ impl TextTokenizer {
             .map_err(|e| self.error(e))
     }
 
+    /// The tokenizer as `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(|e| self.error(e))
+    }
+
     /// The id of a token given as text (e.g. `"<|im_end|>"`).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

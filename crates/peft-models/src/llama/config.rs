@@ -1,11 +1,11 @@
 //! LLaMA-family configuration, as `config.json` spells it (transformers 4.x and 5.x layouts).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::TokenIds;
 
 /// Hyper-parameters of a LLaMA-family model.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LlamaConfig {
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -56,7 +56,7 @@ pub struct LlamaConfig {
 }
 
 /// RoPE parameters: `rope_scaling` (4.x) or `rope_parameters` (5.x).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RopeScaling {
     /// `default`, `linear` or `llama3` (`type` in older configs).
     #[serde(default, alias = "type")]

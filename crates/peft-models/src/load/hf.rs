@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
+use super::gguf::{is_gguf, load_gguf};
+use super::named::{ensure_named_model, named_model};
 use super::safetensors::SafetensorsWeights;
 use super::weights::{WeightLoader, WeightSource};
 use crate::config::{read_text, ModelConfig, TokenIds};
@@ -37,19 +39,29 @@ impl LoadedModel {
             .as_ref()
             .ok_or_else(|| ModelError::MissingFile {
                 what: "tokenizer",
-                path: self.source.join("tokenizer.json"),
-                expected: "tokenizer.json in the model folder (needed to turn text into tokens)",
+                path: self.source.clone(),
+                expected: "tokenizer.json in the model folder, or tokenizer.ggml.* metadata in the GGUF (needed to turn text into tokens)",
             })
     }
 }
 
-/// Loads the model at `path` (a Hugging Face folder) onto `device`.
+/// Loads a model onto `device`. `path` is a Hugging Face folder, a `.gguf` file, or the name
+/// of a model in [`NAMED_MODELS`](super::NAMED_MODELS) (fetched into the cache when absent).
 pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+    if !path.exists() {
+        if let Some(named) = path.to_str().and_then(named_model) {
+            let file = ensure_named_model(named)?;
+            return load_gguf(&file, device);
+        }
+    }
+    if path.is_file() && is_gguf(path) {
+        return load_gguf(path, device);
+    }
     if !path.is_dir() {
         return Err(ModelError::MissingFile {
-            what: "model folder",
+            what: "model",
             path: path.to_path_buf(),
-            expected: "a Hugging Face model folder with config.json and model.safetensors",
+            expected: "a Hugging Face model folder (config.json, model.safetensors), a .gguf file, or a model name (smollm2-135m-instruct)",
         });
     }
     let config = ModelConfig::from_file(&path.join("config.json"))?;

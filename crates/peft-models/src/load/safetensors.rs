@@ -165,6 +165,7 @@ impl WeightSource for SafetensorsWeights {
                 name: name.to_string(),
                 dtype: format!("{:?}", info.dtype),
                 source_desc: shard.path.display().to_string(),
+                expected: "F32, F16, BF16",
             })?;
         Ok(HostTensor {
             shape: info.shape.clone(),

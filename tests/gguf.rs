@@ -1,0 +1,441 @@
+//! GGUF import: a tiny LLaMA written by this test as GGUF (F32, and Q8_0 quantized here) loads
+//! to the same logits as the same weights in a safetensors folder; q/k rows permuted the way
+//! llama.cpp's converter stores them are undone; a GGUF without `output.weight` ties the head;
+//! the tokenizer rebuilt from `tokenizer.ggml.*` encodes like the `tokenizer.json` it came from;
+//! unsupported tensor types are refused by name.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+use half::f16;
+use peft_models::{load_model, TextTokenizer};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+const F32: u32 = 0;
+const Q8_0: u32 = 8;
+const Q2_K: u32 = 10;
+
+/// One GGUF metadata value, as the test writes it.
+enum Meta {
+    U32(u32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+    Strs(Vec<String>),
+    I32s(Vec<i32>),
+}
+
+/// A GGUF v3 file written from scratch, following the specification in ggml's docs/gguf.md.
+#[derive(Default)]
+struct GgufWriter {
+    metadata: Vec<(String, Meta)>,
+    /// Name, dimensions innermost first, type id, bytes.
+    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+impl GgufWriter {
+    fn meta(&mut self, key: &str, value: Meta) {
+        self.metadata.push((key.to_string(), value));
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        const ALIGN: usize = 32;
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            put_str(&mut out, key);
+            match value {
+                Meta::U32(v) => {
+                    out.extend(4u32.to_le_bytes());
+                    out.extend(v.to_le_bytes());
+                }
+                Meta::F32(v) => {
+                    out.extend(6u32.to_le_bytes());
+                    out.extend(v.to_le_bytes());
+                }
+                Meta::Bool(v) => {
+                    out.extend(7u32.to_le_bytes());
+                    out.push(*v as u8);
+                }
+                Meta::Str(s) => {
+                    out.extend(8u32.to_le_bytes());
+                    put_str(&mut out, s);
+                }
+                Meta::Strs(items) => {
+                    out.extend(9u32.to_le_bytes());
+                    out.extend(8u32.to_le_bytes());
+                    out.extend((items.len() as u64).to_le_bytes());
+                    items.iter().for_each(|s| put_str(&mut out, s));
+                }
+                Meta::I32s(items) => {
+                    out.extend(9u32.to_le_bytes());
+                    out.extend(5u32.to_le_bytes());
+                    out.extend((items.len() as u64).to_le_bytes());
+                    items.iter().for_each(|v| out.extend(v.to_le_bytes()));
+                }
+            }
+        }
+        let mut offset = 0usize;
+        let mut offsets = Vec::new();
+        for (name, dims, ty, data) in &self.tensors {
+            put_str(&mut out, name);
+            out.extend((dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+            out.extend(ty.to_le_bytes());
+            out.extend((offset as u64).to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + data.len()).div_ceil(ALIGN) * ALIGN;
+        }
+        let data_start = out.len().div_ceil(ALIGN) * ALIGN;
+        out.resize(data_start, 0);
+        for ((_, _, _, data), at) in self.tensors.iter().zip(offsets) {
+            out.resize(data_start + at, 0);
+            out.extend(data);
+        }
+        out
+    }
+}
+
+/// llama.cpp's `quantize_row_q8_0_ref`: per 32 values, d = max|x| / 127 stored as f16 and
+/// q = round(x / d). Returns the blocks and the values they dequantize to.
+fn quantize_q8_0(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let mut bytes = Vec::new();
+    let mut dequantized = Vec::new();
+    for block in values.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let d16 = f16::from_f32(d);
+        bytes.extend(d16.to_le_bytes());
+        for &v in block {
+            let q = (v * id).round() as i8;
+            bytes.push(q as u8);
+            dequantized.push(q as f32 * d16.to_f32());
+        }
+    }
+    (bytes, dequantized)
+}
+
+/// `convert_hf_to_gguf.py`'s `permute`: within each head, HF row `i * half + j` goes to
+/// llama.cpp row `2j + i`.
+fn permute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for i in 0..2 {
+            for j in 0..half {
+                let (hf, gguf) = (h * head_dim + i * half + j, h * head_dim + 2 * j + i);
+                out[gguf * cols..(gguf + 1) * cols].copy_from_slice(&w[hf * cols..(hf + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// llama.cpp's name for a transformers LLaMA tensor.
+fn gguf_name(hf: &str) -> String {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf.strip_prefix("model.layers.").expect("layer tensor");
+    let (layer, module) = rest.split_once('.').expect("layer index");
+    let module = module.trim_end_matches(".weight");
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        other => panic!("unexpected tensor {other}"),
+    };
+    format!("blk.{layer}.{g}.weight")
+}
+
+struct Tensor2 {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+fn read_fixture_weights() -> BTreeMap<String, Tensor2> {
+    let path = case_dir("llama-base").join("base/model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), Dtype::F32);
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name, Tensor2 { shape: view.shape().to_vec(), values })
+        })
+        .collect()
+}
+
+/// How the test GGUF stores the model.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    F32,
+    Q8_0,
+    /// F32 without `output.weight`: the head is the embedding.
+    Tied,
+}
+
+/// Writes the fixture's LLaMA as GGUF in `dir/model.gguf`, and the weights the GGUF holds
+/// (after quantization) as a Hugging Face folder `dir/hf`.
+fn write_case(dir: &Path, variant: Variant) {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(case_dir("llama-base").join("base/config.json")).unwrap(),
+    )
+    .unwrap();
+    let (heads, kv_heads) = (4usize, 2usize);
+    assert_eq!(config["num_attention_heads"], heads);
+    assert_eq!(config["num_key_value_heads"], kv_heads);
+    let mut gguf = GgufWriter::default();
+    gguf.meta("general.architecture", Meta::Str("llama".into()));
+    for (key, value) in [
+        ("block_count", "num_hidden_layers"),
+        ("context_length", "max_position_embeddings"),
+        ("embedding_length", "hidden_size"),
+        ("feed_forward_length", "intermediate_size"),
+        ("attention.head_count", "num_attention_heads"),
+        ("attention.head_count_kv", "num_key_value_heads"),
+    ] {
+        let v = config[value].as_u64().unwrap() as u32;
+        gguf.meta(&format!("llama.{key}"), Meta::U32(v));
+    }
+    gguf.meta("llama.rope.freq_base", Meta::F32(10_000.0));
+    gguf.meta("llama.attention.layer_norm_rms_epsilon", Meta::F32(1e-5));
+    add_tokenizer(&mut gguf);
+
+    let mut hf_tensors: BTreeMap<String, Tensor2> = BTreeMap::new();
+    for (name, t) in read_fixture_weights() {
+        if variant == Variant::Tied && name == "lm_head.weight" {
+            continue;
+        }
+        let quantize = variant == Variant::Q8_0 && t.shape.len() == 2;
+        let (rows, cols) = (t.shape[0], *t.shape.last().unwrap());
+        let (stored, values) = if quantize {
+            let (bytes, deq) = quantize_q8_0(&t.values);
+            ((Q8_0, bytes), deq)
+        } else {
+            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            ((F32, bytes), t.values.clone())
+        };
+        // Quantization works within rows, so permuting rows before or after it is the same.
+        let permuted_heads = match name.as_str() {
+            n if n.ends_with("q_proj.weight") => Some(heads),
+            n if n.ends_with("k_proj.weight") => Some(kv_heads),
+            _ => None,
+        };
+        let stored_bytes = match permuted_heads {
+            None => stored.1,
+            Some(h) => {
+                let rows_bytes = stored.1.len() / rows;
+                let index: Vec<f32> = (0..rows).map(|r| r as f32).collect();
+                let order = permute_rows(&index, rows, 1, h);
+                order
+                    .iter()
+                    .flat_map(|&r| stored.1[r as usize * rows_bytes..(r as usize + 1) * rows_bytes].to_vec())
+                    .collect()
+            }
+        };
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        gguf.tensors.push((gguf_name(&name), dims, stored.0, stored_bytes));
+        hf_tensors.insert(name, Tensor2 { shape: vec![rows, cols].into_iter().take(t.shape.len()).collect(), values });
+    }
+    std::fs::write(dir.join("model.gguf"), gguf.bytes()).unwrap();
+
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    let mut config = config;
+    config["tie_word_embeddings"] = (variant == Variant::Tied).into();
+    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+    let data: BTreeMap<String, Vec<u8>> = hf_tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, TensorView)> = hf_tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), TensorView::new(Dtype::F32, t.shape.clone(), &data[n]).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &hf.join("model.safetensors")).unwrap();
+}
+
+/// The fixture's byte-level BPE as `tokenizer.ggml.*` metadata (llama.cpp's `gpt2` model).
+fn add_tokenizer(gguf: &mut GgufWriter) {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(case_dir("llama-base").join("base/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let vocab = json["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (token, id) in vocab {
+        tokens[id.as_u64().unwrap() as usize] = token.clone();
+    }
+    let merges: Vec<String> = json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::Array(pair) => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
+            other => other.as_str().unwrap().to_string(),
+        })
+        .collect();
+    // Token 0 (<|endoftext|>) is a control token; the rest are normal.
+    let types: Vec<i32> = (0..tokens.len()).map(|i| if i == 0 { 3 } else { 1 }).collect();
+    gguf.meta("tokenizer.ggml.model", Meta::Str("gpt2".into()));
+    gguf.meta("tokenizer.ggml.pre", Meta::Str("default".into()));
+    gguf.meta("tokenizer.ggml.tokens", Meta::Strs(tokens));
+    gguf.meta("tokenizer.ggml.token_type", Meta::I32s(types));
+    gguf.meta("tokenizer.ggml.merges", Meta::Strs(merges));
+    gguf.meta("tokenizer.ggml.eos_token_id", Meta::U32(0));
+    gguf.meta("tokenizer.ggml.bos_token_id", Meta::U32(0));
+    gguf.meta("tokenizer.ggml.add_bos_token", Meta::Bool(false));
+    gguf.meta("tokenizer.chat_template", Meta::Str("{{ messages[0]['content'] }}".into()));
+}
+
+fn logits_of(path: &Path) -> Vec<f32> {
+    let device = ndarray_device();
+    let expected = Expected::load("llama-base");
+    let ids = expected.i64("input_ids");
+    let mask = expected.i64("attention_mask");
+    let loaded = load_model(path, &device).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    to_vec(loaded.model.forward(
+        int_tensor(&ids, &device),
+        Some(&int_tensor(&mask, &device)),
+        None,
+    ))
+}
+
+fn check_variant(variant: Variant) -> f32 {
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), variant);
+    let mask = Expected::load("llama-base").i64("attention_mask");
+    let gguf = logits_of(&dir.path().join("model.gguf"));
+    let safetensors = logits_of(&dir.path().join("hf"));
+    max_abs_diff_masked(&gguf, &safetensors, &mask.values, 384)
+}
+
+#[test]
+fn f32_gguf_gives_the_logits_of_the_same_weights_in_safetensors() {
+    let err = check_variant(Variant::F32);
+    eprintln!("F32 GGUF vs safetensors: max abs logit difference {err:e}");
+    assert!(err <= 1e-6, "{err:e}");
+    // And the fixture itself is what the GGUF reproduces (transformers' logits).
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), Variant::F32);
+    let expected = Expected::load("llama-base");
+    let mask = expected.i64("attention_mask");
+    let reference = expected.f32("logits_base");
+    let gguf = logits_of(&dir.path().join("model.gguf"));
+    let err = max_abs_diff_masked(&gguf, &reference.values, &mask.values, 384);
+    assert!(err <= LOGITS_TOLERANCE, "GGUF vs transformers: {err:e}");
+}
+
+#[test]
+fn q8_0_gguf_gives_the_logits_of_its_dequantized_weights_in_safetensors() {
+    let err = check_variant(Variant::Q8_0);
+    eprintln!("Q8_0 GGUF vs safetensors: max abs logit difference {err:e}");
+    assert!(err <= 1e-6, "{err:e}");
+}
+
+#[test]
+fn gguf_without_output_weight_ties_the_head_to_the_embedding() {
+    let err = check_variant(Variant::Tied);
+    assert!(err <= 1e-6, "{err:e}");
+}
+
+#[test]
+fn tokenizer_rebuilt_from_gguf_metadata_encodes_like_tokenizer_json() {
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), Variant::F32);
+    let device = ndarray_device();
+    let loaded = load_model(&dir.path().join("model.gguf"), &device).unwrap();
+    let from_gguf = loaded.tokenizer().unwrap();
+    let reference = TextTokenizer::from_folder(&case_dir("llama-base").join("base")).unwrap();
+    for text in ["Hello world, 123!", "  two  spaces\nand a line", "<|endoftext|>x", "café ½"] {
+        assert_eq!(
+            from_gguf.encode(text, true).unwrap(),
+            reference.encode(text, true).unwrap(),
+            "{text:?}"
+        );
+    }
+    assert_eq!(from_gguf.eos_token.as_deref(), Some("<|endoftext|>"));
+    assert_eq!(loaded.eos_token_ids, vec![0]);
+    assert_eq!(from_gguf.chat_template.as_deref(), Some("{{ messages[0]['content'] }}"));
+}
+
+#[test]
+fn unsupported_tensor_types_and_bad_files_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gguf = GgufWriter::default();
+    gguf.meta("general.architecture", Meta::Str("llama".into()));
+    gguf.tensors.push(("blk.0.attn_q.weight".into(), vec![256, 1], Q2_K, vec![0; 84]));
+    let path = dir.path().join("q2k.gguf");
+    std::fs::write(&path, gguf.bytes()).unwrap();
+    let err = load_model(&path, &ndarray_device()).unwrap_err().to_string();
+    assert!(err.contains("blk.0.attn_q.weight") && err.contains("Q2_K"), "{err}");
+
+    let truncated = dir.path().join("truncated.gguf");
+    let mut bytes = GgufWriter::default();
+    bytes.meta("general.architecture", Meta::Str("llama".into()));
+    std::fs::write(&truncated, &bytes.bytes()[..20]).unwrap();
+    let err = load_model(&truncated, &ndarray_device()).unwrap_err().to_string();
+    assert!(err.contains("truncated.gguf") && err.contains("end of file"), "{err}");
+
+    let mut missing = GgufWriter::default();
+    missing.meta("general.architecture", Meta::Str("llama".into()));
+    let path = dir.path().join("no-metadata.gguf");
+    std::fs::write(&path, missing.bytes()).unwrap();
+    let err = load_model(&path, &ndarray_device()).unwrap_err().to_string();
+    assert!(err.contains("llama.embedding_length"), "{err}");
+}
+
+#[test]
+fn a_gguf_model_saves_as_a_hugging_face_folder_that_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), Variant::Q8_0);
+    let device = ndarray_device();
+    let loaded = load_model(&dir.path().join("model.gguf"), &device).unwrap();
+    let out = dir.path().join("exported");
+    peft_models::save_hf_folder(&loaded, &out).unwrap();
+    let mask = Expected::load("llama-base").i64("attention_mask");
+    let err = max_abs_diff_masked(
+        &logits_of(&out),
+        &logits_of(&dir.path().join("model.gguf")),
+        &mask.values,
+        384,
+    );
+    assert!(err <= 1e-6, "{err:e}");
+    let reloaded = load_model(&out, &device).unwrap();
+    let text = "Hello world, 123!";
+    assert_eq!(
+        reloaded.tokenizer().unwrap().encode(text, true).unwrap(),
+        loaded.tokenizer().unwrap().encode(text, true).unwrap()
+    );
+    assert_eq!(reloaded.eos_token_ids, vec![0]);
+}
