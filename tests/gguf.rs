@@ -190,7 +190,13 @@ fn read_fixture_weights() -> BTreeMap<String, Tensor2> {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            (name, Tensor2 { shape: view.shape().to_vec(), values })
+            (
+                name,
+                Tensor2 {
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            )
         })
         .collect()
 }
@@ -259,13 +265,22 @@ fn write_case(dir: &Path, variant: Variant) {
                 let order = permute_rows(&index, rows, 1, h);
                 order
                     .iter()
-                    .flat_map(|&r| stored.1[r as usize * rows_bytes..(r as usize + 1) * rows_bytes].to_vec())
+                    .flat_map(|&r| {
+                        stored.1[r as usize * rows_bytes..(r as usize + 1) * rows_bytes].to_vec()
+                    })
                     .collect()
             }
         };
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
-        gguf.tensors.push((gguf_name(&name), dims, stored.0, stored_bytes));
-        hf_tensors.insert(name, Tensor2 { shape: vec![rows, cols].into_iter().take(t.shape.len()).collect(), values });
+        gguf.tensors
+            .push((gguf_name(&name), dims, stored.0, stored_bytes));
+        hf_tensors.insert(
+            name,
+            Tensor2 {
+                shape: vec![rows, cols].into_iter().take(t.shape.len()).collect(),
+                values,
+            },
+        );
     }
     std::fs::write(dir.join("model.gguf"), gguf.bytes()).unwrap();
 
@@ -276,11 +291,21 @@ fn write_case(dir: &Path, variant: Variant) {
     std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
     let data: BTreeMap<String, Vec<u8>> = hf_tensors
         .iter()
-        .map(|(n, t)| (n.clone(), t.values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views: Vec<(String, TensorView)> = hf_tensors
         .iter()
-        .map(|(n, t)| (n.clone(), TensorView::new(Dtype::F32, t.shape.clone(), &data[n]).unwrap()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, t.shape.clone(), &data[n]).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &hf.join("model.safetensors")).unwrap();
 }
@@ -301,12 +326,18 @@ fn add_tokenizer(gguf: &mut GgufWriter) {
         .unwrap()
         .iter()
         .map(|m| match m {
-            serde_json::Value::Array(pair) => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
+            serde_json::Value::Array(pair) => format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            ),
             other => other.as_str().unwrap().to_string(),
         })
         .collect();
     // Token 0 (<|endoftext|>) is a control token; the rest are normal.
-    let types: Vec<i32> = (0..tokens.len()).map(|i| if i == 0 { 3 } else { 1 }).collect();
+    let types: Vec<i32> = (0..tokens.len())
+        .map(|i| if i == 0 { 3 } else { 1 })
+        .collect();
     gguf.meta("tokenizer.ggml.model", Meta::Str("gpt2".into()));
     gguf.meta("tokenizer.ggml.pre", Meta::Str("default".into()));
     gguf.meta("tokenizer.ggml.tokens", Meta::Strs(tokens));
@@ -315,7 +346,10 @@ fn add_tokenizer(gguf: &mut GgufWriter) {
     gguf.meta("tokenizer.ggml.eos_token_id", Meta::U32(0));
     gguf.meta("tokenizer.ggml.bos_token_id", Meta::U32(0));
     gguf.meta("tokenizer.ggml.add_bos_token", Meta::Bool(false));
-    gguf.meta("tokenizer.chat_template", Meta::Str("{{ messages[0]['content'] }}".into()));
+    gguf.meta(
+        "tokenizer.chat_template",
+        Meta::Str("{{ messages[0]['content'] }}".into()),
+    );
 }
 
 fn logits_of(path: &Path) -> Vec<f32> {
@@ -377,7 +411,12 @@ fn tokenizer_rebuilt_from_gguf_metadata_encodes_like_tokenizer_json() {
     let loaded = load_model(&dir.path().join("model.gguf"), &device).unwrap();
     let from_gguf = loaded.tokenizer().unwrap();
     let reference = TextTokenizer::from_folder(&case_dir("llama-base").join("base")).unwrap();
-    for text in ["Hello world, 123!", "  two  spaces\nand a line", "<|endoftext|>x", "café ½"] {
+    for text in [
+        "Hello world, 123!",
+        "  two  spaces\nand a line",
+        "<|endoftext|>x",
+        "café ½",
+    ] {
         assert_eq!(
             from_gguf.encode(text, true).unwrap(),
             reference.encode(text, true).unwrap(),
@@ -386,7 +425,10 @@ fn tokenizer_rebuilt_from_gguf_metadata_encodes_like_tokenizer_json() {
     }
     assert_eq!(from_gguf.eos_token.as_deref(), Some("<|endoftext|>"));
     assert_eq!(loaded.eos_token_ids, vec![0]);
-    assert_eq!(from_gguf.chat_template.as_deref(), Some("{{ messages[0]['content'] }}"));
+    assert_eq!(
+        from_gguf.chat_template.as_deref(),
+        Some("{{ messages[0]['content'] }}")
+    );
 }
 
 #[test]
@@ -394,24 +436,41 @@ fn unsupported_tensor_types_and_bad_files_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let mut gguf = GgufWriter::default();
     gguf.meta("general.architecture", Meta::Str("llama".into()));
-    gguf.tensors.push(("blk.0.attn_q.weight".into(), vec![256, 1], Q2_K, vec![0; 84]));
+    gguf.tensors.push((
+        "blk.0.attn_q.weight".into(),
+        vec![256, 1],
+        Q2_K,
+        vec![0; 84],
+    ));
     let path = dir.path().join("q2k.gguf");
     std::fs::write(&path, gguf.bytes()).unwrap();
-    let err = load_model(&path, &ndarray_device()).unwrap_err().to_string();
-    assert!(err.contains("blk.0.attn_q.weight") && err.contains("Q2_K"), "{err}");
+    let err = load_model(&path, &ndarray_device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("blk.0.attn_q.weight") && err.contains("Q2_K"),
+        "{err}"
+    );
 
     let truncated = dir.path().join("truncated.gguf");
     let mut bytes = GgufWriter::default();
     bytes.meta("general.architecture", Meta::Str("llama".into()));
     std::fs::write(&truncated, &bytes.bytes()[..20]).unwrap();
-    let err = load_model(&truncated, &ndarray_device()).unwrap_err().to_string();
-    assert!(err.contains("truncated.gguf") && err.contains("end of file"), "{err}");
+    let err = load_model(&truncated, &ndarray_device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("truncated.gguf") && err.contains("end of file"),
+        "{err}"
+    );
 
     let mut missing = GgufWriter::default();
     missing.meta("general.architecture", Meta::Str("llama".into()));
     let path = dir.path().join("no-metadata.gguf");
     std::fs::write(&path, missing.bytes()).unwrap();
-    let err = load_model(&path, &ndarray_device()).unwrap_err().to_string();
+    let err = load_model(&path, &ndarray_device())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("llama.embedding_length"), "{err}");
 }
 

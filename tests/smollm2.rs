@@ -69,10 +69,18 @@ fn smollm2_gguf_loads_with_its_config_tokenizer_and_chat_template() {
         panic!("SmolLM2 is a LLaMA");
     };
     assert_eq!(
-        (c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.vocab_size),
+        (
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.vocab_size
+        ),
         (30, 576, 1536, 49152)
     );
-    assert_eq!((c.num_attention_heads, c.kv_heads(), c.head_dim()), (9, 3, 64));
+    assert_eq!(
+        (c.num_attention_heads, c.kv_heads(), c.head_dim()),
+        (9, 3, 64)
+    );
     assert!(c.tie_word_embeddings, "SmolLM2 has no output.weight");
     assert_eq!(c.rope_theta(), 100_000.0);
     assert_eq!(c.rms_norm_eps, 1e-5);

@@ -49,9 +49,9 @@ const SPLITS: [(&str, usize); 3] = [("train", 600), ("valid", 40), ("test", 60)]
 const INSTRUCTION: &str = "Extract the order as one line of JSON with the keys name, item, quantity (a number), color, city.";
 
 const FIRST_NAMES: &[&str] = &[
-    "Maria", "James", "Aiko", "Omar", "Lena", "Carlos", "Priya", "Tom", "Fatima", "Lucas",
-    "Chloé", "Noah", "Ingrid", "Mateo", "Zara", "Hiro", "Elena", "Kwame", "Sofia", "Liam",
-    "Amara", "Jonas", "Mei", "Diego", "Nadia", "Pierre", "Yusuf", "Hannah", "Ravi", "Olga",
+    "Maria", "James", "Aiko", "Omar", "Lena", "Carlos", "Priya", "Tom", "Fatima", "Lucas", "Chloé",
+    "Noah", "Ingrid", "Mateo", "Zara", "Hiro", "Elena", "Kwame", "Sofia", "Liam", "Amara", "Jonas",
+    "Mei", "Diego", "Nadia", "Pierre", "Yusuf", "Hannah", "Ravi", "Olga",
 ];
 const LAST_NAMES: &[&str] = &[
     "Lopez", "Smith", "Tanaka", "Haddad", "Berg", "Silva", "Patel", "Walsh", "Khan", "Moreau",
@@ -76,13 +76,36 @@ const ITEMS: &[(&str, &str)] = &[
     ("desk lamp", "desk lamps"),
 ];
 const COLORS: &[&str] = &[
-    "red", "blue", "green", "black", "white", "yellow", "grey", "navy", "orange", "purple",
-    "pink", "teal",
+    "red", "blue", "green", "black", "white", "yellow", "grey", "navy", "orange", "purple", "pink",
+    "teal",
 ];
 const CITIES: &[&str] = &[
-    "Lyon", "Osaka", "Toronto", "Nairobi", "Berlin", "Lisbon", "Austin", "Mumbai", "Oslo",
-    "Melbourne", "Dublin", "Seville", "Krakow", "Accra", "Chicago", "Porto", "Seoul", "Zurich",
-    "Denver", "Cairo", "Vienna", "Manila", "Bristol", "Quito", "Helsinki", "Tunis",
+    "Lyon",
+    "Osaka",
+    "Toronto",
+    "Nairobi",
+    "Berlin",
+    "Lisbon",
+    "Austin",
+    "Mumbai",
+    "Oslo",
+    "Melbourne",
+    "Dublin",
+    "Seville",
+    "Krakow",
+    "Accra",
+    "Chicago",
+    "Porto",
+    "Seoul",
+    "Zurich",
+    "Denver",
+    "Cairo",
+    "Vienna",
+    "Manila",
+    "Bristol",
+    "Quito",
+    "Helsinki",
+    "Tunis",
 ];
 const NUMBER_WORDS: &[&str] = &[
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -101,11 +124,7 @@ struct Order {
 impl Order {
     fn random(rng: &mut SplitMix64) -> Self {
         Self {
-            name: format!(
-                "{} {}",
-                rng.pick(FIRST_NAMES),
-                rng.pick(LAST_NAMES)
-            ),
+            name: format!("{} {}", rng.pick(FIRST_NAMES), rng.pick(LAST_NAMES)),
             item: *rng.pick(ITEMS),
             quantity: 1 + rng.below(12),
             color: *rng.pick(COLORS),
@@ -135,7 +154,11 @@ impl Order {
         } else {
             self.quantity.to_string()
         };
-        let things = if self.quantity == 1 { self.item.0 } else { self.item.1 };
+        let things = if self.quantity == 1 {
+            self.item.0
+        } else {
+            self.item.1
+        };
         let (name, color, city) = (&self.name, self.color, self.city);
         let templates = [
             format!("Hi, I'm {name}. Please send {qty} {color} {things} to {city}."),

@@ -35,7 +35,10 @@ fn smollm2_answers_that_the_capital_of_france_is_paris() {
 
 #[test]
 fn eval_scores_smollm2_on_the_shipped_test_split() {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/order-extraction/test.jsonl");
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../datasets/order-extraction/test.jsonl"
+    );
     let json = peft_cli_ok(&[
         "eval",
         "--model",
@@ -60,5 +63,7 @@ fn eval_scores_smollm2_on_the_shipped_test_split() {
     assert_eq!(samples.len(), 2);
     // Eight tokens cannot hold the expected JSON answer, so no answer can match.
     assert_eq!(report["exact_match"], 0.0);
-    assert!(samples.iter().all(|s| s["expected"].as_str().unwrap().starts_with("{\"name\": ")));
+    assert!(samples
+        .iter()
+        .all(|s| s["expected"].as_str().unwrap().starts_with("{\"name\": ")));
 }

@@ -75,12 +75,20 @@ pub struct Evaluator<'a> {
 
 impl Evaluator<'_> {
     /// Evaluates `records` read from `path` (named in errors), showing a progress bar on a terminal.
-    pub fn run(&self, path: &Path, records: &[Record], settings: &EvalSettings) -> Result<EvalReport> {
+    pub fn run(
+        &self,
+        path: &Path,
+        records: &[Record],
+        settings: &EvalSettings,
+    ) -> Result<EvalReport> {
         let records = &records[..settings.limit.unwrap_or(records.len()).min(records.len())];
-        let eos_id = *self.eos_token_ids.first().ok_or_else(|| TrainError::InvalidValue {
-            key: "model".into(),
-            message: "the model names no end-of-sequence token, which evaluation needs".into(),
-        })?;
+        let eos_id = *self
+            .eos_token_ids
+            .first()
+            .ok_or_else(|| TrainError::InvalidValue {
+                key: "model".into(),
+                message: "the model names no end-of-sequence token, which evaluation needs".into(),
+            })?;
         let tokenization = Tokenization {
             tokenizer: self.tokenizer,
             eos_id,
@@ -111,7 +119,9 @@ impl Evaluator<'_> {
         for chunk in examples.chunks(settings.batch_size.max(1)) {
             let refs: Vec<_> = chunk.iter().collect();
             let batch = LmBatch::new(&refs, eos_id, self.device);
-            let logits = self.model.forward(batch.input_ids.clone(), Some(&batch.attention_mask), None);
+            let logits =
+                self.model
+                    .forward(batch.input_ids.clone(), Some(&batch.attention_mask), None);
             let loss = causal_lm_loss(logits, batch.labels.clone())
                 .try_into_scalar::<f64>()
                 .map_err(|e| TrainError::Backend(format!("{e:?}")))?;
@@ -142,8 +152,9 @@ impl Evaluator<'_> {
         }
         progress.finish_and_clear();
         let loss = loss_sum / learned.max(1) as f64;
-        let exact_match = (!samples.is_empty())
-            .then(|| samples.iter().filter(|s| s.exact_match).count() as f64 / samples.len() as f64);
+        let exact_match = (!samples.is_empty()).then(|| {
+            samples.iter().filter(|s| s.exact_match).count() as f64 / samples.len() as f64
+        });
         Ok(EvalReport {
             examples: records.len(),
             loss,

@@ -11,8 +11,8 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod data;
-pub mod eval;
 pub mod error;
+pub mod eval;
 pub mod metrics;
 pub mod model;
 pub mod plain;
@@ -111,7 +111,10 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
         config,
         // Borrowed from the field so that the model can move out below; `load_examples`
         // already failed if there is no tokenizer.
-        tokenizer: loaded.tokenizer.as_ref().expect("load_examples needs the tokenizer"),
+        tokenizer: loaded
+            .tokenizer
+            .as_ref()
+            .expect("load_examples needs the tokenizer"),
         stop_ids: &stop_ids,
         device: &inference_device,
     };
@@ -221,8 +224,15 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     warnings.extend(report.warnings);
     let test = match test_before {
         Some(before) => {
+            // Scored with the adapter folded into a copy of the weights: the same function up
+            // to float rounding, and generation runs as fast as the base model's.
+            let mut merged = lm.valid();
+            peft_core::merge_and_unload(&mut merged, true)?;
             let after = test
-                .score(&lm.valid(), "trained adapter")?
+                .score(
+                    &merged,
+                    "trained adapter (merged into a copy of the weights)",
+                )?
                 .expect("[test] is set");
             let scores = TestScores { before, after };
             let json = serde_json::to_string_pretty(&scores).expect("scores serialise");

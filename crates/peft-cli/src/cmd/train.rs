@@ -33,6 +33,10 @@ pub struct Args {
     /// Validation data, JSONL (same formats).
     #[arg(long, value_name = "FILE.jsonl")]
     pub valid: Option<PathBuf>,
+    /// Held-out JSONL scored before and after training (loss, perplexity, exact match of greedy
+    /// answers); the scores are printed and written to <out>/test_scores.json.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub test: Option<PathBuf>,
     /// Hold out this fraction of the training data for validation when --valid is not given.
     #[arg(long, value_name = "F")]
     pub valid_fraction: Option<f64>,
@@ -160,6 +164,7 @@ impl Args {
             t.max_steps = None;
         }
         set(&mut c.data.seq_len, &self.seq_len);
+        some(&mut c.test.data, &self.test);
         c.data.packing |= self.packing;
         set(&mut t.warmup_steps, &self.warmup_steps);
         if let Some(s) = self.schedule {
@@ -243,7 +248,11 @@ fn test_comparison(config: &TrainConfig, test: &TestScores) -> String {
         r.exact_match
             .map_or("-".to_string(), |m| format!("{:.1}%", 100.0 * m))
     };
-    let path = config.test.data.as_deref().unwrap_or(std::path::Path::new("?"));
+    let path = config
+        .test
+        .data
+        .as_deref()
+        .unwrap_or(std::path::Path::new("?"));
     format!(
         "test set {} ({} examples):\n{:<14}{:>10}{:>10}\n{:<14}{:>10}{:>10}\n{:<14}{:>10.4}{:>10.4}\n{:<14}{:>10.3}{:>10.3}\nscores: {}\n",
         path.display(),

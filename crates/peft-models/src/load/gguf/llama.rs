@@ -29,10 +29,16 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
     let mut c = Map::new();
     c.insert("model_type".into(), json!("llama"));
     c.insert("hidden_size".into(), json!(hidden));
-    c.insert("intermediate_size".into(), json!(int("feed_forward_length")?));
+    c.insert(
+        "intermediate_size".into(),
+        json!(int("feed_forward_length")?),
+    );
     c.insert("num_hidden_layers".into(), json!(int("block_count")?));
     c.insert("num_attention_heads".into(), json!(heads));
-    c.insert("max_position_embeddings".into(), json!(int("context_length")?));
+    c.insert(
+        "max_position_embeddings".into(),
+        json!(int("context_length")?),
+    );
     let optional = |key: &str| file.metadata.get(&format!("llama.{key}"));
     if let Some(kv) = optional("attention.head_count_kv").and_then(|v| v.as_u64()) {
         c.insert("num_key_value_heads".into(), json!(kv));
@@ -52,7 +58,10 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
         match kind {
             "none" => {}
             "linear" => {
-                c.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": factor}));
+                c.insert(
+                    "rope_scaling".into(),
+                    json!({"rope_type": "linear", "factor": factor}),
+                );
             }
             other => {
                 return Err(config_error(
@@ -79,8 +88,15 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig> {
             .ok_or_else(|| missing_tensor(file, "token_embd.weight"))?,
     };
     c.insert("vocab_size".into(), json!(vocab));
-    c.insert("tie_word_embeddings".into(), json!(!file.tensors.contains_key("output.weight")));
-    if let Some(eos) = file.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()) {
+    c.insert(
+        "tie_word_embeddings".into(),
+        json!(!file.tensors.contains_key("output.weight")),
+    );
+    if let Some(eos) = file
+        .metadata
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.as_u64())
+    {
         c.insert("eos_token_id".into(), json!(eos));
     }
     let config: LlamaConfig = serde_json::from_value(Value::Object(c))
@@ -169,7 +185,10 @@ fn hf_name(gguf: &str) -> Option<(String, Permutation)> {
         "ffn_down" => ("mlp.down_proj", Permutation::None),
         _ => return None,
     };
-    Some((format!("model.layers.{layer}.{hf_module}.{suffix}"), permutation))
+    Some((
+        format!("model.layers.{layer}.{hf_module}.{suffix}"),
+        permutation,
+    ))
 }
 
 /// Undoes `convert_hf_to_gguf.py`'s `permute`: within each head, llama.cpp stores row

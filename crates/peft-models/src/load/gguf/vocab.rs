@@ -40,8 +40,15 @@ pub fn tokenizer(file: &GgufFile) -> Result<Option<TextTokenizer>> {
     let types = match file.metadata.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .as_array()
-            .map(|items| items.iter().map(|t| t.as_u64().unwrap_or(1)).collect::<Vec<_>>())
-            .ok_or_else(|| config_error(file, "tokenizer.ggml.token_type", "not an array".into()))?,
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|t| t.as_u64().unwrap_or(1))
+                    .collect::<Vec<_>>()
+            })
+            .ok_or_else(|| {
+                config_error(file, "tokenizer.ggml.token_type", "not an array".into())
+            })?,
         None => vec![1; tokens.len()],
     };
     let pre = file
@@ -49,18 +56,34 @@ pub fn tokenizer(file: &GgufFile) -> Result<Option<TextTokenizer>> {
         .get("tokenizer.ggml.pre")
         .and_then(MetaValue::as_str)
         .unwrap_or("default");
-    let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre)
-        .ok_or_else(|| config_error(file, "tokenizer.ggml.pre", format!("{pre:?} is not supported; expected one of {SUPPORTED_PRE}")))?;
+    let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| {
+        config_error(
+            file,
+            "tokenizer.ggml.pre",
+            format!("{pre:?} is not supported; expected one of {SUPPORTED_PRE}"),
+        )
+    })?;
     let token_at = |key: &str| -> Result<Option<(&str, usize)>> {
         match file.metadata.get(key).map(|v| v.as_u64()) {
             None => Ok(None),
-            Some(Some(id)) if (id as usize) < tokens.len() => Ok(Some((tokens[id as usize], id as usize))),
-            Some(_) => Err(config_error(file, key, format!("not a token id below {}", tokens.len()))),
+            Some(Some(id)) if (id as usize) < tokens.len() => {
+                Ok(Some((tokens[id as usize], id as usize)))
+            }
+            Some(_) => Err(config_error(
+                file,
+                key,
+                format!("not a token id below {}", tokens.len()),
+            )),
         }
     };
     let bos = token_at("tokenizer.ggml.bos_token_id")?;
     let eos = token_at("tokenizer.ggml.eos_token_id")?;
-    let flag = |key: &str| file.metadata.get(key).and_then(MetaValue::as_bool).unwrap_or(false);
+    let flag = |key: &str| {
+        file.metadata
+            .get(key)
+            .and_then(MetaValue::as_bool)
+            .unwrap_or(false)
+    };
     let add_bos = bos.filter(|_| flag("tokenizer.ggml.add_bos_token"));
     let add_eos = eos.filter(|_| flag("tokenizer.ggml.add_eos_token"));
 
@@ -122,7 +145,10 @@ fn string_array<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
         .ok_or_else(|| config_error(file, key, "missing or not an array".into()))?;
     items
         .iter()
-        .map(|v| v.as_str().ok_or_else(|| config_error(file, key, "holds a non-string item".into())))
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| config_error(file, key, "holds a non-string item".into()))
+        })
         .collect()
 }
 
@@ -130,9 +156,7 @@ fn string_array<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
 /// whether that family's BPE ignores merges for whole-vocabulary words (Llama 3 does).
 /// llama.cpp's `llama-vocab.cpp` keeps the matching regex lists for each family.
 fn pre_tokenizer(pre: &str) -> Option<(Value, bool)> {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |regex: &str| {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
