@@ -914,3 +914,73 @@ fn train_final_adapter_loads_with_the_adapter_flag() {
         ) > 1e-3
     );
 }
+
+#[test]
+fn train_scores_test_data_before_and_after_and_eval_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = training_data(dir.path());
+    let out = dir.path().join("run");
+    let extra = [
+        "--target",
+        "q_proj,v_proj,lm_head",
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "12",
+        "--dropout",
+        "0",
+        "--test",
+        path_str(&data),
+    ];
+    let stdout = String::from_utf8_lossy(&train_cli(&data, &out, &extra).stdout).into_owned();
+    assert!(
+        stdout.contains("exact match") && stdout.contains("before") && stdout.contains("after"),
+        "{stdout}"
+    );
+    let scores: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("test_scores.json")).unwrap())
+            .unwrap();
+    let (before, after) = (&scores["before"], &scores["after"]);
+    assert!(after["loss"].as_f64().unwrap() < before["loss"].as_f64().unwrap());
+    assert_eq!(after["samples"].as_array().unwrap().len(), 3);
+
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let base = fixtures().join("llama-base/base");
+        let final_dir = out.join("final");
+        let mut args = vec![
+            "eval",
+            "--backend",
+            "ndarray",
+            "--model",
+            path_str(&base),
+            "--adapter",
+            path_str(&final_dir),
+            "--data",
+            path_str(&data),
+            "--json",
+        ];
+        args.extend(extra);
+        serde_json::from_str(&peft_cli_ok(&args)).expect("--json prints JSON")
+    };
+    let unmerged = eval(&[]);
+    let merged = eval(&["--merge"]);
+    // `train` scores the merged adapter; `eval` without --merge runs it factored.
+    for report in [&unmerged, &merged] {
+        let loss = report["loss"].as_f64().unwrap();
+        assert!(
+            (loss - after["loss"].as_f64().unwrap()).abs() < 1e-4,
+            "{loss}"
+        );
+        assert_eq!(report["exact_match"], after["exact_match"]);
+    }
+
+    let missing = dir.path().join("missing.jsonl");
+    let out = peft_cli(&[
+        "eval",
+        "--model",
+        path_str(&fixtures().join("llama-base/base")),
+        "--data",
+        path_str(&missing),
+    ]);
+    assert_fails_with(&out, &["missing.jsonl"]);
+}

@@ -34,8 +34,8 @@ pub struct EvalSettings {
 /// One generated answer next to the expected one.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
-    /// Line of the record in its file (1-based).
-    pub line: usize,
+    /// Which record of the file (1-based; blank lines are not records).
+    pub record: usize,
     /// The expected answer.
     pub expected: String,
     /// What the model wrote (special tokens left out).
@@ -138,12 +138,12 @@ impl Evaluator<'_> {
             eos_token_ids: self.eos_token_ids.clone(),
         };
         let mut samples = Vec::with_capacity(prompts.len());
-        for (line, prompt, expected) in prompts {
+        for (record, prompt, expected) in prompts {
             let generated = generate(self.model, &prompt, &sampling, self.device, |_| Ok(()))?;
             let generated = self.tokenizer.decode(&generated, true)?;
             let exact_match = generated.trim() == expected.trim();
             samples.push(Sample {
-                line,
+                record,
                 expected,
                 generated,
                 exact_match,

@@ -111,8 +111,8 @@ pub fn text_report(report: &EvalReport, show: usize) -> String {
                 .take_while(|(a, b)| a == b)
                 .count();
             out += &format!(
-                "  line {}:\n    expected:  {expected}\n    generated: {generated}\n    {}^ first difference at character {}\n",
-                sample.line,
+                "  record {}:\n    expected:  {expected}\n    generated: {generated}\n    {}^ first difference at character {}\n",
+                sample.record,
                 " ".repeat("generated: ".len() + same),
                 same + 1
             );
