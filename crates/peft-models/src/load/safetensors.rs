@@ -1,7 +1,6 @@
 //! Safetensors checkpoints, single-file or sharded (`model.safetensors.index.json`), memory-mapped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -21,23 +20,11 @@ struct Shard {
 
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ModelError::MissingFile {
-                what: "weights file",
-                path: path.to_path_buf(),
-                expected: "a shard listed in model.safetensors.index.json",
-            },
-            _ => ModelError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
-        // SAFETY: the map is read-only; a checkpoint modified while it is loaded is outside
-        // what any loader can guard against (the same contract as safetensors' own mmap loading).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let mmap = super::map_file(
+            path,
+            "weights file",
+            "a shard listed in model.safetensors.index.json",
+        )?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::BadWeightsFile {
                 path: path.to_path_buf(),

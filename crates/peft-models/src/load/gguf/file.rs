@@ -2,7 +2,6 @@
 //! memory map. Tensor bytes stay in the map until a tensor is asked for.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -121,23 +120,7 @@ impl std::fmt::Debug for GgufFile {
 impl GgufFile {
     /// Maps `path` and parses its header, metadata and tensor directory.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ModelError::MissingFile {
-                what: "GGUF file",
-                path: path.to_path_buf(),
-                expected: "a .gguf model file",
-            },
-            _ => ModelError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
-        // SAFETY: the map is read-only; a file modified while it is loaded is outside what any
-        // loader can guard against (llama.cpp maps GGUF files the same way).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let mmap = crate::load::map_file(path, "GGUF file", "a .gguf model file")?;
         let bad = |message: String| ModelError::BadWeightsFile {
             path: path.to_path_buf(),
             message,
