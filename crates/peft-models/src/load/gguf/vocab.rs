@@ -51,6 +51,13 @@ pub fn tokenizer(file: &GgufFile) -> Result<Option<TextTokenizer>> {
             })?,
         None => vec![1; tokens.len()],
     };
+    if types.len() != tokens.len() {
+        return Err(config_error(
+            file,
+            "tokenizer.ggml.token_type",
+            format!("has {} entries for {} tokens", types.len(), tokens.len()),
+        ));
+    }
     let pre = file
         .metadata
         .get("tokenizer.ggml.pre")
