@@ -932,7 +932,13 @@ fn train_scores_test_data_before_and_after_and_eval_agrees() {
         "--test",
         path_str(&data),
     ];
-    let stdout = String::from_utf8_lossy(&train_cli(&data, &out, &extra).stdout).into_owned();
+    let run = train_cli(&data, &out, &extra);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(
         stdout.contains("exact match") && stdout.contains("before") && stdout.contains("after"),
         "{stdout}"

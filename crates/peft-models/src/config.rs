@@ -122,17 +122,8 @@ impl TokenIds {
 
 /// Reads a whole text file, mapping "not found" to [`ModelError::MissingFile`].
 pub(crate) fn read_text(path: &Path, what: &'static str, expected: &'static str) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::MissingFile {
-            what,
-            path: path.to_path_buf(),
-            expected,
-        },
-        _ => ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    })
+    std::fs::read_to_string(path)
+        .map_err(|source| ModelError::opening(path, what, expected, source))
 }
 
 fn parse<T: DeserializeOwned>(path: &Path, value: serde_json::Value) -> Result<T> {

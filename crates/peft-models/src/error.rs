@@ -123,5 +123,28 @@ pub enum ModelError {
     InvalidInput(String),
 }
 
+impl ModelError {
+    /// The error for a file that could not be opened: [`ModelError::MissingFile`] (naming
+    /// `what` and what was `expected`) when it does not exist, else [`ModelError::Io`].
+    pub(crate) fn opening(
+        path: &std::path::Path,
+        what: &'static str,
+        expected: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        match source.kind() {
+            std::io::ErrorKind::NotFound => Self::MissingFile {
+                what,
+                path: path.to_path_buf(),
+                expected,
+            },
+            _ => Self::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;

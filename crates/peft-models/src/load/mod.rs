@@ -16,17 +16,8 @@ pub(crate) fn map_file(
     expected: &'static str,
 ) -> crate::error::Result<memmap2::Mmap> {
     use crate::error::ModelError;
-    let file = std::fs::File::open(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::MissingFile {
-            what,
-            path: path.to_path_buf(),
-            expected,
-        },
-        _ => ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    })?;
+    let file = std::fs::File::open(path)
+        .map_err(|source| ModelError::opening(path, what, expected, source))?;
     // SAFETY: the map is read-only; a file modified while it is loaded is outside what any
     // loader can guard against (safetensors and llama.cpp map their files the same way).
     unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
