@@ -99,9 +99,9 @@ fn rank_pattern_and_alpha_pattern_override_per_module() {
         .model
         .projections()
         .into_iter()
-        .filter_map(|(k, p)| {
-            p.adapter("default")
-                .map(|peft_core::Adapter::Lora(l)| (k, l.scale))
+        .filter_map(|(k, p)| match p.adapter("default") {
+            Some(peft_core::Adapter::Lora(l)) => Some((k, l.scale)),
+            _ => None,
         })
         .collect();
     assert!(
@@ -360,7 +360,9 @@ fn dora_adapter_round_trips_with_its_magnitude_vector() {
     // Move the magnitude away from its initial value so that the file must carry it.
     for (_, proj) in m.model.projections_mut() {
         for named in proj.adapters.iter_mut() {
-            let peft_core::Adapter::Lora(l) = &mut named.adapter;
+            let peft_core::Adapter::Lora(l) = &mut named.adapter else {
+                panic!("a LoRA config attaches LoRA layers");
+            };
             let doubled = l.magnitude.as_ref().unwrap().val() * 1.5;
             l.magnitude = Some(burn::module::Param::from_tensor(doubled));
         }

@@ -10,14 +10,20 @@ use crate::ids::with_stable_ids;
 use crate::method::AdapterConfig;
 use crate::projection::ProjectionHost;
 use crate::target::TargetModules;
+use crate::virtual_tokens::{new_prefix, new_prompt, NamedPromptEncoder, PromptEncoder};
 
 /// What attaching touched.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AttachReport {
     /// Modules that received an adapter layer.
     pub adapted: Vec<String>,
     /// Modules that received a trainable copy (`modules_to_save`).
     pub saved: Vec<String>,
+    /// Virtual tokens a prompt-learning adapter adds (0 for other methods).
+    pub virtual_tokens: usize,
+    /// The configuration as attached: default targets and dimensions filled from the model.
+    /// This is what belongs in the saved `adapter_config.json`.
+    pub config: AdapterConfig,
 }
 
 /// The adapter names attached anywhere on `model`, sorted.
@@ -27,15 +33,19 @@ pub fn adapter_names(model: &impl ProjectionHost) -> Vec<String> {
         names.extend(p.adapters.iter().map(|a| a.name.clone()));
         names.extend(p.saved.iter().map(|c| c.name.clone()));
     }
+    let slot = model.virtual_tokens();
+    names.extend(slot.encoders.iter().map(|e| e.name.clone()));
     names.into_iter().collect()
 }
 
 /// The active adapter, if any.
 pub fn active_adapter(model: &impl ProjectionHost) -> Option<String> {
-    model
-        .projections()
-        .into_iter()
-        .find_map(|(_, p)| p.state.active.clone())
+    model.virtual_tokens().active.clone().or_else(|| {
+        model
+            .projections()
+            .into_iter()
+            .find_map(|(_, p)| p.state.active.clone())
+    })
 }
 
 /// Attaches a new adapter `name` as `config` says, freshly initialised, and activates it when
@@ -45,11 +55,35 @@ pub fn attach_adapter(
     name: &str,
     config: &AdapterConfig,
 ) -> Result<AttachReport> {
+    attach(model, name, config, false)
+}
+
+/// [`attach_adapter`]; with `placeholder`, prompt-learning tensors are left uninitialised
+/// (zeros of the saved shape) because a file is about to fill them.
+pub(crate) fn attach(
+    model: &mut impl ProjectionHost,
+    name: &str,
+    config: &AdapterConfig,
+    placeholder: bool,
+) -> Result<AttachReport> {
     config.validate()?;
     if adapter_names(model).iter().any(|n| n == name) {
         return Err(PeftError::DuplicateAdapter(name.to_string()));
     }
-    let matcher = config.matcher()?;
+    let config = config.resolve(&model.geometry())?;
+    let activate = active_adapter(model).is_none();
+    let Some(matcher) = config.matcher()? else {
+        let virtual_tokens = attach_prompt_encoder(model, name, &config, placeholder)?;
+        if activate {
+            set_adapter(model, name)?;
+        }
+        return Ok(AttachReport {
+            adapted: Vec::new(),
+            saved: Vec::new(),
+            virtual_tokens,
+            config,
+        });
+    };
     let to_save = config
         .modules_to_save()
         .iter()
@@ -62,7 +96,12 @@ pub fn attach_adapter(
         })
         .collect::<Result<Vec<_>>>()?;
     // Check every target before changing anything.
-    let mut report = AttachReport::default();
+    let mut report = AttachReport {
+        adapted: Vec::new(),
+        saved: Vec::new(),
+        virtual_tokens: 0,
+        config: config.clone(),
+    };
     for (key, _) in model.projections() {
         if to_save.iter().any(|re| re.is_match(&key)) {
             report.saved.push(key);
@@ -89,7 +128,6 @@ pub fn attach_adapter(
             });
         }
     }
-    let activate = active_adapter(model).is_none();
     for (key, proj) in model.projections_mut() {
         if report.saved.contains(&key) {
             proj.attach_copy(name, &key);
@@ -105,6 +143,44 @@ pub fn attach_adapter(
         set_adapter(model, name)?;
     }
     Ok(report)
+}
+
+/// Puts a prompt-learning adapter into the model's virtual-token slot; returns its length.
+fn attach_prompt_encoder(
+    model: &mut impl ProjectionHost,
+    name: &str,
+    config: &AdapterConfig,
+    placeholder: bool,
+) -> Result<usize> {
+    let device = model
+        .projections()
+        .first()
+        .map(|(_, p)| p.base.weight.device())
+        .ok_or_else(|| PeftError::State("the model has no projections".into()))?;
+    let encoder = match config {
+        AdapterConfig::PrefixTuning(c) => {
+            PromptEncoder::Prefix(new_prefix(c, placeholder, &device))
+        }
+        AdapterConfig::PromptTuning(c) => {
+            PromptEncoder::Prompt(new_prompt(c, model, placeholder, &device)?)
+        }
+        other => {
+            return Err(PeftError::State(format!(
+                "{} is not a prompt-learning method",
+                other.peft_type()
+            )))
+        }
+    };
+    let encoder = with_stable_ids(encoder, &format!("{name}/prompt_encoder"));
+    let len = encoder.len();
+    model
+        .virtual_tokens_mut()
+        .encoders
+        .push(NamedPromptEncoder {
+            name: name.to_string(),
+            encoder,
+        });
+    Ok(len)
 }
 
 fn describe_targets(targets: Option<&TargetModules>) -> String {
@@ -136,6 +212,7 @@ pub fn set_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()> {
         }
         proj.state.active = Some(name.to_string());
     }
+    model.virtual_tokens_mut().active = Some(name.to_string());
     Ok(())
 }
 
@@ -147,6 +224,7 @@ pub fn disable_adapters(model: &mut impl ProjectionHost) -> Option<String> {
         proj.unmerge();
         proj.state.active = None;
     }
+    model.virtual_tokens_mut().active = None;
     previous
 }
 
@@ -155,6 +233,11 @@ pub fn unload_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()>
     for (key, proj) in model.projections_mut() {
         proj.detach(name, &key)?;
     }
+    let slot = model.virtual_tokens_mut();
+    slot.encoders.retain(|e| e.name != name);
+    if slot.active.as_deref() == Some(name) {
+        slot.active = None;
+    }
     Ok(())
 }
 
@@ -162,6 +245,14 @@ pub fn unload_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()>
 /// put NaN or Inf into a weight is refused, naming the module; modules merged before it are
 /// unmerged again, so the model is left as it was.
 pub fn merge_adapter(model: &mut impl ProjectionHost, safe: bool) -> Result<()> {
+    let slot = model.virtual_tokens();
+    if let (Some(name), Some(encoder)) = (&slot.active, slot.active()) {
+        return Err(PeftError::State(format!(
+            "adapter {name:?} is {}, which adds virtual tokens and cannot be merged into the \
+             weights (PEFT cannot merge prompt learning either)",
+            encoder.method_name()
+        )));
+    }
     let mut failure = None;
     for (key, proj) in model.projections_mut() {
         if let Err(e) = proj.merge(&key, safe) {

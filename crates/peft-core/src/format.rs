@@ -13,7 +13,6 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use crate::adapters::attach_adapter;
 use crate::error::{PeftError, Result};
 use crate::method::AdapterConfig;
 use crate::projection::{ProjectionHost, WeightLayout};
@@ -77,6 +76,10 @@ pub fn adapter_tensors(
     grads: Option<&Gradients>,
 ) -> Result<BTreeMap<String, FileTensor>> {
     let mut out = BTreeMap::new();
+    if let Some(encoder) = model.virtual_tokens().get(name) {
+        // PEFT keys prompt-learning tensors without the module prefix.
+        out.extend(encoder.file_tensors(grads)?);
+    }
     for (key, proj) in model.projections() {
         if let Some(adapter) = proj.adapter(name) {
             for (suffix, tensor) in adapter.file_tensors(grads)? {
@@ -201,7 +204,7 @@ pub fn load_adapter(
         path: path.clone(),
         message: format!("unreadable safetensors: {e}"),
     })?;
-    attach_adapter(model, name, &config)?;
+    crate::adapters::attach(model, name, &config, true)?;
     let result = fill_from_file(model, name, &file, &path);
     if result.is_err() {
         // Leave the model as it was before the failed load.
@@ -217,6 +220,14 @@ fn fill_from_file(
     path: &Path,
 ) -> Result<()> {
     let mut used = std::collections::BTreeSet::new();
+    if let Some(encoder) = model.virtual_tokens_mut().get_mut(name) {
+        let mut reader = |key: &str, expected: &[usize]| -> Result<FileTensor> {
+            let t = read_tensor(file, path, key, expected)?;
+            used.insert(key.to_string());
+            Ok(t)
+        };
+        encoder.load_file_tensors(&mut reader)?;
+    }
     for (key, proj) in model.projections_mut() {
         let prefix = format!("{KEY_PREFIX}{key}.");
         let mut reader = |suffix: &str, expected: &[usize]| -> Result<FileTensor> {

@@ -4,7 +4,8 @@
 //! A model built on this crate holds every linear projection as a [`Projection`] and lists them
 //! by their Hugging Face module path through [`ProjectionHost`]. PEFT methods ([`method`]) attach
 //! themselves to those projections by name ([`target`]); the model code does not know which
-//! methods exist.
+//! methods exist. Prompt-learning methods (prefix and prompt tuning) live in the model's
+//! [`VirtualTokens`] slot instead, which the model's forward pass consults.
 
 pub mod adapters;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod method;
 pub mod projection;
 pub mod report;
 pub mod target;
+pub mod virtual_tokens;
 
 pub use adapters::{
     active_adapter, adapter_names, attach_adapter, disable_adapters, merge_adapter,
@@ -22,5 +24,6 @@ pub use adapters::{
 pub use error::{PeftError, Result};
 pub use format::{load_adapter, save_adapter};
 pub use method::{Adapter, AdapterConfig};
-pub use projection::{Projection, ProjectionHost, WeightLayout};
+pub use projection::{ModelGeometry, Projection, ProjectionHost, WeightLayout};
 pub use report::{count_parameters, ParameterReport};
+pub use virtual_tokens::{PromptEncoder, VirtualTokens};

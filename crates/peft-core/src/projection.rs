@@ -8,6 +8,7 @@ use burn::tensor::Tensor;
 use crate::error::{PeftError, Result};
 use crate::ids::with_stable_ids;
 use crate::method::Adapter;
+use crate::virtual_tokens::VirtualTokens;
 
 /// How the checkpoint stores this projection's weight; Burn always holds it `[in, out]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,15 +119,14 @@ impl Projection {
         if let Some(copy) = self.saved.iter().find(|c| c.name == active) {
             return copy.layer.forward(x);
         }
-        let base_out = self.base.forward(x.clone());
         let merged = self
             .state
             .merged
             .as_ref()
             .is_some_and(|(name, _)| name == active);
         match self.adapter(active) {
-            Some(adapter) if !merged => adapter.forward(x, base_out, &self.base),
-            _ => base_out,
+            Some(adapter) if !merged => adapter.forward(x, &self.base),
+            _ => self.base.forward(x),
         }
     }
 
@@ -192,16 +192,29 @@ impl Projection {
         let Some(adapter) = self.adapter(&active) else {
             return Ok(());
         };
+        if !adapter.can_merge() {
+            return Err(PeftError::State(format!(
+                "adapter {active:?} on {module} is a {}, which cannot be merged into the weights",
+                adapter.method_name()
+            )));
+        }
         let weight = self.base.weight.val();
         let memo = adapter.merge_memo(weight.clone());
-        let merged = adapter.merged_weight(weight).detach();
-        if safe && !is_finite(&merged)? {
+        let bias = self.base.bias.as_ref().map(|b| b.val());
+        let (merged, merged_bias) = adapter.merged(weight, bias);
+        let merged = merged.detach();
+        let finite = is_finite(&merged)?
+            && match &merged_bias {
+                Some(b) => is_finite(&b.clone().detach().unsqueeze::<2>())?,
+                None => true,
+            };
+        if safe && !finite {
             return Err(PeftError::UnsafeMerge {
                 adapter: active,
                 module: module.to_string(),
             });
         }
-        self.set_base_weight(merged);
+        self.set_base(merged, merged_bias);
         self.state.merged = Some((active, memo));
         Ok(())
     }
@@ -212,10 +225,9 @@ impl Projection {
             return;
         };
         if let Some(adapter) = self.adapter(&name) {
-            let restored = adapter
-                .unmerged_weight(self.base.weight.val(), memo)
-                .detach();
-            self.set_base_weight(restored);
+            let bias = self.base.bias.as_ref().map(|b| b.val());
+            let (weight, bias) = adapter.unmerged(self.base.weight.val(), bias, memo);
+            self.set_base(weight.detach(), bias);
         }
     }
 
@@ -235,9 +247,14 @@ impl Projection {
         self.state = AdapterState::default();
     }
 
-    fn set_base_weight(&mut self, weight: Tensor<2>) {
+    fn set_base(&mut self, weight: Tensor<2>, bias: Option<Tensor<1>>) {
         // A new id: a merged weight is a different tensor (and no longer tied to an embedding).
         self.base.weight = Param::from_tensor(weight).set_require_grad(false);
+        if let (Some(old), Some(new)) = (&self.base.bias, bias) {
+            let mut param = Param::from_tensor(new.detach()).set_require_grad(false);
+            param.id = old.id;
+            self.base.bias = Some(param);
+        }
     }
 }
 
@@ -250,7 +267,27 @@ fn is_finite(t: &Tensor<2>) -> Result<bool> {
         .ok_or_else(|| PeftError::Backend("empty result of a finiteness check".into()))
 }
 
-/// A model whose projections can be found by their Hugging Face module paths.
+/// The shape of a model, as methods that add virtual tokens need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelGeometry {
+    /// transformers' `model_type` (`llama`, `gpt2`), which picks default targets.
+    pub model_type: String,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Width of the residual stream (token embeddings).
+    pub hidden_size: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (the query heads without grouped-query attention).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+}
+
+/// A model whose projections can be found by their Hugging Face module paths, and which holds
+/// a [`VirtualTokens`] slot for prompt-learning methods.
 pub trait ProjectionHost {
     /// Every projection with its full Hugging Face module path, in model order
     /// (e.g. `model.layers.0.self_attn.q_proj`, `transformer.h.0.attn.c_attn`, `lm_head`).
@@ -258,6 +295,18 @@ pub trait ProjectionHost {
 
     /// The same, mutable, for attaching, activating and merging adapters.
     fn projections_mut(&mut self) -> Vec<(String, &mut Projection)>;
+
+    /// The model's shape.
+    fn geometry(&self) -> ModelGeometry;
+
+    /// The prompt-learning slot the model consults in its forward pass.
+    fn virtual_tokens(&self) -> &VirtualTokens;
+
+    /// The same, mutable, for attaching and activating prompt-learning adapters.
+    fn virtual_tokens_mut(&mut self) -> &mut VirtualTokens;
+
+    /// The token embeddings of `ids`, `[ids.len(), hidden]`, detached (prompt-tuning init).
+    fn embed_ids(&self, ids: &[u32]) -> Tensor<2>;
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ impl ParameterReport {
                 .map(count_parameters)
                 .sum::<usize>();
         }
+        trainable += model.virtual_tokens().active().map_or(0, count_parameters);
         Self {
             trainable,
             total: count_parameters(model),

@@ -23,6 +23,7 @@ pub mod loss;
 pub mod model;
 pub mod norm;
 pub mod tokenizer;
+mod virtual_input;
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};

@@ -1,8 +1,9 @@
 //! One type for every supported architecture, so callers never match on the architecture.
 
-use burn::module::Module;
-use burn::tensor::{Int, Tensor};
-use peft_core::{Projection, ProjectionHost};
+use burn::module::{Module, Param};
+use burn::tensor::module::embedding;
+use burn::tensor::{Int, Tensor, TensorData};
+use peft_core::{ModelGeometry, Projection, ProjectionHost, VirtualTokens};
 
 use crate::attention::KvCache;
 use crate::config::ModelConfig;
@@ -36,6 +37,37 @@ impl CausalLm {
         }
     }
 
+    /// [`Self::forward`] from token embeddings `[batch, seq, hidden]` (what
+    /// [`Self::embed`] gives), e.g. to run the base model on embeddings built elsewhere.
+    pub fn forward_embeddings(
+        &self,
+        x: Tensor<3>,
+        padding_mask: Option<&Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        match self {
+            Self::Llama(m) => m.forward_embeddings(x, padding_mask, cache),
+            Self::Gpt2(m) => m.forward_embeddings(x, padding_mask, cache),
+        }
+    }
+
+    /// Token embeddings `[batch, seq, hidden]` of `input_ids`.
+    pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        match self {
+            Self::Llama(m) => embedding(m.embed_tokens.val(), input_ids),
+            Self::Gpt2(m) => embedding(m.wte.val(), input_ids),
+        }
+    }
+
+    /// Leading positions of the logits that belong to the active adapter's virtual tokens on
+    /// a first pass (prompt tuning), not to the input.
+    pub fn virtual_positions(&self) -> usize {
+        match self.virtual_tokens().active() {
+            Some(peft_core::PromptEncoder::Prompt(p)) => p.len(),
+            _ => 0,
+        }
+    }
+
     /// Vocabulary size (columns of the logits).
     pub fn vocab_size(&self) -> usize {
         match self {
@@ -61,9 +93,14 @@ impl CausalLm {
                 "token id {bad} is outside the vocabulary (0..{vocab})"
             )));
         }
-        if let Some(max) = self.max_positions().filter(|&max| total_len > max) {
+        let virtual_tokens = self.virtual_tokens().active_len();
+        if let Some(max) = self
+            .max_positions()
+            .filter(|&max| total_len + virtual_tokens > max)
+        {
             return Err(ModelError::InvalidInput(format!(
-                "sequence of {total_len} tokens exceeds the model's {max} positions"
+                "sequence of {total_len} tokens (and {virtual_tokens} virtual ones) exceeds \
+                 the model's {max} positions"
             )));
         }
         Ok(())
@@ -92,6 +129,44 @@ impl ProjectionHost for CausalLm {
             Self::Gpt2(m) => m.projections_mut(),
         }
     }
+
+    fn geometry(&self) -> ModelGeometry {
+        match self {
+            Self::Llama(m) => m.geometry(),
+            Self::Gpt2(m) => m.geometry(),
+        }
+    }
+
+    fn virtual_tokens(&self) -> &VirtualTokens {
+        match self {
+            Self::Llama(m) => m.virtual_tokens(),
+            Self::Gpt2(m) => m.virtual_tokens(),
+        }
+    }
+
+    fn virtual_tokens_mut(&mut self) -> &mut VirtualTokens {
+        match self {
+            Self::Llama(m) => m.virtual_tokens_mut(),
+            Self::Gpt2(m) => m.virtual_tokens_mut(),
+        }
+    }
+
+    fn embed_ids(&self, ids: &[u32]) -> Tensor<2> {
+        match self {
+            Self::Llama(m) => m.embed_ids(ids),
+            Self::Gpt2(m) => m.embed_ids(ids),
+        }
+    }
+}
+
+/// Rows `ids` of an embedding table, `[ids.len(), hidden]`, detached.
+pub(crate) fn embed_rows(table: &Param<Tensor<2>>, ids: &[u32]) -> Tensor<2> {
+    let table = table.val();
+    let data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(data, [1, ids.len()]), &table.device());
+    let rows = embedding(table, ids);
+    let [_, n, d] = rows.dims();
+    rows.reshape([n, d]).detach()
 }
 
 /// Whether a checkpoint tensor may be left unused by `config`'s architecture.

@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use peft_core::method::bottleneck::{BottleneckConfig, BottleneckVariant, NonLinearity};
+use peft_core::method::ia3::Ia3Config;
 use peft_core::method::lora::LoraConfig;
-use peft_core::target::TargetModules;
+use peft_core::method::prompt::{PrefixTuningConfig, PromptInit, PromptTuningConfig};
+use peft_core::target::{TargetModules, ALL_LINEAR};
 use peft_core::AdapterConfig;
 use serde::{Deserialize, Serialize};
 
@@ -70,24 +73,52 @@ pub enum Method {
     Lora,
     /// DoRA (LoRA with a learned magnitude).
     Dora,
+    /// Prefix tuning: learned keys and values before every layer's.
+    Prefix,
+    /// Prompt tuning: learned embeddings before the input's.
+    Prompt,
+    /// IA3: learned rescaling of projection outputs (inputs for feed-forward ones).
+    Ia3,
+    /// Bottleneck adapters after the attention and the feed-forward blocks.
+    Houlsby,
+    /// Bottleneck adapters after the feed-forward blocks.
+    Pfeiffer,
 }
 
-/// `[method]`.
+/// `[method]`: the method and every method's options (each method reads its own).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MethodSection {
-    /// `lora` or `dora`.
+    /// `lora`, `dora`, `prefix`, `prompt`, `ia3`, `houlsby` or `pfeiffer`.
     pub name: Method,
-    /// Rank of the update.
+    /// LoRA/DoRA: rank of the update.
     pub rank: usize,
-    /// Scaling numerator (`alpha / rank`).
+    /// LoRA/DoRA: scaling numerator (`alpha / rank`).
     pub alpha: f64,
-    /// Dropout on the adapter branch's input.
+    /// LoRA/DoRA: dropout on the adapter branch's input.
     pub dropout: f64,
-    /// Module names to adapt (`["q_proj", "v_proj"]`), or `["all-linear"]`.
-    pub target: Vec<String>,
-    /// Scale by `alpha / sqrt(rank)` (rsLoRA).
+    /// LoRA/DoRA: scale by `alpha / sqrt(rank)` (rsLoRA).
     pub rslora: bool,
+    /// LoRA, DoRA, IA3, bottleneck: module names to adapt (`["q_proj", "v_proj"]`),
+    /// `["all-linear"]`, or one regex; empty means the method's default for the architecture.
+    pub target: Vec<String>,
+    /// IA3: targets whose input is rescaled instead of their output; empty means the
+    /// architecture's default (`down_proj`, GPT-2's `mlp.c_proj`).
+    pub feedforward: Vec<String>,
+    /// Prefix and prompt tuning: number of virtual tokens.
+    pub virtual_tokens: usize,
+    /// Prefix tuning: train the prefix through an MLP (folded away when saved).
+    pub prefix_projection: bool,
+    /// Prefix tuning: hidden width of that MLP (default: the prefix width).
+    pub encoder_hidden_size: Option<usize>,
+    /// Prompt tuning: start the virtual tokens from this text's token embeddings (else random).
+    pub init_text: Option<String>,
+    /// Bottleneck: the bottleneck is the projection width divided by this.
+    pub reduction_factor: usize,
+    /// Bottleneck: nonlinearity (`relu`, `gelu`, `silu`, `tanh`).
+    pub non_linearity: NonLinearity,
+    /// Bottleneck: a layer norm on the adapter's input.
+    pub layer_norm: bool,
 }
 
 impl Default for MethodSection {
@@ -97,28 +128,87 @@ impl Default for MethodSection {
             rank: 8,
             alpha: 16.0,
             dropout: 0.05,
-            target: vec!["q_proj".into(), "v_proj".into()],
             rslora: false,
+            target: Vec::new(),
+            feedforward: Vec::new(),
+            virtual_tokens: 20,
+            prefix_projection: false,
+            encoder_hidden_size: None,
+            init_text: None,
+            reduction_factor: 16,
+            non_linearity: NonLinearity::Relu,
+            layer_norm: false,
         }
     }
 }
 
+/// Module names as PEFT's `target_modules` takes them: `None` when empty; `all-linear` or a
+/// single regex as a pattern; otherwise a list of names.
+pub fn target_modules(names: &[String]) -> Option<TargetModules> {
+    match names {
+        [] => None,
+        [one] if one == ALL_LINEAR || one.contains(['*', '\\', '(', '|', '[', '$', '^']) => {
+            Some(TargetModules::Pattern(one.clone()))
+        }
+        names => Some(TargetModules::Names(names.to_vec())),
+    }
+}
+
 impl MethodSection {
-    /// The PEFT adapter configuration this section describes.
+    /// The PEFT adapter configuration this section describes. Prompt tuning from text still
+    /// needs the text's token ids (`init_token_ids`), which the caller's tokenizer gives.
     pub fn adapter_config(&self) -> AdapterConfig {
-        let target = match self.target.as_slice() {
-            [one] if one == "all-linear" => TargetModules::Pattern(one.clone()),
-            names => TargetModules::Names(names.to_vec()),
-        };
-        AdapterConfig::Lora(LoraConfig {
-            r: self.rank,
-            lora_alpha: self.alpha,
-            lora_dropout: self.dropout,
-            use_rslora: self.rslora,
-            use_dora: self.name == Method::Dora,
-            target_modules: Some(target),
-            ..LoraConfig::default()
-        })
+        let target = target_modules(&self.target);
+        let causal_lm = Some("CAUSAL_LM".to_string());
+        match self.name {
+            Method::Lora | Method::Dora => AdapterConfig::Lora(LoraConfig {
+                r: self.rank,
+                lora_alpha: self.alpha,
+                lora_dropout: self.dropout,
+                use_rslora: self.rslora,
+                use_dora: self.name == Method::Dora,
+                target_modules: target,
+                task_type: causal_lm,
+                ..LoraConfig::default()
+            }),
+            Method::Ia3 => AdapterConfig::Ia3(Ia3Config {
+                target_modules: target,
+                exclude_modules: None,
+                feedforward_modules: target_modules(&self.feedforward),
+                fan_in_fan_out: false,
+                modules_to_save: None,
+                init_ia3_weights: true,
+                base_model_name_or_path: None,
+                task_type: causal_lm,
+                inference_mode: false,
+            }),
+            Method::Prefix => {
+                let mut c = PrefixTuningConfig::new(self.virtual_tokens, self.prefix_projection);
+                c.encoder_hidden_size = self.encoder_hidden_size;
+                AdapterConfig::PrefixTuning(c)
+            }
+            Method::Prompt => {
+                let mut c = PromptTuningConfig::new(self.virtual_tokens);
+                if let Some(text) = &self.init_text {
+                    c.prompt_tuning_init = PromptInit::Text;
+                    c.prompt_tuning_init_text = Some(text.clone());
+                }
+                AdapterConfig::PromptTuning(c)
+            }
+            Method::Houlsby | Method::Pfeiffer => AdapterConfig::Bottleneck(BottleneckConfig {
+                variant: if self.name == Method::Houlsby {
+                    BottleneckVariant::Houlsby
+                } else {
+                    BottleneckVariant::Pfeiffer
+                },
+                target_modules: target,
+                reduction_factor: self.reduction_factor,
+                non_linearity: self.non_linearity,
+                ln_before: self.layer_norm,
+                task_type: causal_lm,
+                ..BottleneckConfig::default()
+            }),
+        }
     }
 }
 
@@ -278,8 +368,11 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&m.dropout) {
             return bad("method.dropout", format!("{} is not in [0, 1)", m.dropout));
         }
-        if m.target.is_empty() {
-            return bad("method.target", "names no module".into());
+        if m.virtual_tokens == 0 {
+            return bad("method.virtual_tokens", "must be at least 1".into());
+        }
+        if m.reduction_factor == 0 {
+            return bad("method.reduction_factor", "must be at least 1".into());
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return bad("training.lr", format!("{} is not a positive number", t.lr));

@@ -120,7 +120,7 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     };
     let test_before = test.score(&loaded.model.valid(), "base model")?;
     let mut lm = loaded.model;
-    let adapter_config = attach(&mut lm, config, resume_from.as_ref())?;
+    let adapter_config = attach(&mut lm, config, test.tokenizer, resume_from.as_ref())?;
     let parameters = ParameterReport::of(&lm);
     if parameters.trainable == 0 {
         return Err(TrainError::NothingToTrain(
@@ -289,10 +289,12 @@ impl TestRun<'_> {
 }
 
 /// Attaches a fresh adapter, or the checkpoint's when resuming; returns its configuration
-/// (the checkpoint's own, so that later checkpoints describe the tensors they hold).
+/// (as attached, with the model's defaults filled in, so that checkpoints describe the tensors
+/// they hold).
 fn attach(
     lm: &mut CausalLm,
     config: &TrainConfig,
+    tokenizer: &TextTokenizer,
     resume_from: Option<&(TrainerState, PathBuf)>,
 ) -> Result<peft_core::AdapterConfig> {
     match resume_from {
@@ -301,11 +303,25 @@ fn attach(
             Ok(peft_core::format::load_config(dir)?)
         }
         None => {
-            let adapter = config.method.adapter_config();
-            peft_core::attach_adapter(lm, ADAPTER_NAME, &adapter)?;
-            Ok(adapter)
+            let mut adapter = config.method.adapter_config();
+            tokenize_init_text(&mut adapter, tokenizer)?;
+            Ok(peft_core::attach_adapter(lm, ADAPTER_NAME, &adapter)?.config)
         }
     }
+}
+
+/// Gives a prompt-tuning config that starts from text the text's token ids, tokenized as PEFT
+/// tokenizes it (with the tokenizer's special tokens).
+pub fn tokenize_init_text(
+    config: &mut peft_core::AdapterConfig,
+    tokenizer: &TextTokenizer,
+) -> Result<()> {
+    if let peft_core::AdapterConfig::PromptTuning(c) = config {
+        if let Some(text) = &c.prompt_tuning_init_text {
+            c.init_token_ids = Some(tokenizer.encode(text, true)?);
+        }
+    }
+    Ok(())
 }
 
 /// The loop's step counts: `max_steps`, else `epochs` passes of `plan`'s micro-batches.

@@ -1,12 +1,12 @@
 //! `peft-cli inspect`: what a model is made of, and what an adapter on it would train.
 
 use anyhow::{Context, Result};
-use peft_core::method::lora::LoraConfig;
 use peft_core::method::Adapter;
-use peft_core::target::TargetModules;
-use peft_core::{count_parameters, AdapterConfig, ParameterReport, ProjectionHost};
+use peft_core::{count_parameters, ParameterReport, ProjectionHost};
 use peft_models::ModelConfig;
+use peft_train::config::MethodSection;
 
+use super::method::MethodFlags;
 use super::{ModelArgs, ADAPTER_NAME};
 
 /// Arguments of `inspect`.
@@ -14,69 +14,22 @@ use super::{ModelArgs, ADAPTER_NAME};
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    /// Attach a new adapter of this method (instead of, or besides, --adapter) and report what
+    /// it would train.
     #[command(flatten)]
-    method: MethodArgs,
-}
-
-/// A PEFT method described by flags, to see what it would attach and train.
-#[derive(clap::Args, Debug)]
-pub struct MethodArgs {
-    /// Attach a new adapter of this method (instead of, or besides, --adapter) and report it.
-    #[arg(long, value_enum)]
-    method: Option<Method>,
-    /// Rank of the LoRA update.
-    #[arg(long, default_value_t = 8, requires = "method")]
-    rank: usize,
-    /// LoRA alpha: the update is scaled by alpha / rank (alpha / sqrt(rank) with --rslora).
-    #[arg(long, default_value_t = 16.0, requires = "method")]
-    alpha: f64,
-    /// Modules to adapt: comma-separated names (`q_proj,v_proj`), `all-linear`, or a regex
-    /// matched against whole module paths.
-    #[arg(long, default_value = "all-linear", requires = "method")]
-    target: String,
-    /// Scale by alpha / sqrt(rank) (rank-stabilised LoRA).
-    #[arg(long, requires = "method")]
-    rslora: bool,
-}
-
-/// The methods `--method` accepts.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Method {
-    /// Low-rank adaptation.
-    Lora,
-    /// Weight-decomposed low-rank adaptation.
-    Dora,
-}
-
-impl MethodArgs {
-    fn config(&self) -> Option<AdapterConfig> {
-        let method = self.method?;
-        let target =
-            if self.target == "all-linear" || self.target.contains(['*', '\\', '(', '|', '[']) {
-                TargetModules::Pattern(self.target.clone())
-            } else {
-                TargetModules::Names(
-                    self.target
-                        .split(',')
-                        .map(|s| s.trim().to_string())
-                        .collect(),
-                )
-            };
-        Some(AdapterConfig::Lora(LoraConfig {
-            r: self.rank,
-            lora_alpha: self.alpha,
-            use_rslora: self.rslora,
-            use_dora: matches!(method, Method::Dora),
-            target_modules: Some(target),
-            ..LoraConfig::default()
-        }))
-    }
+    method: MethodFlags,
 }
 
 /// Prints the architecture, its sizes, the parameter counts and every projection.
 pub fn run(args: Args) -> Result<()> {
     let (mut loaded, _device) = args.model.load(false)?;
-    if let Some(config) = args.method.config() {
+    if args.method.method.is_some() {
+        let mut section = MethodSection::default();
+        args.method.apply(&mut section);
+        let mut config = section.adapter_config();
+        if let Some(tokenizer) = loaded.tokenizer.as_ref() {
+            peft_train::tokenize_init_text(&mut config, tokenizer)?;
+        }
         let name = if args.model.adapter.is_some() {
             "inspected"
         } else {
@@ -97,6 +50,15 @@ pub fn run(args: Args) -> Result<()> {
         let total = count_parameters(&loaded.model);
         println!("{:>22}: {total} ({})", "parameters", human(total));
     }
+    if let Some(encoder) = loaded.model.virtual_tokens().active() {
+        println!(
+            "{:>22}: {} with {} virtual tokens (+{} params)",
+            "adapter",
+            encoder.method_name(),
+            encoder.len(),
+            count_parameters(encoder)
+        );
+    }
     println!();
     println!(
         "{:<44} {:>8} {:>8} {:>12}  adapter",
@@ -110,16 +72,10 @@ pub fn run(args: Args) -> Result<()> {
             proj.adapter(active),
             proj.saved.iter().find(|c| c.name == active),
         ) {
-            (Some(Adapter::Lora(l)), _) => format!(
-                "{} r={} scale={} (+{} params)",
-                if l.magnitude.is_some() {
-                    "dora"
-                } else {
-                    "lora"
-                },
-                l.rank(),
-                l.scale,
-                count_parameters(l)
+            (Some(adapter), _) => format!(
+                "{} (+{} params)",
+                describe_adapter(adapter),
+                count_parameters(adapter)
             ),
             (None, Some(copy)) => format!("trainable copy (+{} params)", count_parameters(copy)),
             (None, None) => String::new(),
@@ -131,6 +87,29 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One projection's adapter in a few words.
+fn describe_adapter(adapter: &Adapter) -> String {
+    match adapter {
+        Adapter::Lora(l) => format!(
+            "{} r={} scale={}",
+            adapter.method_name().to_lowercase(),
+            l.rank(),
+            l.scale
+        ),
+        Adapter::Ia3(l) => format!(
+            "ia3 on the {}",
+            if l.feedforward { "input" } else { "output" }
+        ),
+        Adapter::Bottleneck(b) => format!(
+            "bottleneck {} -> {} ({:?}{})",
+            b.down.weight.dims()[0],
+            b.down.weight.dims()[1],
+            b.non_linearity,
+            if b.norm.is_some() { ", layer norm" } else { "" }
+        ),
+    }
 }
 
 /// The configuration values a user wants to see, in order.

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod inspect;
 pub mod logits;
 pub mod merge;
+pub mod method;
 pub mod train;
 
 use std::path::PathBuf;

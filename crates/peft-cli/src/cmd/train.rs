@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use peft_train::checkpoint::CONFIG_FILE;
-use peft_train::config::{Method, Schedule};
+use peft_train::config::Schedule;
 use peft_train::{TestScores, TrainConfig};
 
+use super::method::MethodFlags;
 use crate::backend::{self, BackendChoice};
 
 /// Options of `train`; each one overrides the configuration file's value.
@@ -40,24 +41,9 @@ pub struct Args {
     /// Hold out this fraction of the training data for validation when --valid is not given.
     #[arg(long, value_name = "F")]
     pub valid_fraction: Option<f64>,
-    /// Adapter method.
-    #[arg(long, value_enum)]
-    pub method: Option<MethodArg>,
-    /// LoRA rank [default: 8].
-    #[arg(long, value_name = "R")]
-    pub rank: Option<usize>,
-    /// LoRA alpha; the update is scaled by alpha / rank [default: 16].
-    #[arg(long, value_name = "A")]
-    pub alpha: Option<f64>,
-    /// Dropout on the adapter's input [default: 0.05].
-    #[arg(long, value_name = "P")]
-    pub dropout: Option<f64>,
-    /// Modules to adapt, comma-separated (q_proj,v_proj), or all-linear [default: q_proj,v_proj].
-    #[arg(long, value_name = "NAMES")]
-    pub target: Option<String>,
-    /// Scale by alpha / sqrt(rank) (rsLoRA).
-    #[arg(long)]
-    pub rslora: bool,
+    /// The PEFT method and its options.
+    #[command(flatten)]
+    pub method: MethodFlags,
     /// Peak learning rate [default: 2e-4].
     #[arg(long, value_name = "LR")]
     pub lr: Option<f64>,
@@ -108,15 +94,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-/// `--method`.
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum MethodArg {
-    /// LoRA.
-    Lora,
-    /// DoRA: LoRA with a learned per-output magnitude.
-    Dora,
-}
-
 /// `--schedule`.
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum ScheduleArg {
@@ -141,19 +118,7 @@ impl Args {
         some(&mut c.data.train, &self.data);
         some(&mut c.data.valid, &self.valid);
         set(&mut c.data.valid_fraction, &self.valid_fraction);
-        if let Some(m) = self.method {
-            c.method.name = match m {
-                MethodArg::Lora => Method::Lora,
-                MethodArg::Dora => Method::Dora,
-            };
-        }
-        set(&mut c.method.rank, &self.rank);
-        set(&mut c.method.alpha, &self.alpha);
-        set(&mut c.method.dropout, &self.dropout);
-        if let Some(target) = &self.target {
-            c.method.target = target.split(',').map(|s| s.trim().to_string()).collect();
-        }
-        c.method.rslora |= self.rslora;
+        self.method.apply(&mut c.method);
         let t = &mut c.training;
         set(&mut t.lr, &self.lr);
         set(&mut t.batch_size, &self.batch_size);

@@ -4,13 +4,14 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor};
-use peft_core::{Projection, ProjectionHost, WeightLayout};
+use peft_core::{ModelGeometry, Projection, ProjectionHost, VirtualTokens, WeightLayout};
 
 use super::{Activation, Gpt2Config};
 use crate::attention::{attention_mask, scaled_dot_product, KvCache};
 use crate::error::{ModelError, Result};
 use crate::load::WeightLoader;
 use crate::norm::LayerNorm;
+use crate::virtual_input::{cache_for_prefix, prepare, Prepared};
 
 /// Causal self-attention with a fused qkv projection.
 #[derive(Module, Debug)]
@@ -100,6 +101,8 @@ pub struct Gpt2 {
     pub ln_f: LayerNorm,
     /// Output head, a view of `wte`.
     pub lm_head: Projection,
+    /// Prompt-learning adapters (prefix and prompt tuning).
+    pub virtual_tokens: VirtualTokens,
 }
 
 impl Gpt2 {
@@ -108,15 +111,33 @@ impl Gpt2 {
         &self,
         input_ids: Tensor<2, Int>,
         padding_mask: Option<&Tensor<2, Int>>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let [batch, seq] = input_ids.dims();
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let device = input_ids.device();
+        let x = embedding(self.wte.val(), input_ids);
+        self.forward_embeddings(x, padding_mask, cache)
+    }
+
+    /// [`Self::forward`] from token embeddings `[batch, seq, n_embd]` (position embeddings
+    /// are added here).
+    pub fn forward_embeddings(
+        &self,
+        x: Tensor<3>,
+        padding_mask: Option<&Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let mut own_cache = None;
+        let mut cache = cache_for_prefix(&self.virtual_tokens, cache, &mut own_cache, self.h.len());
+        let Prepared {
+            x,
+            padding_mask,
+            past,
+        } = prepare(&self.virtual_tokens, x, padding_mask, cache.as_deref_mut());
+        let [batch, seq, _] = x.dims();
+        let device = x.device();
         let positions =
             Tensor::<1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([1, seq]);
-        let mut x = embedding(self.wte.val(), input_ids) + embedding(self.wpe.val(), positions);
-        let mask = attention_mask(batch, seq, past, padding_mask, &device);
+        let mut x = x + embedding(self.wpe.val(), positions);
+        let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), &device);
         for (i, block) in self.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = x.clone()
@@ -182,6 +203,7 @@ impl Gpt2 {
             h,
             ln_f,
             lm_head,
+            virtual_tokens: VirtualTokens::default(),
         })
     }
 
@@ -219,6 +241,32 @@ impl ProjectionHost for Gpt2 {
 
     fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
         gpt2_projections!(self, mut)
+    }
+
+    fn geometry(&self) -> ModelGeometry {
+        let [vocab_size, hidden_size] = self.wte.dims();
+        let num_heads = self.h.first().map_or(1, |b| b.attn.num_heads);
+        ModelGeometry {
+            model_type: "gpt2".into(),
+            num_layers: self.h.len(),
+            hidden_size,
+            num_heads,
+            num_kv_heads: num_heads,
+            head_dim: hidden_size / num_heads,
+            vocab_size,
+        }
+    }
+
+    fn virtual_tokens(&self) -> &VirtualTokens {
+        &self.virtual_tokens
+    }
+
+    fn virtual_tokens_mut(&mut self) -> &mut VirtualTokens {
+        &mut self.virtual_tokens
+    }
+
+    fn embed_ids(&self, ids: &[u32]) -> Tensor<2> {
+        crate::model::embed_rows(&self.wte, ids)
     }
 }
 

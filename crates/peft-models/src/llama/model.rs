@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor};
-use peft_core::{Projection, ProjectionHost, WeightLayout};
+use peft_core::{ModelGeometry, Projection, ProjectionHost, VirtualTokens, WeightLayout};
 
 use super::LlamaConfig;
 use crate::attention::{
@@ -13,6 +13,7 @@ use crate::attention::{
 use crate::error::{ModelError, Result};
 use crate::load::WeightLoader;
 use crate::norm::RmsNorm;
+use crate::virtual_input::{cache_for_prefix, prepare, Prepared};
 
 /// Self-attention with RoPE and grouped-query key/value heads.
 #[derive(Module, Debug)]
@@ -104,24 +105,48 @@ pub struct Llama {
     pub lm_head: Projection,
     /// Rotary position embedding.
     pub rope: RotaryEmbedding,
+    /// Prompt-learning adapters (prefix and prompt tuning).
+    pub virtual_tokens: VirtualTokens,
 }
 
 impl Llama {
     /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`. `padding_mask`
     /// (`[batch, past + seq]`, 1 = token) masks padded keys; with `cache`, only the new tokens
-    /// are given and their keys/values are appended to it.
+    /// are given and their keys/values are appended to it. An active prompt-tuning adapter
+    /// puts its virtual tokens first, and their logits come first.
     pub fn forward(
         &self,
         input_ids: Tensor<2, Int>,
         padding_mask: Option<&Tensor<2, Int>>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let [batch, seq] = input_ids.dims();
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let device = input_ids.device();
-        let mut x = embedding(self.embed_tokens.val(), input_ids);
+        let x = embedding(self.embed_tokens.val(), input_ids);
+        self.forward_embeddings(x, padding_mask, cache)
+    }
+
+    /// [`Self::forward`] from input embeddings `[batch, seq, hidden]`.
+    pub fn forward_embeddings(
+        &self,
+        x: Tensor<3>,
+        padding_mask: Option<&Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let mut own_cache = None;
+        let mut cache = cache_for_prefix(
+            &self.virtual_tokens,
+            cache,
+            &mut own_cache,
+            self.layers.len(),
+        );
+        let Prepared {
+            mut x,
+            padding_mask,
+            past,
+        } = prepare(&self.virtual_tokens, x, padding_mask, cache.as_deref_mut());
+        let [batch, seq, _] = x.dims();
+        let device = x.device();
         let rope = self.rope.cos_sin(past, seq);
-        let mask = attention_mask(batch, seq, past, padding_mask, &device);
+        let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), &device);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = layer.input_layernorm.forward(x.clone());
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
@@ -221,6 +246,7 @@ impl Llama {
             norm,
             lm_head,
             rope,
+            virtual_tokens: VirtualTokens::default(),
         })
     }
 
@@ -259,6 +285,32 @@ impl ProjectionHost for Llama {
 
     fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
         llama_projections!(self, mut)
+    }
+
+    fn geometry(&self) -> ModelGeometry {
+        let [vocab_size, hidden_size] = self.embed_tokens.dims();
+        let attn = self.layers.first().map(|l| &l.self_attn);
+        ModelGeometry {
+            model_type: "llama".into(),
+            num_layers: self.layers.len(),
+            hidden_size,
+            num_heads: attn.map_or(0, |a| a.num_heads),
+            num_kv_heads: attn.map_or(0, |a| a.num_kv_heads),
+            head_dim: attn.map_or(0, |a| a.head_dim),
+            vocab_size,
+        }
+    }
+
+    fn virtual_tokens(&self) -> &VirtualTokens {
+        &self.virtual_tokens
+    }
+
+    fn virtual_tokens_mut(&mut self) -> &mut VirtualTokens {
+        &mut self.virtual_tokens
+    }
+
+    fn embed_ids(&self, ids: &[u32]) -> Tensor<2> {
+        crate::model::embed_rows(&self.embed_tokens, ids)
     }
 }
 

@@ -1,6 +1,6 @@
-//! LoRA adapters saved by Hugging Face PEFT, against PEFT's own outputs: logits, loss, gradients,
-//! greedy decoding, parameter counts, merge, disable, save/load round trips; on ndarray, flex
-//! and wgpu.
+//! Adapters saved by Hugging Face PEFT (LoRA on GPT-2 and LLaMA, IA3, prefix tuning), against
+//! PEFT's own outputs: logits, loss, gradients, greedy decoding, parameter counts, merge,
+//! disable, save/load round trips; on ndarray, flex and wgpu.
 
 mod common;
 
@@ -15,7 +15,12 @@ use peft_models::loss::causal_lm_loss;
 use peft_models::{load_model, LoadedModel};
 use safetensors::SafeTensors;
 
-const CASES: [&str; 2] = ["gpt2-lora", "llama-lora"];
+const CASES: [&str; 4] = ["gpt2-lora", "llama-lora", "llama-ia3", "llama-prefix"];
+
+/// Prompt learning adds virtual tokens; it cannot be merged into weights (nor in PEFT).
+fn merges(case: &str) -> bool {
+    !case.contains("prefix")
+}
 
 fn load_peft(case: &str, device: &Device) -> LoadedModel {
     let mut loaded = load_model(&case_dir(case).join("base"), device).expect("fixture base loads");
@@ -54,7 +59,15 @@ fn check_logits_merge_disable(case: &str, device: &Device) {
         err <= LOGITS_TOLERANCE,
         "{case}: adapter logits error {err:e}"
     );
-    merge_adapter(&mut loaded.model, true).unwrap();
+    if merges(case) {
+        merge_adapter(&mut loaded.model, true).unwrap();
+    } else {
+        let refusal = merge_adapter(&mut loaded.model, true).unwrap_err();
+        assert!(
+            refusal.to_string().contains("cannot be merged"),
+            "{refusal}"
+        );
+    }
     let err = logits_error(&loaded, &expected, "logits_peft", device);
     assert!(
         err <= LOGITS_TOLERANCE,
@@ -73,7 +86,9 @@ fn check_logits_merge_disable(case: &str, device: &Device) {
         err <= LOGITS_TOLERANCE,
         "{case}: re-enabled adapter logits error {err:e}"
     );
-    merge_adapter(&mut loaded.model, true).unwrap();
+    if merges(case) {
+        merge_adapter(&mut loaded.model, true).unwrap();
+    }
     unmerge_adapter(&mut loaded.model);
     let err = logits_error(&loaded, &expected, "logits_peft", device);
     assert!(
@@ -155,8 +170,46 @@ fn check_greedy(case: &str, device: &Device) {
         seed: 0,
         eos_token_ids: loaded.eos_token_ids.clone(),
     };
+    if want.is_empty() {
+        check_cached_greedy_is_argmax(case, &loaded, &prompt, &config, device);
+        return;
+    }
     let got = generate(&loaded.model, &prompt, &config, device, |_| Ok(())).unwrap();
     assert_eq!(got, want, "{case}: greedy continuation with the adapter");
+}
+
+/// Without a reference continuation (prefix tuning), greedy decoding with the key/value cache
+/// must pick, at every step, the argmax of a full forward pass without a cache.
+fn check_cached_greedy_is_argmax(
+    case: &str,
+    loaded: &LoadedModel,
+    prompt: &[u32],
+    config: &SamplingConfig,
+    device: &Device,
+) {
+    let config = SamplingConfig {
+        max_new_tokens: 8,
+        eos_token_ids: vec![],
+        ..config.clone()
+    };
+    let got = generate(&loaded.model, prompt, &config, device, |_| Ok(())).unwrap();
+    assert_eq!(got.len(), 8);
+    let all: Vec<i64> = prompt.iter().chain(&got).map(|&t| t as i64).collect();
+    let ids = Array {
+        shape: vec![1, all.len()],
+        values: all.clone(),
+    };
+    let logits = loaded.model.forward(int_tensor(&ids, device), None, None);
+    let vocab = logits.dims()[2];
+    let values = to_vec(logits);
+    for (step, &token) in got.iter().enumerate() {
+        let position = prompt.len() - 1 + step;
+        let row = &values[position * vocab..(position + 1) * vocab];
+        let argmax = (0..vocab)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert_eq!(token as usize, argmax, "{case}: cached step {step}");
+    }
 }
 
 /// Saving writes PEFT's keys, shapes and dtypes, and loading it back is bit-exact.
@@ -203,6 +256,15 @@ fn check_round_trip(case: &str, device: &Device) {
         "fan_in_fan_out",
         "use_dora",
         "use_rslora",
+        "feedforward_modules",
+        "init_ia3_weights",
+        "num_virtual_tokens",
+        "token_dim",
+        "num_attention_heads",
+        "num_layers",
+        "num_transformer_submodules",
+        "encoder_hidden_size",
+        "prefix_projection",
     ] {
         assert_eq!(
             saved_config[field], fixture_config[field],
