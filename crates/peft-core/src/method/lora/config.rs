@@ -36,7 +36,7 @@ pub struct LoraConfig {
     /// Dropout on the LoRA branch's input.
     #[serde(default)]
     pub lora_dropout: f64,
-    /// Modules to adapt.
+    /// Modules to adapt; `None` picks the architecture's default when attached.
     #[serde(default)]
     pub target_modules: Option<TargetModules>,
     /// Modules never to adapt.
@@ -171,12 +171,6 @@ impl LoraConfig {
                     format!("{name:?} is not supported; expected true, false or \"gaussian\""),
                 );
             }
-        }
-        if self.target_modules.is_none() {
-            return fail(
-                "target_modules",
-                "is required: a list of module names, a regex, or \"all-linear\"".into(),
-            );
         }
         Ok(())
     }

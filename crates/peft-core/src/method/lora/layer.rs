@@ -65,7 +65,7 @@ impl LoraLayer {
         let mut layer = Self::from_factors(a, b, None, shape.scale, dropout);
         if use_dora {
             let norm = layer.weight_norm(base.weight.val());
-            layer.magnitude = Some(Param::from_tensor(norm));
+            layer.magnitude = Some(Param::from_tensor(norm.detach()));
         }
         layer
     }
