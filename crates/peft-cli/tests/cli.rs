@@ -990,3 +990,180 @@ fn train_scores_test_data_before_and_after_and_eval_agrees() {
     ]);
     assert_fails_with(&out, &["missing.jsonl"]);
 }
+
+/// `--method` and the flags each method is trained with in [`every_method_runs_through_every_command`].
+const METHODS: [(&str, &[&str]); 7] = [
+    ("lora", &["--rank", "4"]),
+    ("dora", &["--rank", "4"]),
+    ("prefix", &["--virtual-tokens", "4", "--prefix-projection"]),
+    ("prompt", &["--virtual-tokens", "3", "--init-text", "abc"]),
+    ("ia3", &[]),
+    ("houlsby", &["--reduction-factor", "4", "--layer-norm"]),
+    (
+        "pfeiffer",
+        &["--reduction-factor", "8", "--non-linearity", "gelu"],
+    ),
+];
+
+#[test]
+fn every_method_runs_through_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = training_data(dir.path());
+    for case in ["gpt2-base", "llama-base"] {
+        let base = fixtures().join(case).join("base");
+        let expected = fixtures().join(case).join("expected.safetensors");
+        let common = |command: &'static str| -> Vec<String> {
+            [command, "--backend", "ndarray", "--model", path_str(&base)]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let run =
+            |args: Vec<String>| peft_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let ok = |args: Vec<String>| -> String {
+            let out = run(args.clone());
+            assert!(
+                out.status.success(),
+                "{case}: {args:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        for (method, flags) in METHODS {
+            let what = format!("{case} {method}");
+            let out = dir.path().join(format!("{case}-{method}"));
+            let mut train = common("train");
+            train.extend(
+                [
+                    "--method",
+                    method,
+                    "--data",
+                    path_str(&data),
+                    "--out",
+                    path_str(&out),
+                    "--max-steps",
+                    "2",
+                    "--lr",
+                    "1e-2",
+                    "--test",
+                    path_str(&data),
+                ]
+                .iter()
+                .chain(flags)
+                .map(|s| s.to_string()),
+            );
+            let stdout = ok(train);
+            assert!(stdout.contains("exact match"), "{what}: {stdout}");
+            let adapter = out.join("final");
+            let config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            let peft_type = match method {
+                "lora" | "dora" => "LORA",
+                "prefix" => "PREFIX_TUNING",
+                "prompt" => "PROMPT_TUNING",
+                "ia3" => "IA3",
+                _ => "BOTTLENECK",
+            };
+            assert_eq!(config["peft_type"], peft_type, "{what}");
+            let with_adapter = |command: &'static str, extra: &[&str]| -> Vec<String> {
+                let mut args = common(command);
+                args.extend(
+                    ["--adapter", path_str(&adapter)]
+                        .iter()
+                        .chain(extra)
+                        .map(|s| s.to_string()),
+                );
+                args
+            };
+
+            let report = ok(with_adapter("inspect", &[]));
+            assert!(report.contains("trainable params: "), "{what}: {report}");
+
+            let logits = dir
+                .path()
+                .join(format!("{case}-{method}-logits.safetensors"));
+            ok(with_adapter(
+                "logits",
+                &[
+                    "--input",
+                    path_str(&expected),
+                    "--out",
+                    path_str(&logits),
+                    "--grads",
+                ],
+            ));
+            let file = TensorFile::read(&logits);
+            let virtual_tokens = if method == "prompt" { 3 } else { 0 };
+            assert_eq!(
+                file.shape("logits"),
+                vec![2, 16 + virtual_tokens, 384],
+                "{what}"
+            );
+            let grads: Vec<String> = file
+                .names()
+                .into_iter()
+                .filter(|n| n.starts_with("grad."))
+                .collect();
+            assert!(
+                !grads.is_empty(),
+                "{what}: no gradients in {:?}",
+                file.names()
+            );
+            assert!(
+                grads
+                    .iter()
+                    .all(|g| file.floats(g).iter().all(|v| v.is_finite())),
+                "{what}: non-finite gradient"
+            );
+
+            let text = ok(with_adapter(
+                "generate",
+                &["--prompt", "abc ->", "--max-new-tokens", "3"],
+            ));
+            assert!(!text.is_empty(), "{what}: generate printed nothing");
+
+            let eval: serde_json::Value = serde_json::from_str(&ok(with_adapter(
+                "eval",
+                &["--data", path_str(&data), "--json"],
+            )))
+            .unwrap();
+            assert!(eval["loss"].as_f64().unwrap().is_finite(), "{what}: {eval}");
+
+            let merged = dir.path().join(format!("{case}-{method}-merged"));
+            let merge = run(with_adapter("merge", &["--out", path_str(&merged)]));
+            if ["lora", "dora", "ia3"].contains(&method) {
+                assert!(
+                    merge.status.success(),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&merge.stderr)
+                );
+                // The merged folder alone gives the adapter's logits.
+                let plain = dir
+                    .path()
+                    .join(format!("{case}-{method}-plain.safetensors"));
+                let mut args = common("logits");
+                args[4] = path_str(&merged).to_string();
+                args.extend(
+                    ["--input", path_str(&expected), "--out", path_str(&plain)].map(String::from),
+                );
+                ok(args);
+                let mask = TensorFile::read(&expected).ints("attention_mask");
+                let diff = max_masked_diff(
+                    &TensorFile::read(&plain).floats("logits"),
+                    &file.floats("logits"),
+                    &mask,
+                );
+                assert!(diff <= 1e-4, "{what}: merged logits differ by {diff}");
+            } else {
+                assert_fails_with(&merge, &["cannot be merged"]);
+                assert!(
+                    !merged.exists(),
+                    "{what}: a refused merge wrote {}",
+                    merged.display()
+                );
+            }
+        }
+    }
+}

@@ -269,6 +269,19 @@ pub fn merge_adapter(model: &mut impl ProjectionHost, safe: bool) -> Result<()> 
     }
 }
 
+/// Whether the active adapter can be folded into the base weights (LoRA, DoRA and IA3 can;
+/// prompt learning and bottleneck adapters cannot).
+pub fn active_adapter_merges(model: &impl ProjectionHost) -> bool {
+    model.virtual_tokens().active().is_none()
+        && model.projections().iter().all(|(_, p)| {
+            p.state
+                .active
+                .as_deref()
+                .and_then(|name| p.adapter(name))
+                .is_none_or(|a| a.can_merge())
+        })
+}
+
 /// Takes merged adapters back out of the base weights.
 pub fn unmerge_adapter(model: &mut impl ProjectionHost) {
     for (_, proj) in model.projections_mut() {

@@ -12,18 +12,20 @@ pub mod error;
 pub mod format;
 mod ids;
 pub mod method;
+mod mode;
 pub mod projection;
 pub mod report;
 pub mod target;
 pub mod virtual_tokens;
 
 pub use adapters::{
-    active_adapter, adapter_names, attach_adapter, disable_adapters, merge_adapter,
-    merge_and_unload, set_adapter, unload_adapter, unmerge_adapter, AttachReport,
+    active_adapter, active_adapter_merges, adapter_names, attach_adapter, disable_adapters,
+    merge_adapter, merge_and_unload, set_adapter, unload_adapter, unmerge_adapter, AttachReport,
 };
 pub use error::{PeftError, Result};
 pub use format::{load_adapter, save_adapter};
 pub use method::{Adapter, AdapterConfig};
+pub use mode::eval_mode;
 pub use projection::{ModelGeometry, Projection, ProjectionHost, WeightLayout};
 pub use report::{count_parameters, ParameterReport};
 pub use virtual_tokens::{PromptEncoder, VirtualTokens};

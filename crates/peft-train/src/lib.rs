@@ -224,16 +224,17 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     warnings.extend(report.warnings);
     let test = match test_before {
         Some(before) => {
-            // Scored with the adapter folded into a copy of the weights: the same function up
-            // to float rounding, and generation runs as fast as the base model's.
-            let mut merged = lm.valid();
-            peft_core::merge_and_unload(&mut merged, true)?;
-            let after = test
-                .score(
-                    &merged,
-                    "trained adapter (merged into a copy of the weights)",
-                )?
-                .expect("[test] is set");
+            // Scored with the adapter folded into a copy of the weights where the method
+            // merges: the same function up to float rounding, and generation runs as fast as
+            // the base model's.
+            let mut scored = lm.valid();
+            let what = if peft_core::active_adapter_merges(&scored) {
+                peft_core::merge_and_unload(&mut scored, true)?;
+                "trained adapter (merged into a copy of the weights)"
+            } else {
+                "trained adapter"
+            };
+            let after = test.score(&scored, what)?.expect("[test] is set");
             let scores = TestScores { before, after };
             let json = serde_json::to_string_pretty(&scores).expect("scores serialise");
             peft_core::format::write_atomic(&out.join(TestScores::FILE), json.as_bytes())?;

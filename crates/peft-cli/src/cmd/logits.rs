@@ -1,5 +1,6 @@
 //! `peft-cli logits`: the parity tool. Reads `input_ids` and `attention_mask` (i64,
-//! `[batch, seq]`) from a safetensors file and writes `logits` (f32, `[batch, seq, vocab]`); with
+//! `[batch, seq]`) from a safetensors file and writes `logits` (f32, `[batch, seq, vocab]`; with a
+//! prompt-tuning adapter `[batch, virtual + seq, vocab]`, the virtual tokens first, as PEFT returns them); with
 //! `--grads`, also `loss` and the gradient of every adapter tensor.
 
 use std::collections::BTreeMap;
@@ -23,7 +24,8 @@ pub struct Args {
     /// seq]`, right-padded; without a mask every position counts as a token).
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
-    /// Where to write the safetensors file with `logits` (f32 `[batch, seq, vocab]`).
+    /// Where to write the safetensors file with `logits` (f32 `[batch, seq, vocab]`; with a
+    /// prompt-tuning adapter `[batch, virtual + seq, vocab]`, the virtual tokens first).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// Also compute the causal-LM loss against `labels` (i64 `[batch, seq]` in the input file,
@@ -92,11 +94,12 @@ pub fn run(args: Args) -> Result<()> {
         None
     };
     let (loaded, device) = args.model.load(args.grads)?;
-    loaded
-        .model
+    // Dropout off, as PEFT's reference gradients are taken in eval mode.
+    let model = peft_core::eval_mode(loaded.model);
+    model
         .check_input(ids.values.iter().copied(), ids.shape[1])
         .with_context(|| format!("input file {}", args.input.display()))?;
-    let logits = loaded.model.forward(
+    let logits = model.forward(
         upload(&ids, &device),
         mask.as_ref().map(|m| upload(m, &device)).as_ref(),
         None,
@@ -106,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
         let loss = causal_lm_loss(logits.clone(), upload(labels, &device));
         let grads = loss.backward();
         outputs.insert("loss".to_string(), FileTensor::read(loss.detach())?);
-        for (key, grad) in adapter_tensors(&loaded.model, ADAPTER_NAME, Some(&grads))? {
+        for (key, grad) in adapter_tensors(&model, ADAPTER_NAME, Some(&grads))? {
             outputs.insert(format!("grad.{key}"), grad);
         }
     }
