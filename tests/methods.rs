@@ -357,7 +357,7 @@ fn bottleneck_gradients_agree_with_finite_differences() {
             6,
             "down, up (weights, biases) and the layer norm"
         );
-        let eps = 1e-2f32;
+        let eps = 5e-2f32;
         for (name, value) in &values {
             let grad = &analytic[&format!("base_model.model.{module}.{name}")];
             // A unit direction with entries ±1/√n in a fixed pattern.
@@ -366,29 +366,35 @@ fn bottleneck_gradients_agree_with_finite_differences() {
                 .map(|i| if (i * 7 + 3) % 5 < 2 { -1.0 } else { 1.0 })
                 .map(|d| d / (n as f32).sqrt())
                 .collect();
-            let along = |sign: f32| {
-                let mut shifted = values.clone();
-                let t = shifted.get_mut(name).unwrap();
-                for (x, d) in t.data.iter_mut().zip(&direction) {
-                    *x += sign * eps * d;
-                }
-                shifted
+            let mut quotient = |h: f32| {
+                let along = |step: f32| {
+                    let mut shifted = values.clone();
+                    let t = shifted.get_mut(name).unwrap();
+                    for (x, d) in t.data.iter_mut().zip(&direction) {
+                        *x += step * d;
+                    }
+                    shifted
+                };
+                set_bottleneck(&mut loaded, &module, &along(h));
+                let up = loss(&loaded, case, &device);
+                set_bottleneck(&mut loaded, &module, &along(-h));
+                let down = loss(&loaded, case, &device);
+                set_bottleneck(&mut loaded, &module, &values);
+                (up - down) / (2.0 * f64::from(h))
             };
-            set_bottleneck(&mut loaded, &module, &along(1.0));
-            let up = loss(&loaded, case, &device);
-            set_bottleneck(&mut loaded, &module, &along(-1.0));
-            let down = loss(&loaded, case, &device);
-            set_bottleneck(&mut loaded, &module, &values);
-            let numeric = (up - down) / (2.0 * f64::from(eps));
+            // Richardson extrapolation of two central differences: error O(h⁴).
+            let numeric = (4.0 * quotient(eps / 2.0) - quotient(eps)) / 3.0;
             let exact: f64 = grad
                 .data
                 .iter()
                 .zip(&direction)
                 .map(|(g, d)| f64::from(g * d))
                 .sum();
-            let rel = (numeric - exact).abs() / exact.abs().max(1e-3);
+            // f32 rounding of a loss near 6 bounds what a difference quotient can resolve:
+            // a few 1e-5 absolute at these steps.
+            let error = (numeric - exact).abs();
             assert!(
-                rel <= 2e-2,
+                error <= 1e-2 * exact.abs() + 5e-5,
                 "{case} {module}.{name}: finite difference {numeric:e} vs gradient {exact:e}"
             );
         }
