@@ -1167,3 +1167,45 @@ fn every_method_runs_through_every_command() {
         }
     }
 }
+
+#[test]
+fn a_prefix_trained_through_its_mlp_resumes_on_the_folded_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = training_data(dir.path());
+    let out = dir.path().join("run");
+    let flags = [
+        "--method",
+        "prefix",
+        "--prefix-projection",
+        "--virtual-tokens",
+        "4",
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "2",
+    ];
+    let first = train_cli(&data, &out, &flags);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let resumed = peft_cli(&[
+        "train",
+        "--resume",
+        path_str(&out),
+        "--max-steps",
+        "4",
+        "--backend",
+        "ndarray",
+    ]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("folded prefix"), "{stderr}");
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("resumed from step 2"));
+    // The folded prefix moved on from the checkpoint it resumed from.
+    assert_ne!(
+        fixture_logits(&out.join("final"), dir.path()),
+        fixture_logits(&out.join("checkpoint-2"), dir.path())
+    );
+}

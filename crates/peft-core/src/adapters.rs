@@ -171,7 +171,14 @@ fn attach_prompt_encoder(
             )))
         }
     };
-    let encoder = with_stable_ids(encoder, &format!("{name}/prompt_encoder"));
+    // A prefix trained through the MLP is saved folded, so a run resumed from a checkpoint
+    // trains the folded table: its ids must differ from the MLP's embedding, whose optimizer
+    // state has another shape.
+    let scope = match &encoder {
+        PromptEncoder::Prefix(p) if p.transform.is_some() => format!("{name}/prompt_encoder/mlp"),
+        _ => format!("{name}/prompt_encoder"),
+    };
+    let encoder = with_stable_ids(encoder, &scope);
     let len = encoder.len();
     model
         .virtual_tokens_mut()

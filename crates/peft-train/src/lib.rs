@@ -300,8 +300,14 @@ fn attach(
 ) -> Result<peft_core::AdapterConfig> {
     match resume_from {
         Some((_, dir)) => {
-            peft_core::load_adapter(lm, ADAPTER_NAME, dir)?;
-            Ok(peft_core::format::load_config(dir)?)
+            let config = peft_core::load_adapter(lm, ADAPTER_NAME, dir)?;
+            if matches!(&config, peft_core::AdapterConfig::PrefixTuning(c) if c.prefix_projection) {
+                eprintln!(
+                    "note: checkpoints hold the prefix with its MLP folded in (as PEFT saves it); \
+                     training continues on the folded prefix with fresh optimizer state for it"
+                );
+            }
+            Ok(config)
         }
         None => {
             let mut adapter = config.method.adapter_config();
