@@ -13,6 +13,8 @@ use crate::method::prompt::{
 use crate::projection::ProjectionHost;
 
 /// A prompt-learning adapter.
+// One per attached adapter, never in a hot collection: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum PromptEncoder {
     /// Prefix tuning.
