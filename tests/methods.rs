@@ -489,3 +489,44 @@ fn ia3_merges_into_biased_conv1d_projections_and_unmerges() {
     assert_eq!(shape("attn.c_attn"), vec![3 * hidden, 1]);
     assert_eq!(shape("mlp.c_proj"), vec![1, 4 * hidden]);
 }
+
+#[test]
+fn configs_that_cannot_work_are_refused_by_field() {
+    let device = Device::flex();
+    let refuse = |json: serde_json::Value, field: &str| {
+        let err = AdapterConfig::from_json(&json).unwrap_err().to_string();
+        assert!(err.contains(field), "{json}: {err}");
+    };
+    refuse(
+        serde_json::json!({"peft_type": "IA3", "target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]}),
+        "feedforward_modules",
+    );
+    refuse(
+        serde_json::json!({"peft_type": "BOTTLENECK", "reduction_factor": 0}),
+        "reduction_factor",
+    );
+    refuse(
+        serde_json::json!({"peft_type": "BOTTLENECK", "non_linearity": "softsign"}),
+        "non_linearity",
+    );
+    refuse(
+        serde_json::json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4, "prompt_tuning_init": "TEXT"}),
+        "prompt_tuning_init_text",
+    );
+    refuse(
+        serde_json::json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 0}),
+        "num_virtual_tokens",
+    );
+
+    // PEFT's LLaMA prefix on GPT-2: the key/value width does not fit; the message names the
+    // field, both values and the file, and nothing is attached.
+    let mut gpt2 = base("gpt2-base", &device);
+    let dir = case_dir("llama-prefix").join("adapter");
+    let err = load_adapter(&mut gpt2.model, "default", &dir)
+        .unwrap_err()
+        .to_string();
+    for needle in ["token_dim", "is 32", "needs 64", "adapter_config.json"] {
+        assert!(err.contains(needle), "{err}");
+    }
+    assert!(peft_core::adapter_names(&gpt2.model).is_empty());
+}

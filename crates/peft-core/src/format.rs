@@ -174,13 +174,18 @@ pub fn load_config(dir: &Path) -> Result<AdapterConfig> {
         path: path.clone(),
         source,
     })?;
-    AdapterConfig::from_json(&value).map_err(|e| match e {
+    AdapterConfig::from_json(&value).map_err(|e| in_file(e, &path))
+}
+
+/// A config error with the file it came from appended to its message.
+fn in_file(e: PeftError, path: &Path) -> PeftError {
+    match e {
         PeftError::Config { field, message } => PeftError::Config {
             field,
             message: format!("{message} (in {})", path.display()),
         },
         other => other,
-    })
+    }
 }
 
 /// Loads the PEFT adapter in `dir` onto `model` under `name` (activated when no other adapter
@@ -204,7 +209,8 @@ pub fn load_adapter(
         path: path.clone(),
         message: format!("unreadable safetensors: {e}"),
     })?;
-    crate::adapters::attach(model, name, &config, true)?;
+    crate::adapters::attach(model, name, &config, true)
+        .map_err(|e| in_file(e, &dir.join(CONFIG_FILE)))?;
     let result = fill_from_file(model, name, &file, &path);
     if result.is_err() {
         // Leave the model as it was before the failed load.
