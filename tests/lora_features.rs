@@ -49,16 +49,6 @@ fn logits(loaded: &LoadedModel) -> Vec<f32> {
     )
 }
 
-fn adapted_modules(loaded: &LoadedModel) -> Vec<String> {
-    loaded
-        .model
-        .projections()
-        .into_iter()
-        .filter(|(_, p)| !p.adapters.is_empty())
-        .map(|(k, _)| k)
-        .collect()
-}
-
 #[test]
 fn all_linear_adapts_every_projection_but_the_head() {
     let mut m = base("llama-base");

@@ -229,16 +229,6 @@ fn generation_with_virtual_tokens_uses_the_cache_correctly() {
     }
 }
 
-fn adapted(loaded: &LoadedModel) -> Vec<String> {
-    loaded
-        .model
-        .projections()
-        .into_iter()
-        .filter(|(_, p)| !p.adapters.is_empty())
-        .map(|(k, _)| k)
-        .collect()
-}
-
 fn bottleneck(variant: BottleneckVariant, init: bool) -> AdapterConfig {
     AdapterConfig::Bottleneck(BottleneckConfig {
         variant,
@@ -284,7 +274,11 @@ fn houlsby_and_pfeiffer_place_adapters_after_different_blocks() {
             let mut loaded = base(case, &device);
             let before = logits(&loaded, case, &device);
             attach(&mut loaded, &bottleneck(variant, true));
-            assert_eq!(adapted(&loaded), paths(&suffixes), "{case} {variant:?}");
+            assert_eq!(
+                adapted_modules(&loaded),
+                paths(&suffixes),
+                "{case} {variant:?}"
+            );
             // The up-projection starts at zero: the adapter is the identity.
             let err = max_diff(
                 &logits(&loaded, case, &device),
@@ -332,7 +326,7 @@ fn bottleneck_gradients_agree_with_finite_differences() {
     for case in BASES {
         let mut loaded = base(case, &device);
         attach(&mut loaded, &bottleneck(BottleneckVariant::Houlsby, false));
-        let module = adapted(&loaded)[0].clone();
+        let module = adapted_modules(&loaded)[0].clone();
         let expected = Expected::load(case);
         let (ids, mask) = inputs(case, &device);
         let labels = int_tensor(&expected.i64("labels"), &device);
@@ -419,7 +413,7 @@ fn bottleneck_round_trip_and_format() {
         assert_eq!(json["reduction_factor"], 4);
         assert_eq!(json["non_linearity"], "gelu");
         assert_eq!(json["ln_before"], true);
-        let module = adapted(&loaded)[0].clone();
+        let module = adapted_modules(&loaded)[0].clone();
         let width = loaded.model.geometry().hidden_size;
         let shapes = saved_shapes(dir.path());
         let key = |name: &str| format!("base_model.model.{module}.{name}");
@@ -458,7 +452,7 @@ fn ia3_merges_into_biased_conv1d_projections_and_unmerges() {
             "mlp.c_proj".into()
         ]))
     );
-    let modules = adapted(&loaded);
+    let modules = adapted_modules(&loaded);
     assert_eq!(modules.len(), 2 * loaded.model.geometry().num_layers);
     let vocab = loaded.model.vocab_size();
     let adapted_logits = logits(&loaded, "gpt2-base", &device);

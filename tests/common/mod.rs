@@ -150,3 +150,15 @@ pub fn ndarray_device() -> Device {
 pub fn wgpu_device() -> Device {
     Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
 }
+
+/// The modules of `loaded` that have an adapter attached, in model order.
+pub fn adapted_modules(loaded: &peft_models::LoadedModel) -> Vec<String> {
+    use peft_core::ProjectionHost;
+    loaded
+        .model
+        .projections()
+        .into_iter()
+        .filter(|(_, p)| !p.adapters.is_empty())
+        .map(|(k, _)| k)
+        .collect()
+}
