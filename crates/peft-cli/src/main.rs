@@ -24,7 +24,7 @@ enum Command {
     /// Compute logits (and with --grads the loss and adapter gradients) for token ids read from
     /// a safetensors file, and write them to another.
     Logits(cmd::logits::Args),
-    /// Train an adapter (LoRA, DoRA) on a frozen base model from a TOML configuration and/or
+    /// Train an adapter (LoRA, DoRA, IA3, prefix or prompt tuning, bottleneck) on a frozen base model from a TOML configuration and/or
     /// flags; saves checkpoints, metrics.jsonl and the final adapter in PEFT's format.
     Train(Box<cmd::train::Args>),
     /// Score a model (and adapter) on a JSONL file: loss, perplexity, exact match of greedy
@@ -32,6 +32,10 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Merge an adapter into the model's weights and write a plain Hugging Face model folder.
     Merge(cmd::merge::Args),
+    /// Benchmark one training configuration (random weights of a real architecture's shape) and
+    /// print one JSON row: step time, tokens/s, forward and generation speed, peak memory,
+    /// parameters, adapter size. `cargo xtask bench` runs every combination.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Merge(args) => cmd::merge::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Train(args) => cmd::train::run(*args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,8 +29,13 @@ impl ModelConfig {
             "model config",
             "config.json from a Hugging Face model folder",
         )?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and validates the text of a `config.json`; `path` names it in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+            serde_json::from_str(text).map_err(|source| ModelError::Json {
                 path: path.to_path_buf(),
                 source,
             })?;

@@ -28,6 +28,6 @@ mod virtual_input;
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use export::save_hf_folder;
-pub use load::{load_model, LoadedModel};
+pub use load::{load_model, random_model, LoadedModel};
 pub use model::CausalLm;
 pub use tokenizer::TextTokenizer;

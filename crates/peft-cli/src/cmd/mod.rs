@@ -1,5 +1,6 @@
 //! One module per subcommand, and the options they share.
 
+pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

@@ -98,6 +98,16 @@ pub(crate) fn build(
     Ok(model)
 }
 
+/// A model of `config`'s architecture with random weights on `device`: real shapes without a
+/// checkpoint, for benchmarks.
+pub fn random_model(config: &ModelConfig, device: &Device) -> Result<CausalLm> {
+    let mut loader = WeightLoader::random(device);
+    Ok(match config {
+        ModelConfig::Llama(c) => CausalLm::Llama(Llama::load(c, &mut loader)?),
+        ModelConfig::Gpt2(c) => CausalLm::Gpt2(Gpt2::load(c, &mut loader)?),
+    })
+}
+
 fn open_weights(dir: &Path) -> Result<SafetensorsWeights> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");

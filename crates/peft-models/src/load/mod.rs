@@ -7,7 +7,7 @@ mod safetensors;
 mod weights;
 
 pub use self::safetensors::SafetensorsWeights;
-pub use hf::{load_model, LoadedModel};
+pub use hf::{load_model, random_model, LoadedModel};
 /// Opens `path` and maps it read-only; "not found" becomes [`ModelError::MissingFile`] with
 /// `what` and `expected`.
 pub(crate) fn map_file(

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{ModelError, Result};
@@ -38,7 +38,32 @@ pub struct WeightLoader<'a> {
     device: Device,
     used: BTreeSet<String>,
     progress: ProgressBar,
+    random: bool,
 }
+
+/// The source of [`WeightLoader::random`]: holds nothing.
+struct NoWeights;
+
+impl WeightSource for NoWeights {
+    fn describe(&self) -> String {
+        "random weights".into()
+    }
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn shape(&self, _: &str) -> Option<Vec<usize>> {
+        None
+    }
+    fn stored_bytes(&self, _: &str) -> u64 {
+        0
+    }
+    fn read_f32(&self, name: &str) -> Result<HostTensor> {
+        Err(ModelError::InvalidInput(format!("{name}: a random model has no stored tensors")))
+    }
+}
+
+/// Half-width of the uniform distribution random weights are drawn from (GPT-2's init scale).
+const RANDOM_SCALE: f64 = 0.02;
 
 /// Checkpoints are only worth a progress bar above this size.
 const PROGRESS_MIN_BYTES: u64 = 64 << 20;
@@ -64,7 +89,28 @@ impl<'a> WeightLoader<'a> {
             device: device.clone(),
             used: BTreeSet::new(),
             progress,
+            random: false,
         }
+    }
+
+    /// A loader that makes every tensor up, drawn on `device` (benchmarks: real shapes
+    /// without a download). The architecture's code asks for names and shapes as when loading.
+    pub fn random(device: &Device) -> WeightLoader<'static> {
+        WeightLoader {
+            source: &NoWeights,
+            device: device.clone(),
+            used: BTreeSet::new(),
+            progress: ProgressBar::hidden(),
+            random: true,
+        }
+    }
+
+    /// A random frozen tensor of `shape`, when this loader makes tensors up.
+    fn made_up<const D: usize>(&self, shape: [usize; D]) -> Option<Param<Tensor<D>>> {
+        self.random.then(|| {
+            let dist = Distribution::Uniform(-RANDOM_SCALE, RANDOM_SCALE);
+            frozen(Tensor::random(shape, dist, &self.device))
+        })
     }
 
     /// Whether the source holds `name`.
@@ -97,12 +143,18 @@ impl<'a> WeightLoader<'a> {
 
     /// A 1-D parameter of length `len`.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<1>>> {
+        if let Some(p) = self.made_up([len]) {
+            return Ok(p);
+        }
         let t = self.host(name, &[len])?;
         Ok(frozen(self.upload(t.data, [len])))
     }
 
     /// A 2-D parameter stored as `[rows, cols]` and kept in that layout (embeddings, Conv1D).
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Param<Tensor<2>>> {
+        if let Some(p) = self.made_up([rows, cols]) {
+            return Ok(p);
+        }
         let t = self.host(name, &[rows, cols])?;
         Ok(frozen(self.upload(t.data, [rows, cols])))
     }
@@ -114,6 +166,9 @@ impl<'a> WeightLoader<'a> {
         d_in: usize,
         d_out: usize,
     ) -> Result<Param<Tensor<2>>> {
+        if let Some(p) = self.made_up([d_in, d_out]) {
+            return Ok(p);
+        }
         let t = self.host(name, &[d_out, d_in])?;
         Ok(Param::from_tensor(
             self.upload(transpose(&t.data, d_out, d_in), [d_in, d_out]),

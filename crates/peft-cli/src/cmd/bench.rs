@@ -1,0 +1,424 @@
+//! `peft-cli bench`: one benchmark row — a model of a real architecture's shape with random
+//! weights, one PEFT method (or full fine-tuning), one backend — printed as one line of JSON.
+//! `cargo xtask bench` runs it for every combination (each in its own process, so that peak
+//! memory is the row's own) and makes the tables and the chart; on a machine without a Rust
+//! toolchain the same binary runs the rows.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
+use burn::train::Learner;
+use peft_core::{ParameterReport, ProjectionHost};
+use peft_models::generate::{generate, SamplingConfig};
+use peft_models::{random_model, CausalLm, ModelConfig};
+use peft_train::batch::LmBatch;
+use peft_train::clip::average_and_clip;
+use peft_train::config::{MethodSection, Schedule};
+use peft_train::model::{OptimizerSnapshot, TrainableLm};
+use peft_train::schedule::WarmupSchedule;
+use serde::Serialize;
+
+use super::method::MethodArg;
+use crate::backend::{self, BackendChoice};
+
+/// Options of `bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Model shape (random weights, nothing is downloaded): tiny (the test fixtures' LLaMA),
+    /// gpt2-124m, smollm2-135m, llama-1b (Llama 3.2 1B).
+    #[arg(long, value_enum, default_value_t = Preset::Tiny)]
+    model: Preset,
+    /// `full` fine-tuning (every weight trained), or a PEFT method with its default targets.
+    #[arg(long, value_enum, default_value_t = BenchMethod::Lora)]
+    method: BenchMethod,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first (JIT compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// LoRA/DoRA rank (alpha is twice the rank).
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Float type of weights and compute.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+    /// New tokens for the generation measurement (0 skips it).
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// The device's peak dense throughput in TFLOP/s for this dtype, to report model FLOP
+    /// utilisation (left out when not given).
+    #[arg(long, value_name = "TFLOPS")]
+    peak_tflops: Option<f64>,
+}
+
+/// Benchmark model shapes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize)]
+pub enum Preset {
+    /// The fixtures' LLaMA: 2 layers, hidden 64, GQA 4/2, vocabulary 384.
+    #[serde(rename = "tiny")]
+    Tiny,
+    /// GPT-2 small: 12 layers, hidden 768, vocabulary 50257.
+    #[value(name = "gpt2-124m")]
+    #[serde(rename = "gpt2-124m")]
+    Gpt2_124m,
+    /// SmolLM2-135M: LLaMA, 30 layers, hidden 576, GQA 9/3, vocabulary 49152, tied.
+    #[value(name = "smollm2-135m")]
+    #[serde(rename = "smollm2-135m")]
+    Smollm2_135m,
+    /// Llama 3.2 1B: 16 layers, hidden 2048, GQA 32/8, vocabulary 128256, tied.
+    #[value(name = "llama-1b")]
+    #[serde(rename = "llama-1b")]
+    Llama1b,
+}
+
+impl Preset {
+    /// The architecture's `config.json`.
+    fn config_json(self) -> &'static str {
+        match self {
+            Self::Tiny => {
+                r#"{"model_type":"llama","hidden_size":64,"intermediate_size":160,
+                "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+                "vocab_size":384,"max_position_embeddings":2048,"rms_norm_eps":1e-6,
+                "tie_word_embeddings":false}"#
+            }
+            Self::Gpt2_124m => {
+                r#"{"model_type":"gpt2","n_embd":768,"n_layer":12,"n_head":12,
+                "vocab_size":50257,"n_positions":1024,"activation_function":"gelu_new"}"#
+            }
+            Self::Smollm2_135m => {
+                r#"{"model_type":"llama","hidden_size":576,"intermediate_size":1536,
+                "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,
+                "vocab_size":49152,"max_position_embeddings":8192,"rms_norm_eps":1e-5,
+                "rope_theta":100000,"tie_word_embeddings":true}"#
+            }
+            Self::Llama1b => {
+                r#"{"model_type":"llama","hidden_size":2048,"intermediate_size":8192,
+                "num_hidden_layers":16,"num_attention_heads":32,"num_key_value_heads":8,
+                "head_dim":64,"vocab_size":128256,"max_position_embeddings":131072,
+                "rms_norm_eps":1e-5,"rope_theta":500000,"tie_word_embeddings":true,
+                "rope_scaling":{"rope_type":"llama3","factor":32.0,"low_freq_factor":1.0,
+                "high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#
+            }
+        }
+    }
+}
+
+/// `full` or a PEFT method.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMethod {
+    /// Every weight trained.
+    Full,
+    /// LoRA.
+    Lora,
+    /// DoRA.
+    Dora,
+    /// Prefix tuning (20 virtual tokens).
+    Prefix,
+    /// Prompt tuning (20 virtual tokens).
+    Prompt,
+    /// IA3.
+    Ia3,
+    /// Houlsby bottleneck adapters.
+    Houlsby,
+    /// Pfeiffer bottleneck adapters.
+    Pfeiffer,
+}
+
+/// `--dtype`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// One benchmark row, as `cargo xtask bench` collects it.
+#[derive(Debug, Serialize)]
+struct Row {
+    backend: String,
+    device: String,
+    model: Preset,
+    method: BenchMethod,
+    batch: usize,
+    seq: usize,
+    dtype: Dtype,
+    steps: usize,
+    step_ms_median: f64,
+    step_ms_min: f64,
+    step_ms_max: f64,
+    tokens_per_s: f64,
+    forward_tokens_per_s: f64,
+    generate_tokens_per_s: Option<f64>,
+    mfu: Option<f64>,
+    peak_mem_bytes: u64,
+    peak_mem_kind: &'static str,
+    trainable_params: usize,
+    total_params: usize,
+    adapter_bytes: u64,
+}
+
+/// Runs the row and prints it as one line of JSON on stdout.
+pub fn run(args: Args) -> Result<()> {
+    if args.steps == 0 || args.batch == 0 || args.seq < 2 {
+        bail!("--steps and --batch must be at least 1 and --seq at least 2");
+    }
+    let selected = backend::select(args.backend)?;
+    eprintln!("backend: {}", selected.description);
+    let mut device = selected.device;
+    if let Some(dtype) = match args.dtype {
+        Dtype::F32 => None,
+        Dtype::F16 => Some(FloatDType::F16),
+        Dtype::Bf16 => Some(FloatDType::BF16),
+    } {
+        if !device.supports_dtype(dtype) {
+            bail!(
+                "{} does not compute in {:?}; use --dtype f32 there",
+                selected.description,
+                args.dtype
+            );
+        }
+        device
+            .configure(dtype)
+            .map_err(|e| anyhow::anyhow!("cannot set the float type: {e:?}"))?;
+    }
+    let config = ModelConfig::from_json(args.model.config_json(), Path::new("(preset)"))?;
+    let train_device = device.clone().autodiff();
+    train_device.seed(0);
+    let mut lm = random_model(&config, &train_device)?;
+    let adapter = attach(&mut lm, &args)?;
+    let mut parameters = ParameterReport::of(&lm);
+    if adapter.is_none() {
+        parameters.trainable = parameters.total;
+    }
+    let matmul_params = matmul_parameters(&lm);
+
+    let batch = random_batch(&args, lm.vocab_size(), &train_device);
+    let model = TrainableLm {
+        lm,
+        snapshot: OptimizerSnapshot::default(),
+    };
+    let total = args.warmup + args.steps;
+    let schedule = WarmupSchedule::new(1e-4, 0, total, Schedule::Constant, 0);
+    let mut learner = Learner::new(model, peft_train::adamw(0.0).init(), schedule);
+    let mut step_ms = Vec::with_capacity(args.steps);
+    let mut device_peak = None;
+    for step in 0..total {
+        let start = Instant::now();
+        let output = learner.train_step(batch.clone());
+        let (grads, _) = average_and_clip(&learner.model(), output.grads, 1, 0.0);
+        learner.lr_step();
+        learner.optimizer_step(grads);
+        sync(&device)?;
+        if step >= args.warmup {
+            step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        if let Some(usage) = device.memory_pool_usage() {
+            device_peak = Some(device_peak.unwrap_or(0).max(usage.bytes_reserved));
+        }
+    }
+    let trained = learner.model().lm;
+    let tokens = (args.batch * args.seq) as f64;
+    let median = median(&mut step_ms);
+    let tokens_per_s = tokens / (median / 1e3);
+    // Training FLOPs per token: forward 2N, input gradients 2N, weight gradients 2N for the
+    // weights that train (N = parameters in matrix multiplications; attention scores left out).
+    let flops_per_token = if args.method == BenchMethod::Full { 6.0 } else { 4.0 } * matmul_params;
+    let mfu = args
+        .peak_tflops
+        .map(|peak| flops_per_token * tokens_per_s / (peak * 1e12));
+
+    let inference = trained.valid();
+    let forward_tokens_per_s = forward_speed(&inference, &batch, &args, &device)?;
+    let generate_tokens_per_s = match args.gen_tokens {
+        0 => None,
+        n => Some(generation_speed(&inference, n, &device)?),
+    };
+    let adapter_bytes = match &adapter {
+        Some(config) => saved_adapter_bytes(&trained, config)?,
+        None => (parameters.total * bytes_per_float(args.dtype)) as u64,
+    };
+    let (peak_mem_bytes, peak_mem_kind) = match device_peak {
+        Some(bytes) => (bytes, "device pool reserved"),
+        None => (process_peak_rss()?, "process peak RSS"),
+    };
+    let row = Row {
+        backend: format!("{:?}", args.backend).to_lowercase(),
+        device: selected.description,
+        model: args.model,
+        method: args.method,
+        batch: args.batch,
+        seq: args.seq,
+        dtype: args.dtype,
+        steps: args.steps,
+        step_ms_median: median,
+        step_ms_min: step_ms.first().copied().unwrap_or(median),
+        step_ms_max: step_ms.last().copied().unwrap_or(median),
+        tokens_per_s,
+        forward_tokens_per_s,
+        generate_tokens_per_s,
+        mfu,
+        peak_mem_bytes,
+        peak_mem_kind,
+        trainable_params: parameters.trainable,
+        total_params: parameters.total,
+        adapter_bytes,
+    };
+    println!("{}", serde_json::to_string(&row)?);
+    Ok(())
+}
+
+/// Attaches the method (full fine-tuning unfreezes every weight instead); returns the adapter
+/// config to save.
+fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<peft_core::AdapterConfig>> {
+    let name = match args.method {
+        BenchMethod::Full => {
+            *lm = lm.clone().unfreeze();
+            return Ok(None);
+        }
+        BenchMethod::Lora => MethodArg::Lora,
+        BenchMethod::Dora => MethodArg::Dora,
+        BenchMethod::Prefix => MethodArg::Prefix,
+        BenchMethod::Prompt => MethodArg::Prompt,
+        BenchMethod::Ia3 => MethodArg::Ia3,
+        BenchMethod::Houlsby => MethodArg::Houlsby,
+        BenchMethod::Pfeiffer => MethodArg::Pfeiffer,
+    };
+    let mut section = MethodSection {
+        rank: args.rank,
+        alpha: 2.0 * args.rank as f64,
+        dropout: 0.0,
+        ..MethodSection::default()
+    };
+    super::method::MethodFlags {
+        method: Some(name),
+        ..Default::default()
+    }
+    .apply(&mut section);
+    let config = section.adapter_config();
+    let report = peft_core::attach_adapter(lm, "default", &config)?;
+    Ok(Some(report.config))
+}
+
+/// Parameters of every projection (weights that take part in matrix multiplications).
+fn matmul_parameters(lm: &CausalLm) -> f64 {
+    lm.projections()
+        .iter()
+        .map(|(_, p)| (p.in_features() * p.out_features()) as f64)
+        .sum()
+}
+
+fn random_batch(args: &Args, vocab: usize, device: &Device) -> LmBatch {
+    let ids = Tensor::<2>::random(
+        [args.batch, args.seq],
+        Distribution::Uniform(0.0, vocab as f64),
+        device,
+    )
+    .int()
+    .clamp(0, vocab as i64 - 1);
+    LmBatch {
+        input_ids: ids.clone(),
+        attention_mask: Tensor::<2, Int>::ones([args.batch, args.seq], device),
+        labels: ids,
+        learned_tokens: args.batch * (args.seq - 1),
+        tokens: args.batch * args.seq,
+    }
+}
+
+fn sync(device: &Device) -> Result<()> {
+    device
+        .sync()
+        .map_err(|e| anyhow::anyhow!("device synchronisation failed: {e:?}"))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Forward-only tokens per second (inference mode), median of `steps` passes after warm-up.
+fn forward_speed(lm: &CausalLm, batch: &LmBatch, args: &Args, device: &Device) -> Result<f64> {
+    let ids = batch.input_ids.clone().inner();
+    let mask = batch.attention_mask.clone().inner();
+    let mut times = Vec::new();
+    for pass in 0..args.warmup + args.steps {
+        let start = Instant::now();
+        let logits = lm.forward(ids.clone(), Some(&mask), None);
+        drop(logits);
+        sync(device)?;
+        if pass >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok((args.batch * args.seq) as f64 / median(&mut times))
+}
+
+/// Greedy generation with the KV cache: new tokens per second after a 16-token prompt.
+fn generation_speed(lm: &CausalLm, new_tokens: usize, device: &Device) -> Result<f64> {
+    let prompt: Vec<u32> = (1..=16).collect();
+    let config = SamplingConfig {
+        max_new_tokens: new_tokens,
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: 0,
+        eos_token_ids: Vec::new(),
+    };
+    // One untimed run compiles and autotunes the shapes generation uses.
+    generate(lm, &prompt, &config, device, |_| Ok(()))?;
+    let start = Instant::now();
+    let produced = generate(lm, &prompt, &config, device, |_| Ok(()))?;
+    Ok(produced.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+fn bytes_per_float(dtype: Dtype) -> usize {
+    match dtype {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::Bf16 => 2,
+    }
+}
+
+/// Size of the adapter folder as `train` writes it.
+fn saved_adapter_bytes(lm: &CausalLm, config: &peft_core::AdapterConfig) -> Result<u64> {
+    let dir = tempfile::tempdir()?;
+    peft_core::save_adapter(lm, "default", config, dir.path())?;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir.path())? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
+}
+
+/// The process's peak resident memory (`VmHWM`), Linux only.
+fn process_peak_rss() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("peak memory needs /proc/self/status (Linux)")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmHWM line in /proc/self/status")?;
+    Ok(kib * 1024)
+}
