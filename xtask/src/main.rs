@@ -4,19 +4,25 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
 mod dataset;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   lint      cargo fmt --check and cargo clippy --all-targets -D warnings, as CI runs them
-  dataset   regenerate datasets/order-extraction (seeded; the shipped files are its output)";
+  dataset   regenerate datasets/order-extraction (seeded; the shipped files are its output)
+  bench     every backend, model and method side by side (cargo xtask bench --help)";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1);
     match task.as_deref() {
         Some("lint") => lint(),
         Some("dataset") => dataset::generate(&workspace_root()),
+        Some("bench") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            bench::run(&workspace_root(), &args)
+        }
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())

@@ -62,6 +62,9 @@ pub struct Args {
     /// utilisation (left out when not given).
     #[arg(long, value_name = "TFLOPS")]
     peak_tflops: Option<f64>,
+    /// Print the model's `config.json` (what other tools need to build the same shape) and stop.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// Benchmark model shapes.
@@ -177,6 +180,11 @@ struct Row {
 
 /// Runs the row and prints it as one line of JSON on stdout.
 pub fn run(args: Args) -> Result<()> {
+    if args.print_config {
+        let config: serde_json::Value = serde_json::from_str(args.model.config_json())?;
+        println!("{config}");
+        return Ok(());
+    }
     if args.steps == 0 || args.batch == 0 || args.seq < 2 {
         bail!("--steps and --batch must be at least 1 and --seq at least 2");
     }
@@ -240,7 +248,11 @@ pub fn run(args: Args) -> Result<()> {
     let tokens_per_s = tokens / (median / 1e3);
     // Training FLOPs per token: forward 2N, input gradients 2N, weight gradients 2N for the
     // weights that train (N = parameters in matrix multiplications; attention scores left out).
-    let flops_per_token = if args.method == BenchMethod::Full { 6.0 } else { 4.0 } * matmul_params;
+    let flops_per_token = if args.method == BenchMethod::Full {
+        6.0
+    } else {
+        4.0
+    } * matmul_params;
     let mfu = args
         .peak_tflops
         .map(|peak| flops_per_token * tokens_per_s / (peak * 1e12));

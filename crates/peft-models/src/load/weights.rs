@@ -58,7 +58,9 @@ impl WeightSource for NoWeights {
         0
     }
     fn read_f32(&self, name: &str) -> Result<HostTensor> {
-        Err(ModelError::InvalidInput(format!("{name}: a random model has no stored tensors")))
+        Err(ModelError::InvalidInput(format!(
+            "{name}: a random model has no stored tensors"
+        )))
     }
 }
 

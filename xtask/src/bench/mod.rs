@@ -1,0 +1,330 @@
+//! `cargo xtask bench`: builds `peft-cli` for the chosen backends, runs `peft-cli bench` once per
+//! backend × model × method (each in its own process, so peak memory is the row's own), adds
+//! transformers + PEFT's speed on the same shapes with `--compare-hf`, and writes
+//! `target/bench/<timestamp>.json`, `latest.json`, a markdown table and an SVG chart.
+
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+const USAGE: &str = "usage: cargo xtask bench [options]
+
+  --backends LIST   ndarray,flex,wgpu,cuda                 [default: ndarray,flex,wgpu]
+  --models LIST     tiny,gpt2-124m,smollm2-135m,llama-1b   [default: tiny,smollm2-135m]
+  --methods LIST    full,lora,dora,prefix,prompt,ia3,houlsby,pfeiffer [default: full,lora]
+  --batch B         sequences per step                     [default: 4]
+  --seq T           tokens per sequence                    [default: 128]
+  --steps N         timed steps                            [default: 5]
+  --warmup N        untimed steps first (JIT, autotune)    [default: 2]
+  --rank R          LoRA/DoRA rank (alpha = 2R)            [default: 16]
+  --dtype D         f32 | f16 | bf16                       [default: f32]
+  --peak-tflops F   the device's peak TFLOP/s, to report model FLOP utilisation
+  --compare-hf      also time transformers + PEFT (needs python3 with torch, transformers, peft)
+  --hf-device D     torch device for --compare-hf          [default: cuda for cuda rows, else cpu]
+  --quick           --steps 2 --warmup 1 --seq 64 --gen-tokens 8
+  --peft-cli PATH   use this peft-cli binary instead of building one
+  --rows FILE       only render: read rows (one JSON object per line, as `peft-cli bench`
+                    prints them) and write the JSON, table and chart";
+
+/// What to run.
+#[derive(Debug)]
+struct Plan {
+    backends: Vec<String>,
+    models: Vec<String>,
+    methods: Vec<String>,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    warmup: usize,
+    rank: usize,
+    dtype: String,
+    gen_tokens: usize,
+    peak_tflops: Option<f64>,
+    compare_hf: bool,
+    hf_device: Option<String>,
+    peft_cli: Option<PathBuf>,
+    rows: Option<PathBuf>,
+}
+
+impl Plan {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut plan = Plan {
+            backends: list("ndarray,flex,wgpu"),
+            models: list("tiny,smollm2-135m"),
+            methods: list("full,lora"),
+            batch: 4,
+            seq: 128,
+            steps: 5,
+            warmup: 2,
+            rank: 16,
+            dtype: "f32".into(),
+            gen_tokens: 32,
+            peak_tflops: None,
+            compare_hf: false,
+            hf_device: None,
+            peft_cli: None,
+            rows: None,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || {
+                it.next()
+                    .cloned()
+                    .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
+            };
+            let number = |v: String| -> Result<usize> {
+                v.parse()
+                    .with_context(|| format!("{flag}: {v:?} is not a whole number"))
+            };
+            match flag.as_str() {
+                "--backends" => plan.backends = list(&value()?),
+                "--models" => plan.models = list(&value()?),
+                "--methods" => plan.methods = list(&value()?),
+                "--batch" => plan.batch = number(value()?)?,
+                "--seq" => plan.seq = number(value()?)?,
+                "--steps" => plan.steps = number(value()?)?,
+                "--warmup" => plan.warmup = number(value()?)?,
+                "--rank" => plan.rank = number(value()?)?,
+                "--dtype" => plan.dtype = value()?,
+                "--peak-tflops" => {
+                    let v = value()?;
+                    plan.peak_tflops = Some(
+                        v.parse()
+                            .with_context(|| format!("--peak-tflops: {v:?} is not a number"))?,
+                    );
+                }
+                "--compare-hf" => plan.compare_hf = true,
+                "--hf-device" => plan.hf_device = Some(value()?),
+                "--quick" => {
+                    (plan.steps, plan.warmup, plan.seq, plan.gen_tokens) = (2, 1, 64, 8);
+                }
+                "--peft-cli" => plan.peft_cli = Some(PathBuf::from(value()?)),
+                "--rows" => plan.rows = Some(PathBuf::from(value()?)),
+                "--help" | "-h" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown option {other:?}\n\n{USAGE}"),
+            }
+        }
+        Ok(plan)
+    }
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Runs the benchmark as `args` (after `bench`) say.
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let plan = Plan::parse(args)?;
+    let out_dir = target_dir(root).join("bench");
+    let rows = match &plan.rows {
+        Some(file) => read_rows(file)?,
+        None => {
+            let cli = match &plan.peft_cli {
+                Some(path) => path.clone(),
+                None => build_cli(root, &plan.backends)?,
+            };
+            measure(&cli, &plan)?
+        }
+    };
+    if rows.is_empty() {
+        bail!("no benchmark row was produced");
+    }
+    report::write(&out_dir, &rows)
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// `cargo build --release -p peft-cli` with the features the backends need.
+fn build_cli(root: &Path, backends: &[String]) -> Result<PathBuf> {
+    let mut features = Vec::new();
+    for backend in backends {
+        match backend.as_str() {
+            "ndarray" | "flex" | "wgpu" => features.push(backend.clone()),
+            "cuda" => features.push("cuda".into()),
+            other => bail!("unknown backend {other:?}; expected ndarray, flex, wgpu or cuda"),
+        }
+    }
+    eprintln!(
+        "building peft-cli (release, features {}); the first build takes a while",
+        features.join(",")
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "peft-cli",
+            "--no-default-features",
+        ])
+        .args(["--features", &features.join(",")])
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("building peft-cli failed ({status})");
+    }
+    Ok(target_dir(root).join("release").join("peft-cli"))
+}
+
+/// Every row of the plan, with the HF columns when asked for.
+fn measure(cli: &Path, plan: &Plan) -> Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    let mut hf_cache: Vec<((String, String, String), Value)> = Vec::new();
+    for model in &plan.models {
+        for method in &plan.methods {
+            for backend in &plan.backends {
+                eprintln!("bench: {backend} {model} {method}");
+                let mut row = match bench_row(cli, plan, backend, model, method) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        eprintln!("  skipped: {e:#}");
+                        continue;
+                    }
+                };
+                if plan.compare_hf {
+                    let device = plan.hf_device.clone().unwrap_or_else(|| {
+                        if backend == "cuda" { "cuda" } else { "cpu" }.to_string()
+                    });
+                    let key = (model.clone(), method.clone(), device.clone());
+                    let hf = match hf_cache.iter().find(|(k, _)| *k == key) {
+                        Some((_, v)) => v.clone(),
+                        None => {
+                            let v = hf_row(cli, plan, model, method, &device)?;
+                            hf_cache.push((key, v.clone()));
+                            v
+                        }
+                    };
+                    merge_hf(&mut row, &hf);
+                }
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn bench_row(cli: &Path, plan: &Plan, backend: &str, model: &str, method: &str) -> Result<Value> {
+    let mut command = Command::new(cli);
+    command.args([
+        "bench",
+        "--backend",
+        backend,
+        "--model",
+        model,
+        "--method",
+        method,
+    ]);
+    for (flag, value) in [
+        ("--batch", plan.batch),
+        ("--seq", plan.seq),
+        ("--steps", plan.steps),
+        ("--warmup", plan.warmup),
+        ("--rank", plan.rank),
+        ("--gen-tokens", plan.gen_tokens),
+    ] {
+        command.args([flag, &value.to_string()]);
+    }
+    command.args(["--dtype", &plan.dtype]);
+    if let Some(peak) = plan.peak_tflops {
+        command.args(["--peak-tflops", &peak.to_string()]);
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {}", cli.display()))?;
+    if !output.status.success() {
+        bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let line = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(line.trim()).with_context(|| format!("peft-cli bench printed {line:?}"))
+}
+
+/// Times transformers + PEFT on the same configuration; `{"error": ...}` when it cannot.
+fn hf_row(cli: &Path, plan: &Plan, model: &str, method: &str, device: &str) -> Result<Value> {
+    let config = Command::new(cli)
+        .args(["bench", "--model", model, "--print-config"])
+        .output()
+        .context("cannot ask peft-cli for the model's config")?;
+    let dir = std::env::temp_dir().join(format!("burn-peft-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join(format!("{model}.json"));
+    std::fs::write(&config_path, &config.stdout)?;
+    let script = dir.join("hf_peft.py");
+    std::fs::write(&script, include_str!("hf_peft.py"))?;
+    eprintln!("  transformers + PEFT: {model} {method} on {device}");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(["--config", config_path.to_str().context("utf-8 temp path")?])
+        .args([
+            "--method",
+            method,
+            "--device",
+            device,
+            "--dtype",
+            &plan.dtype,
+        ])
+        .args([
+            "--batch",
+            &plan.batch.to_string(),
+            "--seq",
+            &plan.seq.to_string(),
+        ])
+        .args([
+            "--steps",
+            &plan.steps.to_string(),
+            "--warmup",
+            &plan.warmup.to_string(),
+        ])
+        .args(["--rank", &plan.rank.to_string()])
+        .output()
+        .context("cannot run python3 for --compare-hf")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let value: Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        json!({"error": format!("the HF script failed: {}", String::from_utf8_lossy(&output.stderr).trim())})
+    });
+    if let Some(error) = value.get("error") {
+        eprintln!("  --compare-hf: {}", error.as_str().unwrap_or_default());
+    }
+    Ok(value)
+}
+
+/// Adds the HF columns and the ratio burn-peft / HF to `row`.
+fn merge_hf(row: &mut Value, hf: &Value) {
+    let hf_tps = hf.get("hf_tokens_per_s").and_then(Value::as_f64);
+    let ours = row["tokens_per_s"].as_f64();
+    row["hf_tokens_per_s"] = json!(hf_tps);
+    row["hf_peak_mem_bytes"] = hf.get("hf_peak_mem_bytes").cloned().unwrap_or(Value::Null);
+    row["hf_versions"] = hf.get("hf_versions").cloned().unwrap_or(Value::Null);
+    row["hf_error"] = hf.get("error").cloned().unwrap_or(Value::Null);
+    row["ratio_vs_hf"] = match (ours, hf_tps) {
+        (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+        _ => Value::Null,
+    };
+}
+
+fn read_rows(file: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read rows from {}", file.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with('{'))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not JSON", file.display(), i + 1))
+        })
+        .collect()
+}

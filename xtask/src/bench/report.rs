@@ -1,0 +1,244 @@
+//! The benchmark's outputs: the rows as JSON, a markdown table, and an SVG chart of tokens/s and
+//! peak memory per method and backend. The chart is a few rectangles and labels written out
+//! directly; a plotting crate would bring a dependency tree for two bar charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+/// Writes `<timestamp>.{json,md,svg}` and `latest.{json,md,svg}` into `dir`.
+pub fn write(dir: &Path, rows: &[Value]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let stamp = utc_timestamp();
+    let json = serde_json::to_string_pretty(rows)?;
+    let table = markdown(rows);
+    let chart = svg(rows);
+    for name in [stamp.as_str(), "latest"] {
+        std::fs::write(dir.join(format!("{name}.json")), &json)?;
+        std::fs::write(dir.join(format!("{name}.md")), &table)?;
+        std::fs::write(dir.join(format!("{name}.svg")), &chart)?;
+    }
+    println!("{table}");
+    println!("wrote {}/{{{stamp},latest}}.{{json,md,svg}}", dir.display());
+    Ok(())
+}
+
+fn num(row: &Value, key: &str) -> Option<f64> {
+    row.get(key).and_then(Value::as_f64)
+}
+
+fn text<'a>(row: &'a Value, key: &str) -> &'a str {
+    row.get(key).and_then(Value::as_str).unwrap_or("?")
+}
+
+/// `1234567` → `1.2M`.
+fn human(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2}G", n / 1e9),
+        n if n >= 1e6 => format!("{:.1}M", n / 1e6),
+        n if n >= 1e3 => format!("{:.1}K", n / 1e3),
+        n => format!("{n:.0}"),
+    }
+}
+
+fn mib(bytes: Option<f64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.0}", b / (1024.0 * 1024.0)))
+}
+
+/// One line per row.
+fn markdown(rows: &[Value]) -> String {
+    let mut out = String::from(
+        "| backend | model | method | batch×seq | dtype | ms/step (min–max) | tokens/s | fwd tokens/s | gen tokens/s | MFU | peak MiB | trainable / total | adapter | HF tokens/s | burn/HF |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let opt = |key: &str, f: &dyn Fn(f64) -> String| num(r, key).map_or("-".into(), f);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {}×{} | {} | {:.1} ({:.1}–{:.1}) | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            text(r, "backend"),
+            text(r, "model"),
+            text(r, "method"),
+            num(r, "batch").unwrap_or(0.0),
+            num(r, "seq").unwrap_or(0.0),
+            text(r, "dtype"),
+            num(r, "step_ms_median").unwrap_or(f64::NAN),
+            num(r, "step_ms_min").unwrap_or(f64::NAN),
+            num(r, "step_ms_max").unwrap_or(f64::NAN),
+            opt("tokens_per_s", &|v| format!("{v:.0}")),
+            opt("forward_tokens_per_s", &|v| format!("{v:.0}")),
+            opt("generate_tokens_per_s", &|v| format!("{v:.1}")),
+            opt("mfu", &|v| format!("{:.1}%", 100.0 * v)),
+            mib(num(r, "peak_mem_bytes")),
+            human(num(r, "trainable_params").unwrap_or(0.0)),
+            human(num(r, "total_params").unwrap_or(0.0)),
+            opt("adapter_bytes", &|v| format!("{}B", human(v))),
+            opt("hf_tokens_per_s", &|v| format!("{v:.0}")),
+            opt("ratio_vs_hf", &|v| format!("{v:.2}×")),
+        );
+    }
+    out
+}
+
+/// Two panels of grouped bars (tokens/s, peak memory): one group per model and method, one
+/// bar per backend.
+fn svg(rows: &[Value]) -> String {
+    let mut groups: Vec<String> = Vec::new();
+    let mut backends: Vec<String> = Vec::new();
+    for r in rows {
+        let g = format!("{} {}", text(r, "model"), text(r, "method"));
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+        let b = text(r, "backend").to_string();
+        if !backends.contains(&b) {
+            backends.push(b);
+        }
+    }
+    const COLORS: [&str; 6] = [
+        "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
+    ];
+    let (bar, gap, left, panel_h, top) = (18.0, 24.0, 70.0, 220.0, 40.0);
+    let group_w = bar * backends.len() as f64 + gap;
+    let width = left + group_w * groups.len() as f64 + 20.0;
+    let height = top + 2.0 * (panel_h + 70.0) + 30.0;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        let x = left + 110.0 * i as f64;
+        let _ = writeln!(
+            out,
+            "<rect x=\"{x}\" y=\"10\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"20\">{b}</text>",
+            COLORS[i % COLORS.len()],
+            x + 16.0
+        );
+    }
+    let panels = [
+        ("training tokens/s", "tokens_per_s", 1.0),
+        (
+            "peak memory (MiB)",
+            "peak_mem_bytes",
+            1.0 / (1024.0 * 1024.0),
+        ),
+    ];
+    for (p, (title, key, scale)) in panels.iter().enumerate() {
+        let y0 = top + p as f64 * (panel_h + 70.0);
+        let base = y0 + panel_h;
+        let max = rows
+            .iter()
+            .filter_map(|r| num(r, key))
+            .map(|v| v * scale)
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let _ = writeln!(
+            out,
+            "<text x=\"{left}\" y=\"{}\" font-weight=\"bold\">{title}</text>\n\
+             <line x1=\"{left}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"black\"/>\n\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            y0 - 4.0,
+            width - 20.0,
+            left - 4.0,
+            y0 + 12.0,
+            human(max)
+        );
+        for (gi, g) in groups.iter().enumerate() {
+            let gx = left + group_w * gi as f64 + gap / 2.0;
+            for (bi, b) in backends.iter().enumerate() {
+                let Some(v) = rows
+                    .iter()
+                    .find(|r| {
+                        format!("{} {}", text(r, "model"), text(r, "method")) == *g
+                            && text(r, "backend") == b
+                    })
+                    .and_then(|r| num(r, key))
+                else {
+                    continue;
+                };
+                let h = (v * scale / max * (panel_h - 16.0)).max(1.0);
+                let x = gx + bar * bi as f64;
+                let _ = writeln!(
+                    out,
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"><title>{b} {g}: {}</title></rect>",
+                    base - h,
+                    bar - 2.0,
+                    COLORS[bi % COLORS.len()],
+                    human(v * scale)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{g}</text>",
+                gx + bar * backends.len() as f64 / 2.0,
+                base + 14.0
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC, from the system clock (civil date from days since 1970,
+/// Howard Hinnant's algorithm; no date crate for one file name).
+fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    format_utc(secs)
+}
+
+/// `secs` since 1970 as `YYYYMMDD-HHMMSS`.
+fn format_utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_civil_dates() {
+        assert_eq!(format_utc(0), "19700101-000000");
+        assert_eq!(format_utc(1_700_000_000), "20231114-221320");
+        assert_eq!(format_utc(951_782_400), "20000229-000000");
+    }
+
+    #[test]
+    fn table_and_chart_have_a_row_and_a_bar_per_measurement() {
+        let rows: Vec<Value> = ["flex", "wgpu"]
+            .iter()
+            .map(|b| {
+                serde_json::json!({"backend": b, "model": "tiny", "method": "lora", "batch": 4,
+                    "seq": 128, "dtype": "f32", "step_ms_median": 10.0, "step_ms_min": 9.0,
+                    "step_ms_max": 11.0, "tokens_per_s": 51200.0, "peak_mem_bytes": 1048576.0,
+                    "trainable_params": 7168, "total_params": 142656, "adapter_bytes": 30209,
+                    "ratio_vs_hf": 1.5})
+            })
+            .collect();
+        let table = markdown(&rows);
+        assert_eq!(table.lines().count(), 4, "{table}");
+        assert!(table.contains("| flex | tiny | lora | 4×128 |"), "{table}");
+        assert!(table.contains("1.50×"), "{table}");
+        let chart = svg(&rows);
+        // Two bars per panel, two panels, plus two legend squares.
+        assert_eq!(chart.matches("<rect x=").count(), 6, "{chart}");
+    }
+}
