@@ -328,3 +328,51 @@ fn read_rows(file: &Path) -> Result<Vec<Value>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options_override_defaults_and_quick_shortens_the_run() {
+        let plan = Plan::parse(&args(
+            "--backends flex,wgpu --methods lora --quick --rank 8",
+        ))
+        .unwrap();
+        assert_eq!(plan.backends, ["flex", "wgpu"]);
+        assert_eq!(plan.models, ["tiny", "smollm2-135m"]);
+        assert_eq!(plan.methods, ["lora"]);
+        assert_eq!(
+            (plan.steps, plan.warmup, plan.seq, plan.rank),
+            (2, 1, 64, 8)
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let err = Plan::parse(&args("--batch many")).unwrap_err().to_string();
+        assert!(err.contains("--batch") && err.contains("many"), "{err}");
+        let err = Plan::parse(&args("--fast")).unwrap_err().to_string();
+        assert!(err.contains("--fast"), "{err}");
+        let err = Plan::parse(&args("--steps")).unwrap_err().to_string();
+        assert!(err.contains("--steps needs a value"), "{err}");
+    }
+
+    #[test]
+    fn the_hf_ratio_is_ours_over_theirs() {
+        let mut row = json!({"tokens_per_s": 300.0});
+        merge_hf(
+            &mut row,
+            &json!({"hf_tokens_per_s": 200.0, "hf_peak_mem_bytes": 5}),
+        );
+        assert_eq!(row["ratio_vs_hf"], json!(1.5));
+        let mut row = json!({"tokens_per_s": 300.0});
+        merge_hf(&mut row, &json!({"error": "cannot import torch"}));
+        assert_eq!(row["ratio_vs_hf"], Value::Null);
+        assert_eq!(row["hf_error"], json!("cannot import torch"));
+    }
+}

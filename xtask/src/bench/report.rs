@@ -100,9 +100,10 @@ fn svg(rows: &[Value]) -> String {
     const COLORS: [&str; 6] = [
         "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
     ];
-    let (bar, gap, left, panel_h, top) = (18.0, 24.0, 70.0, 220.0, 40.0);
-    let group_w = bar * backends.len() as f64 + gap;
-    let width = left + group_w * groups.len() as f64 + 20.0;
+    let (bar, gap, left, panel_h, top) = (20.0, 40.0, 70.0, 220.0, 40.0);
+    let group_w = (bar * backends.len() as f64 + gap).max(100.0);
+    let legend_w = left + 110.0 * backends.len() as f64 + 20.0;
+    let width = (left + group_w * groups.len() as f64 + 20.0).max(legend_w);
     let height = top + 2.0 * (panel_h + 70.0) + 30.0;
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
@@ -169,12 +170,15 @@ fn svg(rows: &[Value]) -> String {
                     human(v * scale)
                 );
             }
-            let _ = writeln!(
-                out,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{g}</text>",
-                gx + bar * backends.len() as f64 / 2.0,
-                base + 14.0
-            );
+            // Model above method, so that long model names do not run into the next group.
+            let center = gx + bar * backends.len() as f64 / 2.0;
+            for (line, word) in g.splitn(2, ' ').enumerate() {
+                let _ = writeln!(
+                    out,
+                    "<text x=\"{center:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{word}</text>",
+                    base + 14.0 + 13.0 * line as f64
+                );
+            }
         }
     }
     out.push_str("</svg>\n");
