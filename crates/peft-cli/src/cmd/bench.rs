@@ -302,6 +302,15 @@ pub fn run(args: Args) -> Result<()> {
 fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<peft_core::AdapterConfig>> {
     let name = match args.method {
         BenchMethod::Full => {
+            // The tied head is a contiguous copy of the embedding under the embedding's id
+            // (fast inference); trained, the two would share optimizer state of different
+            // shapes, so full fine-tuning trains the head as its own copy.
+            for (key, projection) in lm.projections_mut() {
+                if key == "lm_head" {
+                    let weight = projection.base.weight.val();
+                    projection.base.weight = burn::module::Param::from_tensor(weight);
+                }
+            }
             *lm = lm.clone().unfreeze();
             return Ok(None);
         }
