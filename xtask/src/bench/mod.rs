@@ -21,6 +21,7 @@ const USAGE: &str = "usage: cargo xtask bench [options]
   --steps N         timed steps                            [default: 5]
   --warmup N        untimed steps first (JIT, autotune)    [default: 2]
   --rank R          LoRA/DoRA rank (alpha = 2R)            [default: 16]
+  --gen-tokens N    new tokens for the generation speed    [default: 32]
   --dtype D         f32 | f16 | bf16                       [default: f32]
   --peak-tflops F   the device's peak TFLOP/s, to report model FLOP utilisation
   --compare-hf      also time transformers + PEFT (needs python3 with torch, transformers, peft)
@@ -89,6 +90,7 @@ impl Plan {
                 "--steps" => plan.steps = number(value()?)?,
                 "--warmup" => plan.warmup = number(value()?)?,
                 "--rank" => plan.rank = number(value()?)?,
+                "--gen-tokens" => plan.gen_tokens = number(value()?)?,
                 "--dtype" => plan.dtype = value()?,
                 "--peak-tflops" => {
                     let v = value()?;
