@@ -21,6 +21,8 @@ use peft_train::model::{OptimizerSnapshot, TrainableLm};
 use peft_train::schedule::WarmupSchedule;
 use serde::Serialize;
 
+use clap::ValueEnum;
+
 use super::method::MethodArg;
 use crate::backend::{self, BackendChoice};
 
@@ -34,8 +36,9 @@ pub struct Args {
     /// gpt2-124m, smollm2-135m, llama-1b (Llama 3.2 1B).
     #[arg(long, value_enum, default_value_t = Preset::Tiny)]
     model: Preset,
-    /// `full` fine-tuning (every weight trained), or a PEFT method with its default targets.
-    #[arg(long, value_enum, default_value_t = BenchMethod::Lora)]
+    /// `full` fine-tuning (every weight trained), or a PEFT method (lora, dora, prefix, prompt,
+    /// ia3, houlsby, pfeiffer) with its default targets.
+    #[arg(long, default_value = "lora", value_parser = parse_method)]
     method: BenchMethod,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
@@ -119,26 +122,24 @@ impl Preset {
     }
 }
 
-/// `full` or a PEFT method.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BenchMethod {
-    /// Every weight trained.
-    Full,
-    /// LoRA.
-    Lora,
-    /// DoRA.
-    Dora,
-    /// Prefix tuning (20 virtual tokens).
-    Prefix,
-    /// Prompt tuning (20 virtual tokens).
-    Prompt,
-    /// IA3.
-    Ia3,
-    /// Houlsby bottleneck adapters.
-    Houlsby,
-    /// Pfeiffer bottleneck adapters.
-    Pfeiffer,
+/// `full` (`None`) or a PEFT method.
+type BenchMethod = Option<MethodArg>;
+
+fn parse_method(text: &str) -> Result<BenchMethod, String> {
+    match text {
+        "full" => Ok(None),
+        other => MethodArg::from_str(other, true).map(Some).map_err(|_| {
+            format!("{other:?} is not full, lora, dora, prefix, prompt, ia3, houlsby or pfeiffer")
+        }),
+    }
+}
+
+/// The method's name in rows.
+fn method_name(method: BenchMethod) -> String {
+    method.map_or("full".into(), |m| {
+        m.to_possible_value()
+            .map_or_else(|| format!("{m:?}"), |v| v.get_name().to_string())
+    })
 }
 
 /// `--dtype`.
@@ -159,7 +160,7 @@ struct Row {
     backend: String,
     device: String,
     model: Preset,
-    method: BenchMethod,
+    method: String,
     batch: usize,
     seq: usize,
     dtype: Dtype,
@@ -248,11 +249,7 @@ pub fn run(args: Args) -> Result<()> {
     let tokens_per_s = tokens / (median / 1e3);
     // Training FLOPs per token: forward 2N, input gradients 2N, weight gradients 2N for the
     // weights that train (N = parameters in matrix multiplications; attention scores left out).
-    let flops_per_token = if args.method == BenchMethod::Full {
-        6.0
-    } else {
-        4.0
-    } * matmul_params;
+    let flops_per_token = if args.method.is_none() { 6.0 } else { 4.0 } * matmul_params;
     let mfu = args
         .peak_tflops
         .map(|peak| flops_per_token * tokens_per_s / (peak * 1e12));
@@ -275,7 +272,7 @@ pub fn run(args: Args) -> Result<()> {
         backend: format!("{:?}", args.backend).to_lowercase(),
         device: selected.description,
         model: args.model,
-        method: args.method,
+        method: method_name(args.method),
         batch: args.batch,
         seq: args.seq,
         dtype: args.dtype,
@@ -300,27 +297,18 @@ pub fn run(args: Args) -> Result<()> {
 /// Attaches the method (full fine-tuning unfreezes every weight instead); returns the adapter
 /// config to save.
 fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<peft_core::AdapterConfig>> {
-    let name = match args.method {
-        BenchMethod::Full => {
-            // The tied head is a contiguous copy of the embedding under the embedding's id
-            // (fast inference); trained, the two would share optimizer state of different
-            // shapes, so full fine-tuning trains the head as its own copy.
-            for (key, projection) in lm.projections_mut() {
-                if key == "lm_head" {
-                    let weight = projection.base.weight.val();
-                    projection.base.weight = burn::module::Param::from_tensor(weight);
-                }
+    let Some(name) = args.method else {
+        // The tied head is a contiguous copy of the embedding under the embedding's id
+        // (fast inference); trained, the two would share optimizer state of different
+        // shapes, so full fine-tuning trains the head as its own copy.
+        for (key, projection) in lm.projections_mut() {
+            if key == "lm_head" {
+                let weight = projection.base.weight.val();
+                projection.base.weight = burn::module::Param::from_tensor(weight);
             }
-            *lm = lm.clone().unfreeze();
-            return Ok(None);
         }
-        BenchMethod::Lora => MethodArg::Lora,
-        BenchMethod::Dora => MethodArg::Dora,
-        BenchMethod::Prefix => MethodArg::Prefix,
-        BenchMethod::Prompt => MethodArg::Prompt,
-        BenchMethod::Ia3 => MethodArg::Ia3,
-        BenchMethod::Houlsby => MethodArg::Houlsby,
-        BenchMethod::Pfeiffer => MethodArg::Pfeiffer,
+        *lm = lm.clone().unfreeze();
+        return Ok(None);
     };
     let mut section = MethodSection {
         rank: args.rank,
