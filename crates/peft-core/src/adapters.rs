@@ -7,10 +7,11 @@ use regex::Regex;
 
 use crate::error::{PeftError, Result};
 use crate::ids::with_stable_ids;
+use crate::method::prompt::PrefixEncoder;
 use crate::method::AdapterConfig;
 use crate::projection::ProjectionHost;
 use crate::target::TargetModules;
-use crate::virtual_tokens::{new_prefix, new_prompt, NamedPromptEncoder, PromptEncoder};
+use crate::virtual_tokens::{new_prompt, NamedPromptEncoder, PromptEncoder};
 
 /// What attaching touched.
 #[derive(Debug, Clone)]
@@ -159,7 +160,7 @@ fn attach_prompt_encoder(
         .ok_or_else(|| PeftError::State("the model has no projections".into()))?;
     let encoder = match config {
         AdapterConfig::PrefixTuning(c) => {
-            PromptEncoder::Prefix(new_prefix(c, placeholder, &device))
+            PromptEncoder::Prefix(PrefixEncoder::new(c, placeholder, &device))
         }
         AdapterConfig::PromptTuning(c) => {
             PromptEncoder::Prompt(new_prompt(c, model, placeholder, &device)?)

@@ -7,9 +7,7 @@ use burn::tensor::{Device, Distribution, Gradients, Tensor};
 
 use crate::error::{PeftError, Result};
 use crate::format::{FileTensor, TensorReader};
-use crate::method::prompt::{
-    PrefixEncoder, PrefixTuningConfig, PromptEmbedding, PromptInit, PromptTuningConfig,
-};
+use crate::method::prompt::{PrefixEncoder, PromptEmbedding, PromptInit, PromptTuningConfig};
 use crate::projection::ProjectionHost;
 
 /// A prompt-learning adapter.
@@ -131,15 +129,6 @@ impl VirtualTokens {
     pub fn active_len(&self) -> usize {
         self.active().map_or(0, PromptEncoder::len)
     }
-}
-
-/// A prefix encoder for a resolved config; `placeholder` skips initialisation (a file fills it).
-pub fn new_prefix(
-    config: &PrefixTuningConfig,
-    placeholder: bool,
-    device: &Device,
-) -> PrefixEncoder {
-    PrefixEncoder::new(config, placeholder, device)
 }
 
 /// Prompt-tuning embeddings for a resolved config, initialised as PEFT initialises them:

@@ -59,15 +59,6 @@ impl CausalLm {
         }
     }
 
-    /// Leading positions of the logits that belong to the active adapter's virtual tokens on
-    /// a first pass (prompt tuning), not to the input.
-    pub fn virtual_positions(&self) -> usize {
-        match self.virtual_tokens().active() {
-            Some(peft_core::PromptEncoder::Prompt(p)) => p.len(),
-            _ => 0,
-        }
-    }
-
     /// Vocabulary size (columns of the logits).
     pub fn vocab_size(&self) -> usize {
         match self {
