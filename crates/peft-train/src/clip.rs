@@ -30,6 +30,9 @@ pub fn average_and_clip<M: Module>(
     let norm = Tensor::cat(squares.parts, 0).sum().sqrt() * inverse;
     let factor = if max_norm > 0.0 {
         (norm.clone().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0) * inverse
+    } else if micro_batches == 1 {
+        // Nothing to scale: skip a pass over every gradient.
+        return (grads, Some(norm));
     } else {
         norm.zeros_like().add_scalar(inverse)
     };

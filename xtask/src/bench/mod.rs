@@ -23,7 +23,7 @@ const USAGE: &str = "usage: cargo xtask bench [options]
   --rank R          LoRA/DoRA rank (alpha = 2R)            [default: 16]
   --gen-tokens N    new tokens for the generation speed    [default: 32]
   --dtype D         f32 | f16 | bf16                       [default: f32]
-  --peak-tflops F   the device's peak TFLOP/s, to report model FLOP utilisation
+  --peak-tflops F   the device's peak TFLOP/s for MFU (known NVIDIA GPUs are looked up)
   --compare-hf      also time transformers + PEFT (needs python3 with torch, transformers, peft)
   --hf-device D     torch device for --compare-hf          [default: cuda for cuda rows, else cpu]
   --quick           --steps 2 --warmup 1 --seq 64 --gen-tokens 8

@@ -67,14 +67,14 @@ fn mib(bytes: Option<f64>) -> String {
 /// One line per row.
 fn markdown(rows: &[Value]) -> String {
     let mut out = String::from(
-        "| backend | model | method | batch×seq | dtype | ms/step (min–max) | tokens/s | fwd tokens/s | gen tokens/s | MFU | peak MiB | trainable / total | adapter | HF tokens/s | burn/HF |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| backend | model | method | batch×seq | dtype | ms/step (min–max) | tokens/s | fwd tokens/s | gen tokens/s | MFU | peak MiB | trainable / total | adapter | HF tokens/s | HF peak MiB | burn/HF |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let opt = |key: &str, f: &dyn Fn(f64) -> String| num(r, key).map_or("-".into(), f);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {}×{} | {} | {:.1} ({:.1}–{:.1}) | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {}×{} | {} | {:.1} ({:.1}–{:.1}) | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
             text(r, "backend"),
             text(r, "model"),
             text(r, "method"),
@@ -93,6 +93,7 @@ fn markdown(rows: &[Value]) -> String {
             human(num(r, "total_params").unwrap_or(0.0)),
             opt("adapter_bytes", &|v| format!("{}B", human(v))),
             opt("hf_tokens_per_s", &|v| format!("{v:.0}")),
+            mib(num(r, "hf_peak_mem_bytes")),
             opt("ratio_vs_hf", &|v| format!("{v:.2}×")),
         );
     }

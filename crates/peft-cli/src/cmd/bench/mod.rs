@@ -4,6 +4,8 @@
 //! memory is the row's own) and makes the tables and the chart; on a machine without a Rust
 //! toolchain the same binary runs the rows.
 
+mod peak;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -62,7 +64,9 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     gen_tokens: usize,
     /// The device's peak dense throughput in TFLOP/s for this dtype, to report model FLOP
-    /// utilisation (left out when not given).
+    /// utilisation. Known NVIDIA GPUs (H200, H100, A100, L40S, A10, RTX 4090/3090) are looked
+    /// up by name (datasheet FP32, or BF16/FP16 tensor-core peak); elsewhere MFU is left out
+    /// unless this is given.
     #[arg(long, value_name = "TFLOPS")]
     peak_tflops: Option<f64>,
     /// Print the model's `config.json` (what other tools need to build the same shape) and stop.
@@ -172,6 +176,7 @@ struct Row {
     forward_tokens_per_s: f64,
     generate_tokens_per_s: Option<f64>,
     mfu: Option<f64>,
+    peak_tflops: Option<f64>,
     peak_mem_bytes: u64,
     peak_mem_kind: &'static str,
     trainable_params: usize,
@@ -250,9 +255,10 @@ pub fn run(args: Args) -> Result<()> {
     // Training FLOPs per token: forward 2N, input gradients 2N, weight gradients 2N for the
     // weights that train (N = parameters in matrix multiplications; attention scores left out).
     let flops_per_token = if args.method.is_none() { 6.0 } else { 4.0 } * matmul_params;
-    let mfu = args
+    let peak_tflops = args
         .peak_tflops
-        .map(|peak| flops_per_token * tokens_per_s / (peak * 1e12));
+        .or_else(|| peak::known_peak_tflops(&selected.description, args.dtype));
+    let mfu = peak_tflops.map(|peak| flops_per_token * tokens_per_s / (peak * 1e12));
 
     let inference = trained.valid();
     let forward_tokens_per_s = forward_speed(&inference, &batch, &args, &device)?;
@@ -284,6 +290,7 @@ pub fn run(args: Args) -> Result<()> {
         forward_tokens_per_s,
         generate_tokens_per_s,
         mfu,
+        peak_tflops,
         peak_mem_bytes,
         peak_mem_kind,
         trainable_params: parameters.trainable,
