@@ -292,8 +292,10 @@ fn hf_row(cli: &Path, plan: &Plan, model: &str, method: &str, device: &str) -> R
             &plan.warmup.to_string(),
         ])
         .args(["--rank", &plan.rank.to_string()])
-        .output()
-        .context("cannot run python3 for --compare-hf")?;
+        .output();
+    // The config and the script were only for this run.
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = output.context("cannot run python3 for --compare-hf")?;
     let text = String::from_utf8_lossy(&output.stdout);
     let value: Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
         json!({"error": format!("the HF script failed: {}", String::from_utf8_lossy(&output.stderr).trim())})
