@@ -87,8 +87,9 @@ impl Projection {
     }
 
     /// An output head that reuses an embedding `[vocab, hidden]` as its `[hidden, vocab]` weight
-    /// (tied embeddings): the same parameter id, so it is counted once, and a transposed view of
-    /// the same memory rather than a copy.
+    /// (tied embeddings): the same parameter id, so it is counted once. The weight is a
+    /// contiguous copy of the transpose, made once here; training the embedding therefore does
+    /// not update this head (`peft-cli bench --method full` gives the head its own id).
     pub fn tied_to(embedding: &Param<Tensor<2>>) -> Self {
         // A contiguous copy of the transpose: CPU backends multiply by a strided view of a
         // 49k x 576 embedding far more slowly (they copy it on every call).
