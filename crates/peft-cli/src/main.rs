@@ -24,8 +24,9 @@ enum Command {
     /// Compute logits (and with --grads the loss and adapter gradients) for token ids read from
     /// a safetensors file, and write them to another.
     Logits(cmd::logits::Args),
-    /// Train an adapter (LoRA, DoRA, IA3, prefix or prompt tuning, bottleneck) on a frozen base model from a TOML configuration and/or
-    /// flags; saves checkpoints, metrics.jsonl and the final adapter in PEFT's format.
+    /// Train an adapter (LoRA, DoRA, IA3, prefix or prompt tuning, bottleneck) on a frozen base
+    /// model from a TOML configuration and/or flags; saves checkpoints, metrics.jsonl and the
+    /// final adapter in PEFT's format.
     Train(Box<cmd::train::Args>),
     /// Score a model (and adapter) on a JSONL file: loss, perplexity, exact match of greedy
     /// answers, and the wrong answers next to the expected ones.

@@ -129,16 +129,27 @@ pub fn train(config: &TrainConfig, device: &Device, resume: bool) -> Result<Trai
     }
     let plain_log = !std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut warnings = Vec::new();
-    if t.lr < LOWEST_USEFUL_LR {
-        let warning = format!(
-            "learning rate {} is far below what LoRA needs (typically 1e-4 to 1e-3); the \
-             adapter will barely move",
-            t.lr
-        );
+    let mut warn = |warning: String| {
         if plain_log {
             eprintln!("warning: {warning}");
         }
         warnings.push(warning);
+    };
+    if t.lr < LOWEST_USEFUL_LR {
+        warn(format!(
+            "learning rate {} is far below what LoRA needs (typically 1e-4 to 1e-3); the \
+             adapter will barely move",
+            t.lr
+        ));
+    }
+    if resume_from.is_some()
+        && matches!(&adapter_config, peft_core::AdapterConfig::PrefixTuning(c) if c.prefix_projection)
+    {
+        warn(
+            "checkpoints hold the prefix with its MLP folded in (as PEFT saves it); training \
+             continues on the folded prefix with fresh optimizer state for it"
+                .into(),
+        );
     }
 
     let plan = BatchPlan::new(train_examples.len(), t.batch_size, t.seed);
@@ -299,16 +310,7 @@ fn attach(
     resume_from: Option<&(TrainerState, PathBuf)>,
 ) -> Result<peft_core::AdapterConfig> {
     match resume_from {
-        Some((_, dir)) => {
-            let config = peft_core::load_adapter(lm, ADAPTER_NAME, dir)?;
-            if matches!(&config, peft_core::AdapterConfig::PrefixTuning(c) if c.prefix_projection) {
-                eprintln!(
-                    "note: checkpoints hold the prefix with its MLP folded in (as PEFT saves it); \
-                     training continues on the folded prefix with fresh optimizer state for it"
-                );
-            }
-            Ok(config)
-        }
+        Some((_, dir)) => Ok(peft_core::load_adapter(lm, ADAPTER_NAME, dir)?),
         None => {
             let mut adapter = config.method.adapter_config();
             tokenize_init_text(&mut adapter, tokenizer)?;

@@ -84,7 +84,8 @@ def main():
             times.append((time.perf_counter() - start) * 1e3)
     median = statistics.median(times)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
+        # Reserved, as burn-peft's rows report its device pool's reserved bytes.
+        peak = torch.cuda.max_memory_reserved(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({

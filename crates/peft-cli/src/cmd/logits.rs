@@ -1,7 +1,7 @@
 //! `peft-cli logits`: the parity tool. Reads `input_ids` and `attention_mask` (i64,
-//! `[batch, seq]`) from a safetensors file and writes `logits` (f32, `[batch, seq, vocab]`; with a
-//! prompt-tuning adapter `[batch, virtual + seq, vocab]`, the virtual tokens first, as PEFT returns them); with
-//! `--grads`, also `loss` and the gradient of every adapter tensor.
+//! `[batch, seq]`) from a safetensors file and writes `logits` (f32, `[batch, seq, vocab]`; with
+//! a prompt-tuning adapter `[batch, virtual + seq, vocab]`, the virtual tokens first, as PEFT
+//! returns them); with `--grads`, also `loss` and the gradient of every adapter tensor.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
