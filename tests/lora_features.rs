@@ -8,7 +8,8 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use common::*;
-use peft_core::format::{adapter_tensors, load_adapter, load_config, save_adapter};
+use peft_core::adapter_folder::{adapter_tensors, load_adapter, load_config, save_adapter};
+use peft_core::method::common::TargetFields;
 use peft_core::method::lora::{LoraConfig, LoraInit};
 use peft_core::target::TargetModules;
 use peft_core::{
@@ -29,7 +30,10 @@ fn lora(targets: TargetModules) -> LoraConfig {
     LoraConfig {
         r: 4,
         lora_alpha: 8.0,
-        target_modules: Some(targets),
+        targets: TargetFields {
+            target_modules: Some(targets),
+            ..TargetFields::default()
+        },
         init_lora_weights: LoraInit::Default(false),
         ..LoraConfig::default()
     }
@@ -124,7 +128,7 @@ fn rank_pattern_and_alpha_pattern_override_per_module() {
 fn modules_to_save_trains_a_full_copy_that_round_trips() {
     let mut m = base("llama-base");
     let mut config = lora(names(&["q_proj"]));
-    config.modules_to_save = Some(vec!["lm_head".into()]);
+    config.targets.modules_to_save = Some(vec!["lm_head".into()]);
     let config = AdapterConfig::Lora(config);
     let report = attach_adapter(&mut m.model, "default", &config).unwrap();
     assert_eq!(report.saved, vec!["lm_head".to_string()]);

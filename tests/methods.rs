@@ -11,10 +11,11 @@ use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
 use common::*;
-use peft_core::format::{adapter_tensors, load_adapter, save_adapter, FileTensor};
+use peft_core::adapter_folder::{adapter_tensors, load_adapter, save_adapter};
 use peft_core::method::bottleneck::{BottleneckConfig, BottleneckVariant, NonLinearity};
 use peft_core::method::ia3::Ia3Config;
 use peft_core::method::prompt::{PromptInit, PromptTuningConfig};
+use peft_core::HostTensor;
 use peft_core::{
     attach_adapter, disable_adapters, merge_adapter, set_adapter, unmerge_adapter, Adapter,
     AdapterConfig, ProjectionHost,
@@ -116,8 +117,10 @@ fn prompt_tuning_is_the_base_model_on_prompt_then_input_embeddings() {
             "{case}: logits for 5 virtual tokens come first"
         );
 
-        let prompt = match loaded.model.virtual_tokens().active() {
-            Some(peft_core::PromptEncoder::Prompt(p)) => p.embeddings(batch),
+        let prompt = match loaded.model.model_adapters().active() {
+            Some(adapter @ peft_core::ModelAdapter::PromptTuning(_)) => {
+                adapter.prompt(batch).unwrap()
+            }
             other => panic!("{case}: prompt tuning not active: {other:?}"),
         };
         disable_adapters(&mut loaded.model);
@@ -171,7 +174,7 @@ fn prompt_tuning_text_init_repeats_the_texts_token_embeddings() {
     attach(&mut loaded, &AdapterConfig::PromptTuning(config));
     let start =
         adapter_tensors(&loaded.model, "default", None).unwrap()["prompt_embeddings"].clone();
-    let expected = FileTensor::read(loaded.model.embed_ids(&[7, 9, 7, 9, 7])).unwrap();
+    let expected = HostTensor::read(loaded.model.embed_ids(&[7, 9, 7, 9, 7])).unwrap();
     assert_eq!(start, expected);
 
     // Without token ids the text cannot be used: an error naming the field, nothing attached.
@@ -305,13 +308,13 @@ fn loss(loaded: &LoadedModel, case: &str, device: &Device) -> f64 {
 }
 
 /// Replaces the tensors of the bottleneck adapter on `module` by `tensors`.
-fn set_bottleneck(loaded: &mut LoadedModel, module: &str, tensors: &BTreeMap<String, FileTensor>) {
+fn set_bottleneck(loaded: &mut LoadedModel, module: &str, tensors: &BTreeMap<String, HostTensor>) {
     for (key, proj) in loaded.model.projections_mut() {
         if key != module {
             continue;
         }
         let adapter = &mut proj.adapters[0].adapter;
-        let mut read = |name: &str, _: &[usize]| -> peft_core::Result<FileTensor> {
+        let mut read = |name: &str, _: &[usize]| -> peft_core::Result<HostTensor> {
             Ok(tensors[name].clone())
         };
         adapter.load_file_tensors(&mut read).unwrap();
@@ -333,13 +336,13 @@ fn bottleneck_gradients_agree_with_finite_differences() {
         let loss_t = causal_lm_loss(loaded.model.forward(ids, Some(&mask), None), labels);
         let grads = loss_t.backward();
         let analytic = adapter_tensors(&loaded.model, "default", Some(&grads)).unwrap();
-        let values: BTreeMap<String, FileTensor> = loaded
+        let values: BTreeMap<String, HostTensor> = loaded
             .model
             .projections()
             .into_iter()
             .find(|(k, _)| *k == module)
             .map(|(_, p)| match &p.adapters[0].adapter {
-                Adapter::Bottleneck(b) => b.file_tensors(None).unwrap(),
+                adapter @ Adapter::Bottleneck(_) => adapter.file_tensors(None).unwrap(),
                 other => panic!("not a bottleneck adapter: {other:?}"),
             })
             .unwrap()

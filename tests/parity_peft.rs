@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::Device;
 use common::*;
-use peft_core::format::{adapter_tensors, load_adapter, save_adapter};
+use peft_core::adapter_folder::{adapter_tensors, load_adapter, save_adapter};
 use peft_core::{disable_adapters, merge_adapter, set_adapter, unmerge_adapter, ParameterReport};
 use peft_models::generate::{generate, SamplingConfig};
 use peft_models::loss::causal_lm_loss;
@@ -216,7 +216,7 @@ fn check_cached_greedy_is_argmax(
 fn check_round_trip(case: &str, device: &Device) {
     let loaded = load_peft(case, device);
     let dir = tempfile::tempdir().unwrap();
-    let config = peft_core::format::load_config(&case_dir(case).join("adapter")).unwrap();
+    let config = peft_core::adapter_folder::load_config(&case_dir(case).join("adapter")).unwrap();
     save_adapter(&loaded.model, "default", &config, dir.path()).unwrap();
 
     let theirs = std::fs::read(case_dir(case).join("adapter/adapter_model.safetensors")).unwrap();

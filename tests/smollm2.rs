@@ -13,9 +13,9 @@
 mod common;
 
 use burn::tensor::Device;
-use peft_models::config::ModelConfig;
-use peft_models::load::{ensure_named_model, named_model};
+use peft_fetch::{ensure_named_model, named_model};
 use peft_models::load_model;
+use peft_models::ModelConfig;
 
 const REFERENCE: &[(&str, &[u32])] = &[
     (

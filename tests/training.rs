@@ -13,14 +13,14 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::train::Learner;
 use common::*;
-use peft_core::format::adapter_tensors;
+use peft_core::adapter_folder::adapter_tensors;
 use peft_core::load_adapter;
 use peft_models::{load_model, CausalLm};
 use peft_train::batch::LmBatch;
-use peft_train::clip::average_and_clip;
-use peft_train::config::Schedule;
-use peft_train::model::{OptimizerSnapshot, TrainableLm};
+use peft_train::config::{LoraOptions, MethodSection, Schedule};
+use peft_train::model::TrainableLm;
 use peft_train::schedule::WarmupSchedule;
+use peft_train::step::optimizer_step;
 use peft_train::{adamw, train, TrainConfig};
 
 /// Bits of every parameter outside the adapters, by module path.
@@ -72,8 +72,11 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
     c.model.path = Some(case_dir("llama-base").join("base"));
     c.data.train = Some(data.to_path_buf());
     // The fixture's LM head is small and random: adapting it lets a tiny model memorise.
-    c.method.target = vec!["q_proj".into(), "v_proj".into(), "lm_head".into()];
-    c.method.dropout = 0.0;
+    c.method = MethodSection::Lora(LoraOptions {
+        target: vec!["q_proj".into(), "v_proj".into(), "lm_head".into()],
+        dropout: 0.0,
+        ..LoraOptions::default()
+    });
     c.training.lr = 1e-2;
     c.training.schedule = Schedule::Constant;
     c.training.batch_size = 3;
@@ -130,7 +133,7 @@ fn lora_training_lowers_the_loss_and_moves_only_the_adapter() {
 
 #[test]
 fn every_method_trains_on_gpt2_and_llama_with_falling_loss() {
-    use peft_train::config::{Method, MethodSection};
+    use peft_train::config::{BottleneckOptions, Ia3Options, Method, PrefixOptions, PromptOptions};
     let device = burn::tensor::Device::flex();
     let methods = [
         Method::Lora,
@@ -153,13 +156,29 @@ fn every_method_trains_on_gpt2_and_llama_with_falling_loss() {
             );
             let (_dir, mut config) = setup();
             config.model.path = Some(case_dir(case).join("base"));
-            config.method = MethodSection {
-                name: method,
-                virtual_tokens: 4,
-                prefix_projection: projection,
-                reduction_factor: 4,
+            let lora = LoraOptions {
                 dropout: 0.0,
-                ..MethodSection::default()
+                ..LoraOptions::default()
+            };
+            let bottleneck = BottleneckOptions {
+                reduction_factor: 4,
+                ..BottleneckOptions::default()
+            };
+            config.method = match method {
+                Method::Lora => MethodSection::Lora(lora),
+                Method::Dora => MethodSection::Dora(lora),
+                Method::Prefix => MethodSection::Prefix(PrefixOptions {
+                    virtual_tokens: 4,
+                    prefix_projection: projection,
+                    ..PrefixOptions::default()
+                }),
+                Method::Prompt => MethodSection::Prompt(PromptOptions {
+                    virtual_tokens: 4,
+                    ..PromptOptions::default()
+                }),
+                Method::Ia3 => MethodSection::Ia3(Ia3Options::default()),
+                Method::Houlsby => MethodSection::Houlsby(bottleneck),
+                Method::Pfeiffer => MethodSection::Pfeiffer(bottleneck),
             };
             // Virtual tokens start at N(0, 1): they need larger steps than weight deltas.
             config.training.lr = match method {
@@ -251,7 +270,7 @@ fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
     let case = "llama-lora";
     let expected = Expected::load(case);
     let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
-    load_adapter(
+    let config = load_adapter(
         &mut loaded.model,
         "default",
         &case_dir(case).join("adapter"),
@@ -270,16 +289,12 @@ fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
         tokens: 0,
     };
     let (lr, wd) = (1e-3, 0.01);
-    let model = TrainableLm {
-        lm: loaded.model,
-        snapshot: OptimizerSnapshot::default(),
-    };
+    let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
     let schedule = WarmupSchedule::new(lr, 0, 1, Schedule::Constant, 0);
     let mut learner = Learner::new(model, adamw(wd).init(), schedule);
-    let output = learner.train_step(batch);
-    let (grads, norm) = average_and_clip(&learner.model(), output.grads, 1, 0.0);
-    learner.lr_step();
-    learner.optimizer_step(grads);
+    let norm = optimizer_step(&mut learner, [batch], 0.0)
+        .unwrap()
+        .grad_norm;
     let after = adapter_tensors(&learner.model().lm, "default", None).unwrap();
 
     // The norm the loop logs is the global norm of PEFT's gradients.
@@ -289,7 +304,7 @@ fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
         .map(|g| f64::from(g).powi(2))
         .sum::<f64>()
         .sqrt();
-    let norm = f64::from(to_vec(norm.unwrap())[0]);
+    let norm = f64::from(to_vec(norm)[0]);
     assert!(
         (norm - fixture_norm).abs() <= 1e-4 * fixture_norm,
         "{norm} vs {fixture_norm}"

@@ -5,13 +5,15 @@ use std::collections::BTreeSet;
 
 use regex::Regex;
 
+use burn::tensor::Tensor;
+
 use crate::error::{PeftError, Result};
+use crate::host::ProjectionHost;
 use crate::ids::with_stable_ids;
-use crate::method::prompt::PrefixEncoder;
-use crate::method::AdapterConfig;
-use crate::projection::ProjectionHost;
-use crate::target::TargetModules;
-use crate::virtual_tokens::{new_prompt, NamedPromptEncoder, PromptEncoder};
+use crate::method::api::ModelContext;
+use crate::model_adapters::NamedModelAdapter;
+use crate::registry::AdapterConfig;
+use crate::target::describe_targets;
 
 /// What attaching touched.
 #[derive(Debug, Clone)]
@@ -34,14 +36,14 @@ pub fn adapter_names(model: &impl ProjectionHost) -> Vec<String> {
         names.extend(p.adapters.iter().map(|a| a.name.clone()));
         names.extend(p.saved.iter().map(|c| c.name.clone()));
     }
-    let slot = model.virtual_tokens();
-    names.extend(slot.encoders.iter().map(|e| e.name.clone()));
+    let slot = model.model_adapters();
+    names.extend(slot.adapters.iter().map(|e| e.name.clone()));
     names.into_iter().collect()
 }
 
 /// The active adapter, if any.
 pub fn active_adapter(model: &impl ProjectionHost) -> Option<String> {
-    model.virtual_tokens().active.clone().or_else(|| {
+    model.model_adapters().active.clone().or_else(|| {
         model
             .projections()
             .into_iter()
@@ -74,7 +76,7 @@ pub(crate) fn attach(
     let config = config.resolve(&model.geometry())?;
     let activate = active_adapter(model).is_none();
     let Some(matcher) = config.matcher()? else {
-        let virtual_tokens = attach_prompt_encoder(model, name, &config, placeholder)?;
+        let virtual_tokens = attach_model_adapter(model, name, &config, placeholder)?;
         if activate {
             set_adapter(model, name)?;
         }
@@ -113,7 +115,7 @@ pub(crate) fn attach(
     if report.adapted.is_empty() {
         let available: Vec<String> = model.projections().into_iter().map(|(k, _)| k).collect();
         return Err(PeftError::NoTargetMatched {
-            targets: describe_targets(config.targets()),
+            targets: describe_targets(config.targets().and_then(|t| t.target_modules.as_ref())),
             available: available.join(", "),
         });
     }
@@ -131,7 +133,7 @@ pub(crate) fn attach(
     }
     for (key, proj) in model.projections_mut() {
         if report.saved.contains(&key) {
-            proj.attach_copy(name, &key);
+            proj.attach_copy(name);
         } else if report.adapted.contains(&key) {
             let layer = with_stable_ids(
                 config.new_layer(&key, &proj.base)?,
@@ -146,8 +148,8 @@ pub(crate) fn attach(
     Ok(report)
 }
 
-/// Puts a prompt-learning adapter into the model's virtual-token slot; returns its length.
-fn attach_prompt_encoder(
+/// Puts a method's model-wide adapter into the model's slot; returns its virtual tokens.
+fn attach_model_adapter(
     model: &mut impl ProjectionHost,
     name: &str,
     config: &AdapterConfig,
@@ -158,45 +160,25 @@ fn attach_prompt_encoder(
         .first()
         .map(|(_, p)| p.base.weight.device())
         .ok_or_else(|| PeftError::State("the model has no projections".into()))?;
-    let encoder = match config {
-        AdapterConfig::PrefixTuning(c) => {
-            PromptEncoder::Prefix(PrefixEncoder::new(c, placeholder, &device))
-        }
-        AdapterConfig::PromptTuning(c) => {
-            PromptEncoder::Prompt(new_prompt(c, model, placeholder, &device)?)
-        }
-        other => {
-            return Err(PeftError::State(format!(
-                "{} is not a prompt-learning method",
-                other.peft_type()
-            )))
-        }
+    let context = ModelContext {
+        geometry: model.geometry(),
+        device,
+        embed_ids: &|ids: &[u32]| model.embed_ids(ids),
     };
-    // A prefix trained through the MLP is saved folded, so a run resumed from a checkpoint
-    // trains the folded table: its ids must differ from the MLP's embedding, whose optimizer
-    // state has another shape.
-    let scope = match &encoder {
-        PromptEncoder::Prefix(p) if p.transform.is_some() => format!("{name}/prompt_encoder/mlp"),
-        _ => format!("{name}/prompt_encoder"),
+    let Some(adapter) = config.new_model_adapter(&context, placeholder)? else {
+        return Err(PeftError::State(format!(
+            "{} has no model-wide adapter",
+            config.peft_type()
+        )));
     };
-    let encoder = with_stable_ids(encoder, &scope);
-    let len = encoder.len();
-    model
-        .virtual_tokens_mut()
-        .encoders
-        .push(NamedPromptEncoder {
-            name: name.to_string(),
-            encoder,
-        });
+    let scope = format!("{name}/{}", adapter.id_scope());
+    let adapter = with_stable_ids(adapter, &scope);
+    let len = adapter.virtual_tokens();
+    model.model_adapters_mut().adapters.push(NamedModelAdapter {
+        name: name.to_string(),
+        adapter,
+    });
     Ok(len)
-}
-
-fn describe_targets(targets: Option<&TargetModules>) -> String {
-    match targets {
-        Some(TargetModules::Names(n)) => format!("{n:?}"),
-        Some(TargetModules::Pattern(p)) => format!("{p:?}"),
-        None => "(none)".into(),
-    }
 }
 
 /// Makes `name` the adapter that runs. Another adapter merged into the weights is unmerged
@@ -220,7 +202,7 @@ pub fn set_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()> {
         }
         proj.state.active = Some(name.to_string());
     }
-    model.virtual_tokens_mut().active = Some(name.to_string());
+    model.model_adapters_mut().active = Some(name.to_string());
     Ok(())
 }
 
@@ -232,17 +214,17 @@ pub fn disable_adapters(model: &mut impl ProjectionHost) -> Option<String> {
         proj.unmerge();
         proj.state.active = None;
     }
-    model.virtual_tokens_mut().active = None;
+    model.model_adapters_mut().active = None;
     previous
 }
 
 /// Removes adapter `name` from every module (PEFT's `delete_adapter`).
 pub fn unload_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()> {
-    for (key, proj) in model.projections_mut() {
-        proj.detach(name, &key)?;
+    for (_, proj) in model.projections_mut() {
+        proj.detach(name)?;
     }
-    let slot = model.virtual_tokens_mut();
-    slot.encoders.retain(|e| e.name != name);
+    let slot = model.model_adapters_mut();
+    slot.adapters.retain(|e| e.name != name);
     if slot.active.as_deref() == Some(name) {
         slot.active = None;
     }
@@ -253,17 +235,17 @@ pub fn unload_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()>
 /// put NaN or Inf into a weight is refused, naming the module; modules merged before it are
 /// unmerged again, so the model is left as it was.
 pub fn merge_adapter(model: &mut impl ProjectionHost, safe: bool) -> Result<()> {
-    let slot = model.virtual_tokens();
-    if let (Some(name), Some(encoder)) = (&slot.active, slot.active()) {
+    let slot = model.model_adapters();
+    if let (Some(name), Some(adapter)) = (&slot.active, slot.active()) {
         return Err(PeftError::State(format!(
             "adapter {name:?} is {}, which adds virtual tokens and cannot be merged into the \
              weights (PEFT cannot merge prompt learning either)",
-            encoder.method_name()
+            adapter.method_name()
         )));
     }
     let mut failure = None;
-    for (key, proj) in model.projections_mut() {
-        if let Err(e) = proj.merge(&key, safe) {
+    for (_, proj) in model.projections_mut() {
+        if let Err(e) = proj.merge(safe) {
             failure = Some(e);
             break;
         }
@@ -280,7 +262,7 @@ pub fn merge_adapter(model: &mut impl ProjectionHost, safe: bool) -> Result<()> 
 /// Whether the active adapter can be folded into the base weights (LoRA, DoRA and IA3 can;
 /// prompt learning and bottleneck adapters cannot).
 pub fn active_adapter_merges(model: &impl ProjectionHost) -> bool {
-    model.virtual_tokens().active().is_none()
+    model.model_adapters().active().is_none()
         && model.projections().iter().all(|(_, p)| {
             p.state
                 .active
@@ -304,4 +286,26 @@ pub fn merge_and_unload(model: &mut impl ProjectionHost, safe: bool) -> Result<(
         proj.unload();
     }
     Ok(())
+}
+
+/// The extra loss term adapter `name`'s method adds to the training loss (the slot for
+/// AdaLoRA's regulariser; no method implemented here has one).
+pub fn extra_loss(
+    model: &impl ProjectionHost,
+    name: &str,
+    config: &AdapterConfig,
+) -> Option<Tensor<1>> {
+    let projections = model.projections();
+    config.extra_loss(projections.iter().filter_map(|(_, p)| p.adapter(name)))
+}
+
+/// The work adapter `name`'s method does after each optimizer step (the slot for AdaLoRA's
+/// rank budget; no method implemented here does any).
+pub fn after_optimizer_step(model: &mut impl ProjectionHost, name: &str, config: &AdapterConfig) {
+    let mut projections = model.projections_mut();
+    config.after_optimizer_step(
+        projections
+            .iter_mut()
+            .filter_map(|(_, p)| p.adapter_mut(name)),
+    );
 }

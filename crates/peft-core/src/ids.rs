@@ -58,9 +58,8 @@ mod tests {
     use burn::nn::{Linear, LinearConfig};
     use burn::tensor::Device;
 
-    #[allow(deprecated)]
     fn linear() -> Linear {
-        LinearConfig::new(3, 2).init(&Device::ndarray())
+        LinearConfig::new(3, 2).init(&Device::flex())
     }
 
     #[test]

@@ -2,30 +2,51 @@
 //! Hugging Face PEFT's adapter files.
 //!
 //! A model built on this crate holds every linear projection as a [`Projection`] and lists them
-//! by their Hugging Face module path through [`ProjectionHost`]. PEFT methods ([`method`]) attach
-//! themselves to those projections by name ([`target`]); the model code does not know which
-//! methods exist. Prompt-learning methods (prefix and prompt tuning) live in the model's
-//! [`VirtualTokens`] slot instead, which the model's forward pass consults.
+//! by their Hugging Face module path through [`ProjectionHost`]. PEFT methods ([`method`], one
+//! folder each, registered once in [`registry`]) attach themselves to those projections by name
+//! ([`target`]); the model code does not know which methods exist. Methods with an adapter on
+//! the model as a whole (prefix and prompt tuning) live in the model's [`ModelAdapters`] slot,
+//! which the model's forward pass consults.
+//!
+//! Layers, bottom up (a module only uses modules of its own layer or below):
+//! - leaves: [`error`], [`json`], [`tensors`], [`files`], [`geometry`], [`target`], `ids`, `mode`;
+//! - [`method`]: the contract ([`method::api`]) and one folder per method;
+//! - [`registry`]: the enums that hold every method;
+//! - [`projection`], [`model_adapters`], then [`host`]: where adapters live on a model;
+//! - [`adapters`] (attach, activate, merge, unload), then [`adapter_folder`] (PEFT's files) and
+//!   [`report`].
 
+pub mod adapter_folder;
 pub mod adapters;
 pub mod error;
-pub mod format;
+pub mod files;
+pub mod geometry;
+pub mod host;
 mod ids;
+pub mod json;
 pub mod method;
 mod mode;
+pub mod model_adapters;
 pub mod projection;
+pub mod registry;
 pub mod report;
 pub mod target;
-pub mod virtual_tokens;
+pub mod tensors;
 
+pub use adapter_folder::{load_adapter, save_adapter};
 pub use adapters::{
     active_adapter, active_adapter_merges, adapter_names, attach_adapter, disable_adapters,
     merge_adapter, merge_and_unload, set_adapter, unload_adapter, unmerge_adapter, AttachReport,
 };
 pub use error::{PeftError, Result};
-pub use format::{load_adapter, save_adapter};
-pub use method::{Adapter, AdapterConfig};
+pub use geometry::ModelGeometry;
+pub use host::ProjectionHost;
 pub use mode::eval_mode;
-pub use projection::{ModelGeometry, Projection, ProjectionHost, WeightLayout};
+pub use model_adapters::ModelAdapters;
+pub use projection::{Projection, WeightLayout};
+pub use registry::{Adapter, AdapterConfig, ModelAdapter};
 pub use report::{count_parameters, ParameterReport};
-pub use virtual_tokens::{PromptEncoder, VirtualTokens};
+pub use tensors::HostTensor;
+
+/// The name an adapter gets when nobody names it (PEFT's `default`).
+pub const DEFAULT_ADAPTER: &str = "default";

@@ -1,5 +1,4 @@
-//! The linear projection every model uses, the adapters attached to it, and the trait that
-//! lists a model's projections by their Hugging Face module paths.
+//! The linear projection every model uses, and the adapters attached to it.
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
@@ -7,8 +6,8 @@ use burn::tensor::Tensor;
 
 use crate::error::{PeftError, Result};
 use crate::ids::with_stable_ids;
-use crate::method::Adapter;
-use crate::virtual_tokens::VirtualTokens;
+use crate::method::api::Merged;
+use crate::registry::Adapter;
 
 /// How the checkpoint stores this projection's weight; Burn always holds it `[in, out]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,6 +52,10 @@ pub struct AdapterState {
 /// A linear projection `y = x W + b` with `W` stored `[in, out]`, the point where adapters attach.
 #[derive(Module, Debug)]
 pub struct Projection {
+    /// Its Hugging Face module path (`model.layers.0.self_attn.q_proj`): the name adapters
+    /// target it by and the key prefix of its tensors in files.
+    #[module(skip)]
+    pub path: String,
     /// The frozen base layer.
     pub base: Linear,
     /// Adapters attached here.
@@ -68,13 +71,16 @@ pub struct Projection {
 }
 
 impl Projection {
-    /// A frozen projection from a weight stored `[in, out]` and an optional bias `[out]`.
+    /// A frozen projection at module path `path` from a weight stored `[in, out]` and an
+    /// optional bias `[out]`.
     pub fn new(
+        path: impl Into<String>,
         weight: Param<Tensor<2>>,
         bias: Option<Param<Tensor<1>>>,
         layout: WeightLayout,
     ) -> Self {
         Self {
+            path: path.into(),
             base: Linear {
                 weight: weight.set_require_grad(false),
                 bias: bias.map(|b| b.set_require_grad(false)),
@@ -90,12 +96,13 @@ impl Projection {
     /// (tied embeddings): the same parameter id, so it is counted once. The weight is a
     /// contiguous copy of the transpose, made once here; training the embedding therefore does
     /// not update this head (`peft-cli bench --method full` gives the head its own id).
-    pub fn tied_to(embedding: &Param<Tensor<2>>) -> Self {
+    pub fn tied_to(path: impl Into<String>, embedding: &Param<Tensor<2>>) -> Self {
         // A contiguous copy of the transpose: CPU backends multiply by a strided view of a
         // 49k x 576 embedding far more slowly (they copy it on every call).
         let transposed = embedding.val().transpose();
         let contiguous = Tensor::from_data(transposed.to_data(), &transposed.device());
         Self::new(
+            path,
             Param::initialized(embedding.id, contiguous),
             None,
             WeightLayout::Linear,
@@ -139,6 +146,14 @@ impl Projection {
             .map(|a| &a.adapter)
     }
 
+    /// The same, mutable.
+    pub fn adapter_mut(&mut self, name: &str) -> Option<&mut Adapter> {
+        self.adapters
+            .iter_mut()
+            .find(|a| a.name == name)
+            .map(|a| &mut a.adapter)
+    }
+
     /// Attaches `adapter` under `name` (not activated).
     pub fn attach(&mut self, name: &str, adapter: Adapter) {
         self.adapters.push(NamedAdapter {
@@ -147,9 +162,9 @@ impl Projection {
         });
     }
 
-    /// Attaches a trainable copy of the base under `name` (not activated); `key` is this
-    /// projection's module path, which fixes the copy's parameter ids.
-    pub fn attach_copy(&mut self, name: &str, key: &str) {
+    /// Attaches a trainable copy of the base under `name` (not activated); its parameter ids
+    /// follow from the name and this projection's path.
+    pub fn attach_copy(&mut self, name: &str) {
         let layer = Linear {
             weight: Param::from_tensor(self.base.weight.val().detach()),
             bias: self
@@ -160,15 +175,16 @@ impl Projection {
         };
         self.saved.push(SavedCopy {
             name: name.to_string(),
-            layer: with_stable_ids(layer, &format!("{name}/{key}/modules_to_save")),
+            layer: with_stable_ids(layer, &format!("{name}/{}/modules_to_save", self.path)),
         });
     }
 
     /// Removes everything attached under `name`; refuses while it is merged.
-    pub fn detach(&mut self, name: &str, module: &str) -> Result<()> {
+    pub fn detach(&mut self, name: &str) -> Result<()> {
         if self.state.merged.as_ref().is_some_and(|(n, _)| n == name) {
             return Err(PeftError::State(format!(
-                "adapter {name:?} is merged into {module}; unmerge it before unloading"
+                "adapter {name:?} is merged into {}; unmerge it before unloading",
+                self.path
             )));
         }
         self.adapters.retain(|a| a.name != name);
@@ -181,7 +197,8 @@ impl Projection {
 
     /// Merges the active adapter into the base weight (in f32). With `safe`, a result holding
     /// NaN or Inf is refused and the weight left as it was.
-    pub fn merge(&mut self, module: &str, safe: bool) -> Result<()> {
+    pub fn merge(&mut self, safe: bool) -> Result<()> {
+        let module = self.path.as_str();
         let Some(active) = self.state.active.clone() else {
             return Ok(());
         };
@@ -193,29 +210,24 @@ impl Projection {
         let Some(adapter) = self.adapter(&active) else {
             return Ok(());
         };
-        if !adapter.can_merge() {
-            return Err(PeftError::State(format!(
-                "adapter {active:?} on {module} is a {}, which cannot be merged into the weights",
-                adapter.method_name()
-            )));
-        }
-        let weight = self.base.weight.val();
-        let memo = adapter.merge_memo(weight.clone());
         let bias = self.base.bias.as_ref().map(|b| b.val());
-        let (merged, merged_bias) = adapter.merged(weight, bias);
-        let merged = merged.detach();
+        let Some(Merged { weight, bias, memo }) = adapter.merge(self.base.weight.val(), bias)
+        else {
+            return Err(cannot_merge(&active, module, adapter));
+        };
+        let merged = weight.detach();
         let finite = is_finite(&merged)?
-            && match &merged_bias {
+            && match &bias {
                 Some(b) => is_finite(&b.clone().detach().unsqueeze::<2>())?,
                 None => true,
             };
         if safe && !finite {
             return Err(PeftError::UnsafeMerge {
                 adapter: active,
-                module: module.to_string(),
+                module: self.path.clone(),
             });
         }
-        self.set_base(merged, merged_bias);
+        self.set_base(merged, bias);
         self.state.merged = Some((active, memo));
         Ok(())
     }
@@ -227,7 +239,7 @@ impl Projection {
         };
         if let Some(adapter) = self.adapter(&name) {
             let bias = self.base.bias.as_ref().map(|b| b.val());
-            let (weight, bias) = adapter.unmerged(self.base.weight.val(), bias, memo);
+            let (weight, bias) = adapter.unmerge(self.base.weight.val(), bias, memo);
             self.set_base(weight.detach(), bias);
         }
     }
@@ -259,6 +271,13 @@ impl Projection {
     }
 }
 
+fn cannot_merge(name: &str, module: &str, adapter: &Adapter) -> PeftError {
+    PeftError::State(format!(
+        "adapter {name:?} on {module} is a {}, which cannot be merged into the weights",
+        adapter.method_name()
+    ))
+}
+
 fn is_finite(t: &Tensor<2>) -> Result<bool> {
     let bad = t.clone().is_nan().bool_or(t.clone().is_inf()).any();
     bad.into_data()
@@ -268,53 +287,10 @@ fn is_finite(t: &Tensor<2>) -> Result<bool> {
         .ok_or_else(|| PeftError::Backend("empty result of a finiteness check".into()))
 }
 
-/// The shape of a model, as methods that add virtual tokens need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelGeometry {
-    /// transformers' `model_type` (`llama`, `gpt2`), which picks default targets.
-    pub model_type: String,
-    /// Decoder layers.
-    pub num_layers: usize,
-    /// Width of the residual stream (token embeddings).
-    pub hidden_size: usize,
-    /// Query heads.
-    pub num_heads: usize,
-    /// Key/value heads (the query heads without grouped-query attention).
-    pub num_kv_heads: usize,
-    /// Width of one head.
-    pub head_dim: usize,
-    /// Tokens in the vocabulary.
-    pub vocab_size: usize,
-}
-
-/// A model whose projections can be found by their Hugging Face module paths, and which holds
-/// a [`VirtualTokens`] slot for prompt-learning methods.
-pub trait ProjectionHost {
-    /// Every projection with its full Hugging Face module path, in model order
-    /// (e.g. `model.layers.0.self_attn.q_proj`, `transformer.h.0.attn.c_attn`, `lm_head`).
-    fn projections(&self) -> Vec<(String, &Projection)>;
-
-    /// The same, mutable, for attaching, activating and merging adapters.
-    fn projections_mut(&mut self) -> Vec<(String, &mut Projection)>;
-
-    /// The model's shape.
-    fn geometry(&self) -> ModelGeometry;
-
-    /// The prompt-learning slot the model consults in its forward pass.
-    fn virtual_tokens(&self) -> &VirtualTokens;
-
-    /// The same, mutable, for attaching and activating prompt-learning adapters.
-    fn virtual_tokens_mut(&mut self) -> &mut VirtualTokens;
-
-    /// The token embeddings of `ids`, `[ids.len(), hidden]`, detached (prompt-tuning init).
-    fn embed_ids(&self, ids: &[u32]) -> Tensor<2>;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::method::lora::LoraLayer;
-    use crate::method::lora::{LoraConfig, LoraInit, LoraShape};
+    use crate::method::lora::{LoraInit, LoraLayer, LoraShape};
     use burn::tensor::{Device, Distribution};
 
     const D_IN: usize = 6;
@@ -324,6 +300,7 @@ mod tests {
         let w = Tensor::<2>::random([D_IN, D_OUT], Distribution::Uniform(-1.0, 1.0), device);
         let b = Tensor::<1>::random([D_OUT], Distribution::Uniform(-1.0, 1.0), device);
         Projection::new(
+            "model.layers.0.q_proj",
             Param::from_tensor(w),
             Some(Param::from_tensor(b)),
             WeightLayout::Linear,
@@ -335,7 +312,7 @@ mod tests {
             rank: 3,
             scale: 2.0,
         };
-        LoraLayer::new(&proj.base, shape, dropout, &LoraInit::Default(init), dora)
+        LoraLayer::init(&proj.base, shape, dropout, &LoraInit::Default(init), dora)
     }
 
     fn attach(proj: &mut Projection, layer: LoraLayer) {
@@ -362,53 +339,6 @@ mod tests {
     }
 
     #[test]
-    fn lora_adds_the_scaled_factored_update() {
-        let device = Device::flex();
-        let mut proj = random_projection(&device);
-        let layer = lora(&proj, 0.0, false, false);
-        let dense = proj.base.weight.val() + layer.lora_a.val().matmul(layer.lora_b.val()) * 2.0;
-        attach(&mut proj, layer);
-        let x = input(&device);
-        let expected = burn::tensor::module::linear(
-            x.clone(),
-            dense,
-            proj.base.bias.as_ref().map(|b| b.val()),
-        );
-        assert_close(values(proj.forward(x)), values(expected), 1e-5);
-    }
-
-    #[test]
-    fn dora_starts_where_lora_does_and_rescales_columns_by_magnitude() {
-        let device = Device::flex();
-        let mut proj = random_projection(&device);
-        let x = input(&device);
-        let layer = lora(&proj, 0.0, false, true);
-        // At init the magnitude is the column norm of W + sBA, so DoRA equals LoRA.
-        let dense = proj.base.weight.val() + layer.lora_a.val().matmul(layer.lora_b.val()) * 2.0;
-        let norm = dense
-            .clone()
-            .powi_scalar(2)
-            .sum_dim(0)
-            .sqrt()
-            .squeeze_dim::<1>(0);
-        assert_close(
-            values(layer.weight_norm(proj.base.weight.val())),
-            values(norm.clone()),
-            1e-5,
-        );
-        let mut doubled = layer;
-        doubled.magnitude = Some(Param::from_tensor(norm * 2.0));
-        attach(&mut proj, doubled);
-        // m = 2‖W+sBA‖: the adapted weight is 2(W + sBA), the bias untouched.
-        let expected = burn::tensor::module::linear(
-            x.clone(),
-            dense * 2.0,
-            proj.base.bias.as_ref().map(|b| b.val()),
-        );
-        assert_close(values(proj.forward(x)), values(expected), 1e-4);
-    }
-
-    #[test]
     fn merge_then_unmerge_restores_weights_for_lora_and_dora() {
         for dora in [false, true] {
             let device = Device::flex();
@@ -418,7 +348,7 @@ mod tests {
             attach(&mut proj, layer);
             let x = input(&device);
             let unmerged = values(proj.forward(x.clone()));
-            proj.merge("test", true).unwrap();
+            proj.merge(true).unwrap();
             assert_close(values(proj.forward(x.clone())), unmerged.clone(), 1e-4);
             // Merged weights, adapter switched off: the adapter's effect is in the base now.
             proj.state.active = None;
@@ -437,7 +367,7 @@ mod tests {
         layer.lora_b = Param::from_tensor(Tensor::full([3, D_OUT], f32::INFINITY, &device));
         attach(&mut proj, layer);
         let before = values(proj.base.weight.val());
-        let err = proj.merge("model.layers.0.q_proj", true).unwrap_err();
+        let err = proj.merge(true).unwrap_err();
         assert!(err.to_string().contains("model.layers.0.q_proj"), "{err}");
         assert_eq!(values(proj.base.weight.val()), before);
     }
@@ -464,21 +394,5 @@ mod tests {
         let eval = proj.valid();
         let x = x.inner();
         assert_eq!(values(eval.forward(x.clone())), values(eval.forward(x)));
-    }
-
-    #[test]
-    fn rslora_scales_by_the_square_root_of_the_rank() {
-        let config = LoraConfig {
-            r: 16,
-            lora_alpha: 8.0,
-            use_rslora: true,
-            ..LoraConfig::default()
-        };
-        assert_eq!(config.shape_for("q_proj").unwrap().scale, 2.0);
-        let plain = LoraConfig {
-            use_rslora: false,
-            ..config
-        };
-        assert_eq!(plain.shape_for("q_proj").unwrap().scale, 0.5);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 
-use crate::projection::ProjectionHost;
+use crate::host::ProjectionHost;
 
 /// Number of float parameters (elements) in `module`, each shared parameter counted once.
 pub fn count_parameters<M: Module>(module: &M) -> usize {
@@ -45,7 +45,7 @@ impl ParameterReport {
                 .map(count_parameters)
                 .sum::<usize>();
         }
-        trainable += model.virtual_tokens().active().map_or(0, count_parameters);
+        trainable += model.model_adapters().active().map_or(0, count_parameters);
         Self {
             trainable,
             total: count_parameters(model),
@@ -104,8 +104,9 @@ mod tests {
             TensorData::new(vec![0.5f32; 12], [4, 3]),
             &device,
         ));
-        let head = Projection::tied_to(&embedding);
+        let head = Projection::tied_to("lm_head", &embedding);
         let untied = Projection::new(
+            "lm_head",
             Param::from_tensor(Tensor::zeros([3, 4], &device)),
             None,
             WeightLayout::Linear,

@@ -170,24 +170,29 @@ pub fn pattern_for<'a>(
     Ok(None)
 }
 
-/// The modules a method adapts when the config names none, per architecture: PEFT's
-/// `TRANSFORMERS_MODELS_TO_{LORA,IA3}_TARGET_MODULES_MAPPING` (and IA3's feed-forward mapping,
-/// `IA3_FEEDFORWARD`); for bottleneck adapters the blocks' output projections, after attention
-/// and the MLP (`BOTTLENECK_HOULSBY`) or after the MLP only (`BOTTLENECK_PFEIFFER`).
-pub fn default_targets(method: &str, model_type: &str) -> Option<&'static [&'static str]> {
-    Some(match (method, model_type) {
-        ("LORA", "llama") => &["q_proj", "v_proj"],
-        ("LORA", "gpt2") => &["c_attn"],
-        ("IA3", "llama") => &["k_proj", "v_proj", "down_proj"],
-        ("IA3", "gpt2") => &["c_attn", "mlp.c_proj"],
-        ("IA3_FEEDFORWARD", "llama") => &["down_proj"],
-        ("IA3_FEEDFORWARD", "gpt2") => &["mlp.c_proj"],
-        ("BOTTLENECK_HOULSBY", "llama") => &["o_proj", "down_proj"],
-        ("BOTTLENECK_HOULSBY", "gpt2") => &["attn.c_proj", "mlp.c_proj"],
-        ("BOTTLENECK_PFEIFFER", "llama") => &["down_proj"],
-        ("BOTTLENECK_PFEIFFER", "gpt2") => &["mlp.c_proj"],
-        _ => return None,
-    })
+/// A method's default targets per architecture (`model_type`), as PEFT's
+/// `TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING` tables hold them.
+pub type DefaultTargets = [(&'static str, &'static [&'static str])];
+
+/// The targets `table` gives for `model_type`, or an error saying there is no default.
+pub fn default_targets(table: &DefaultTargets, model_type: &str) -> Result<TargetModules> {
+    table
+        .iter()
+        .find(|(arch, _)| *arch == model_type)
+        .map(|(_, names)| TargetModules::Names(names.iter().map(|s| s.to_string()).collect()))
+        .ok_or_else(|| PeftError::Config {
+            field: "target_modules".into(),
+            message: format!("no default for {model_type} models; name the modules to adapt"),
+        })
+}
+
+/// Module names for messages: a list, a pattern, or `(none)`.
+pub fn describe_targets(targets: Option<&TargetModules>) -> String {
+    match targets {
+        Some(TargetModules::Names(n)) => format!("{n:?}"),
+        Some(TargetModules::Pattern(p)) => format!("{p:?}"),
+        None => "(none)".into(),
+    }
 }
 
 #[cfg(test)]

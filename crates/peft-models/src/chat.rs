@@ -35,7 +35,7 @@ pub fn apply_chat_template(
 ) -> Result<String> {
     let template = tokenizer.chat_template.as_deref().ok_or_else(|| {
         ModelError::ChatTemplate(
-            "the model has no chat template (tokenizer_config.json has no `chat_template`); run without --chat".into(),
+            "the model has no chat template (tokenizer_config.json has no `chat_template`)".into(),
         )
     })?;
     let mut env = Environment::new();

@@ -39,7 +39,7 @@ pub enum ModelError {
         /// The value found.
         model_type: String,
         /// The values this crate accepts.
-        supported: &'static str,
+        supported: String,
     },
     /// A config value is missing, out of range or inconsistent with another.
     #[error("invalid config value {key} in {path}: {message}")]
@@ -112,9 +112,6 @@ pub enum ModelError {
     /// The chat template is missing or failed to render.
     #[error("chat template: {0}")]
     ChatTemplate(String),
-    /// A named model could not be fetched into the cache.
-    #[error("fetching a model: {0}")]
-    Fetch(String),
     /// The compute backend reported an error (e.g. reading a result back from the device).
     #[error("backend error: {0}")]
     Backend(String),

@@ -1,18 +1,20 @@
 //! Writing a model back as a Hugging Face folder (e.g. after merging an adapter): tensors under
 //! transformers' names and layouts, config and tokenizer files copied from the source folder.
+//! The tensors are found by walking the model: its modules are named as transformers names
+//! them, and each projection knows its path and layout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use burn::module::Param;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
-use peft_core::format::{to_safetensors, write_atomic, FileTensor};
-use peft_core::{Projection, WeightLayout};
+use peft_core::files::write_atomic;
+use peft_core::tensors::to_safetensors;
+use peft_core::{HostTensor, ProjectionHost, WeightLayout};
 
-use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::load::LoadedModel;
-use crate::model::CausalLm;
+use crate::registry::CausalLm;
 
 /// Files copied unchanged from the source folder when present.
 const COPIED_FILES: [&str; 4] = [
@@ -30,7 +32,14 @@ pub fn save_hf_folder(loaded: &LoadedModel, dir: &Path) -> Result<()> {
         let path = path.to_path_buf();
         move |source| ModelError::Io { path, source }
     };
-    let (tensors, untied_head) = hf_tensors(&loaded.model)?;
+    let tensors = hf_tensors(&loaded.model)?;
+    let untied_head = tensors.contains_key(&format!("{HEAD}.weight"));
+    if untied_head {
+        loaded
+            .config
+            .check_untied_head()
+            .map_err(ModelError::InvalidInput)?;
+    }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let bytes = to_safetensors(&tensors).map_err(|e| ModelError::Backend(e.to_string()))?;
     write(&dir.join("model.safetensors"), &bytes)?;
@@ -70,16 +79,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `config.json` of the source folder, or one written from the config of a GGUF.
 fn source_config(loaded: &LoadedModel) -> Result<serde_json::Value> {
     if !loaded.source.is_dir() {
-        let ModelConfig::Llama(c) = &loaded.config else {
-            return Err(ModelError::InvalidInput(format!(
-                "cannot write a config.json for {}: only LLaMA models load from GGUF",
-                loaded.source.display()
-            )));
-        };
-        let mut value = serde_json::to_value(c).expect("config serialises");
-        value["model_type"] = "llama".into();
-        value["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
-        return Ok(value);
+        return Ok(loaded.config.to_json());
     }
     let path = loaded.source.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
@@ -89,99 +89,92 @@ fn source_config(loaded: &LoadedModel) -> Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|source| ModelError::Json { path, source })
 }
 
-/// Every weight under its transformers name and layout, and whether a tied head had to be
-/// written separately because it no longer equals the embedding.
-fn hf_tensors(model: &CausalLm) -> Result<(BTreeMap<String, FileTensor>, bool)> {
-    let mut out = Tensors::default();
-    let mut untied_head = false;
-    match model {
-        CausalLm::Llama(m) => {
-            out.param("model.embed_tokens.weight", &m.embed_tokens)?;
-            for (i, l) in m.layers.iter().enumerate() {
-                let p = format!("model.layers.{i}");
-                let (a, f) = (&l.self_attn, &l.mlp);
-                for (name, proj) in [
-                    ("self_attn.q_proj", &a.q_proj),
-                    ("self_attn.k_proj", &a.k_proj),
-                    ("self_attn.v_proj", &a.v_proj),
-                    ("self_attn.o_proj", &a.o_proj),
-                    ("mlp.gate_proj", &f.gate_proj),
-                    ("mlp.up_proj", &f.up_proj),
-                    ("mlp.down_proj", &f.down_proj),
-                ] {
-                    out.projection(&format!("{p}.{name}"), proj)?;
-                }
-                out.param(
-                    &format!("{p}.input_layernorm.weight"),
-                    &l.input_layernorm.weight,
-                )?;
-                out.param(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &l.post_attention_layernorm.weight,
-                )?;
-            }
-            out.param("model.norm.weight", &m.norm.weight)?;
-            if m.lm_head.base.weight.id != m.embed_tokens.id {
-                out.projection("lm_head", &m.lm_head)?;
-                untied_head = true;
-            }
-        }
-        CausalLm::Gpt2(m) => {
-            out.param("transformer.wte.weight", &m.wte)?;
-            out.param("transformer.wpe.weight", &m.wpe)?;
-            for (i, b) in m.h.iter().enumerate() {
-                let p = format!("transformer.h.{i}");
-                out.param(&format!("{p}.ln_1.weight"), &b.ln_1.weight)?;
-                out.param(&format!("{p}.ln_1.bias"), &b.ln_1.bias)?;
-                out.projection(&format!("{p}.attn.c_attn"), &b.attn.c_attn)?;
-                out.projection(&format!("{p}.attn.c_proj"), &b.attn.c_proj)?;
-                out.param(&format!("{p}.ln_2.weight"), &b.ln_2.weight)?;
-                out.param(&format!("{p}.ln_2.bias"), &b.ln_2.bias)?;
-                out.projection(&format!("{p}.mlp.c_fc"), &b.mlp.c_fc)?;
-                out.projection(&format!("{p}.mlp.c_proj"), &b.mlp.c_proj)?;
-            }
-            out.param("transformer.ln_f.weight", &m.ln_f.weight)?;
-            out.param("transformer.ln_f.bias", &m.ln_f.bias)?;
-            if m.lm_head.base.weight.id != m.wte.id {
-                return Err(ModelError::InvalidInput(
-                    "GPT-2 ties its output head to the token embedding; a merged adapter on lm_head cannot be saved"
-                        .into(),
-                ));
-            }
-        }
+/// The output head's module path (transformers' `*ForCausalLM`), written only when it no
+/// longer equals the token embedding.
+const HEAD: &str = "lm_head";
+
+/// Every weight under its transformers name and layout. A tensor shared with one already
+/// written (a tied head) is written once, as transformers writes it.
+fn hf_tensors(model: &CausalLm) -> Result<BTreeMap<String, HostTensor>> {
+    if let Some(adapter) = model.model_adapters().adapters.first() {
+        return Err(ModelError::InvalidInput(format!(
+            "adapter {:?} is still attached to the model; merge and unload it before saving",
+            adapter.name
+        )));
     }
-    Ok((out.0, untied_head))
-}
-
-#[derive(Default)]
-struct Tensors(BTreeMap<String, FileTensor>);
-
-impl Tensors {
-    fn param<const D: usize>(&mut self, name: &str, p: &Param<Tensor<D>>) -> Result<()> {
-        self.tensor(name, p.val())
-    }
-
-    fn tensor<const D: usize>(&mut self, name: &str, t: Tensor<D>) -> Result<()> {
-        let t = FileTensor::read(t).map_err(|e| ModelError::Backend(e.to_string()))?;
-        self.0.insert(name.to_string(), t);
-        Ok(())
-    }
-
-    fn projection(&mut self, path: &str, proj: &Projection) -> Result<()> {
+    let mut walk = Walk::default();
+    model.visit(&mut walk);
+    let mut out = walk.tensors;
+    for (path, proj) in model.projections() {
         if !proj.adapters.is_empty() || !proj.saved.is_empty() {
             return Err(ModelError::InvalidInput(format!(
                 "{path} still has adapters attached; merge and unload them before saving"
             )));
+        }
+        if !walk.seen.insert(proj.base.weight.id) {
+            continue;
         }
         let w = proj.base.weight.val();
         let w = match proj.layout {
             WeightLayout::Linear => w.transpose(),
             WeightLayout::Conv1D => w,
         };
-        self.tensor(&format!("{path}.weight"), w)?;
+        out.insert(format!("{path}.weight"), read(w)?);
         if let Some(b) = &proj.base.bias {
-            self.param(&format!("{path}.bias"), b)?;
+            out.insert(format!("{path}.bias"), read(b.val())?);
         }
-        Ok(())
+    }
+    walk.error.map_or(Ok(out), Err)
+}
+
+fn read<const D: usize>(t: Tensor<D>) -> Result<HostTensor> {
+    HostTensor::read(t).map_err(|e| ModelError::Backend(e.to_string()))
+}
+
+/// Collects every parameter outside the projections under its module path.
+#[derive(Default)]
+struct Walk {
+    path: Vec<String>,
+    /// Depth of `Projection` modules around the current parameter.
+    in_projection: usize,
+    seen: HashSet<ParamId>,
+    tensors: BTreeMap<String, HostTensor>,
+    error: Option<ModelError>,
+}
+
+impl ModuleVisitor for Walk {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        // The architecture enum's variant is not a module of the checkpoint.
+        if container_type.starts_with("Enum:") {
+            return;
+        }
+        if container_type == "Struct:Projection" {
+            self.in_projection += 1;
+        }
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if container_type.starts_with("Enum:") {
+            return;
+        }
+        if container_type == "Struct:Projection" {
+            self.in_projection -= 1;
+        }
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.in_projection > 0 || !self.seen.insert(param.id) {
+            return;
+        }
+        match read(param.val()) {
+            Ok(t) => {
+                self.tensors.insert(self.path.join("."), t);
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
     }
 }

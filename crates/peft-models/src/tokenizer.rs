@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::config::read_text;
 use crate::error::{ModelError, Result};
+use crate::hf_json::read_text;
 
 /// A tokenizer with the special tokens and chat template that came with it.
 pub struct TextTokenizer {

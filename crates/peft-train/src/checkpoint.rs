@@ -118,7 +118,7 @@ pub fn save<M: ProjectionHost>(
             .map_err(|e| TrainError::Backend(format!("{}: {e}", optimizer_path.display())))?;
         sync_file(&optimizer_path)?;
         let json = serde_json::to_string_pretty(state).expect("trainer state serialises");
-        peft_core::format::write_atomic(&dir.join(STATE_FILE), json.as_bytes())?;
+        peft_core::files::write_atomic(&dir.join(STATE_FILE), json.as_bytes())?;
         Ok(())
     })?;
     Ok(target)
@@ -211,6 +211,6 @@ pub fn truncate_metrics(out: &Path, step: usize) -> Result<()> {
         })
         .map(|line| format!("{line}\n"))
         .collect();
-    peft_core::format::write_atomic(&path, kept.as_bytes())?;
+    peft_core::files::write_atomic(&path, kept.as_bytes())?;
     Ok(())
 }

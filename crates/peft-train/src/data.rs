@@ -5,7 +5,7 @@ use std::path::Path;
 
 use peft_models::chat::{apply_chat_template, ChatMessage};
 use peft_models::loss::IGNORE_INDEX;
-use peft_models::{ModelError, TextTokenizer};
+use peft_models::{LoadedModel, ModelError, TextTokenizer};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::Value;
@@ -46,6 +46,26 @@ impl Example {
             .filter(|&&l| l != IGNORE_INDEX)
             .count()
     }
+}
+
+/// The id appended to every training example: the model's first EOS id, else its tokenizer's.
+pub fn eos_id(loaded: &LoadedModel) -> Result<u32> {
+    if let Some(&id) = loaded.eos_token_ids.first() {
+        return Ok(id);
+    }
+    let tokenizer = loaded.tokenizer()?;
+    tokenizer
+        .eos_token
+        .as_deref()
+        .and_then(|t| tokenizer.token_to_id(t))
+        .ok_or_else(|| TrainError::InvalidValue {
+            key: "model.path".into(),
+            message: format!(
+                "{} names no end-of-sequence token (generation_config.json eos_token_id or \
+                     tokenizer_config.json eos_token), which training appends to every example",
+                loaded.source.display()
+            ),
+        })
 }
 
 /// Reads every record of a JSONL file; a bad line is an error naming the file and line.

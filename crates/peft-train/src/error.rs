@@ -69,6 +69,9 @@ pub enum TrainError {
     /// From the model library.
     #[error(transparent)]
     Model(#[from] peft_models::ModelError),
+    /// A named model could not be found or fetched.
+    #[error(transparent)]
+    Fetch(#[from] peft_fetch::FetchError),
     /// Burn failed to save or load a record, or to read a tensor.
     #[error("{0}")]
     Backend(String),

@@ -13,7 +13,7 @@ use peft_models::{CausalLm, LoadedModel, TextTokenizer};
 use serde::Serialize;
 
 use crate::batch::LmBatch;
-use crate::data::{Record, Tokenization};
+use crate::data::{eos_id, Record, Tokenization};
 use crate::error::{Result, TrainError};
 
 /// How an evaluation runs.
@@ -192,7 +192,7 @@ pub fn stop_ids(loaded: &LoadedModel) -> Result<Vec<u32>> {
         .tokenizer
         .as_ref()
         .and_then(|t| t.eos_token.as_deref().and_then(|e| t.token_to_id(e)));
-    let mut ids = vec![crate::eos_id(loaded)?];
+    let mut ids = vec![eos_id(loaded)?];
     for id in loaded.eos_token_ids.iter().copied().chain(tokenizer_eos) {
         if !ids.contains(&id) {
             ids.push(id);

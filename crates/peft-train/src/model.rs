@@ -9,6 +9,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Tensor;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use peft_core::AdapterConfig;
 use peft_models::loss::causal_lm_loss;
 use peft_models::CausalLm;
 
@@ -21,18 +22,46 @@ use crate::batch::LmBatch;
 pub struct TrainableLm {
     /// The model with its adapters attached.
     pub lm: CausalLm,
+    /// The adapter trained (its name and configuration), whose method may add to the loss
+    /// and act after each optimizer step; `None` when every weight trains.
+    #[module(skip)]
+    pub adapter: Option<(String, AdapterConfig)>,
     /// Where the optimizer's state is copied when a checkpoint asks for it.
     #[module(skip)]
     pub snapshot: OptimizerSnapshot,
 }
 
 impl TrainableLm {
+    /// A model whose adapter `name` (configured as `config`) trains, or every weight
+    /// without one.
+    pub fn new(lm: CausalLm, adapter: Option<(String, AdapterConfig)>) -> Self {
+        Self {
+            lm,
+            adapter,
+            snapshot: OptimizerSnapshot::default(),
+        }
+    }
+
     /// Mean next-token loss of `batch` `[1]`.
-    pub fn loss(&self, batch: &LmBatch) -> Tensor<1> {
+    pub fn lm_loss(&self, batch: &LmBatch) -> Tensor<1> {
         let logits = self
             .lm
             .forward(batch.input_ids.clone(), Some(&batch.attention_mask), None);
         causal_lm_loss(logits, batch.labels.clone())
+    }
+
+    /// The training loss of `batch` `[1]`: [`Self::lm_loss`] plus the term the adapter's
+    /// method adds (none of the methods implemented here adds one).
+    pub fn loss(&self, batch: &LmBatch) -> Tensor<1> {
+        let loss = self.lm_loss(batch);
+        let extra = self
+            .adapter
+            .as_ref()
+            .and_then(|(name, config)| peft_core::adapters::extra_loss(&self.lm, name, config));
+        match extra {
+            Some(term) => loss + term,
+            None => loss,
+        }
     }
 
     fn output(&self, batch: &LmBatch, loss: Tensor<1>) -> LmOutput {
@@ -63,7 +92,10 @@ impl TrainStep for TrainableLm {
         grads: GradientsParams,
     ) -> Self {
         let snapshot = self.snapshot.clone();
-        let model = optim.step(lr, self, grads);
+        let mut model = optim.step(lr, self, grads);
+        if let Some((name, config)) = &model.adapter {
+            peft_core::adapters::after_optimizer_step(&mut model.lm, name, config);
+        }
         snapshot.offer(optim);
         model
     }
@@ -74,7 +106,7 @@ impl InferenceStep for TrainableLm {
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> LmOutput {
-        let loss = self.loss(&batch);
+        let loss = self.lm_loss(&batch);
         self.output(&batch, loss)
     }
 }

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use burn::data::dataloader::Progress;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor};
 use burn::train::{
     EventProcessorTraining, InferenceStep, Interrupter, Learner, LearnerEvent,
@@ -22,12 +21,12 @@ use peft_core::AdapterConfig;
 
 use crate::batch::ExampleLoader;
 use crate::checkpoint::{self, AdapterToSave, TrainerState};
-use crate::clip::average_and_clip;
 use crate::data::BatchPlan;
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
 use crate::model::{LmOutput, StepStats, TrainableLm};
 use crate::plain::{eval_line, step_line};
+use crate::step::optimizer_step;
 
 /// Step counts that shape the loop.
 #[derive(Debug, Clone)]
@@ -202,36 +201,20 @@ impl Run<'_> {
         // Dropout draws from the device's generator; reseeding it from (seed, step) makes the
         // random state of every step reproducible after a resume.
         self.strategy.device.seed(mix(s.seed, step as u64));
-        let mut accumulator = GradientsAccumulator::new();
-        let mut losses = Vec::with_capacity(s.grad_accum);
-        let (mut tokens, mut learned) = (0, 0);
-        for k in 0..s.grad_accum {
-            let micro = (step - 1) * s.grad_accum + k;
-            let batch = self.strategy.train.batch_of(&self.plan.batch(micro));
-            let output = self.learner.train_step(batch);
-            accumulator.accumulate(&self.learner.model(), output.grads);
-            losses.push(output.item.loss);
-            tokens += output.item.tokens;
-            learned += output.item.learned_tokens;
-        }
-        let model = self.learner.model();
-        let (grads, norm) =
-            average_and_clip(&model, accumulator.grads(), s.grad_accum, s.max_grad_norm);
-        let Some(norm) = norm else {
-            return Err(TrainError::NothingToTrain(
-                "the loss has no gradient with respect to any adapter tensor".into(),
-            ));
-        };
-        self.learner.lr_step();
-        let lr = self.learner.lr_current();
         let saving = s.save_every.is_some_and(|n| step % n == 0) || step == s.max_steps;
         if saving {
-            model.snapshot.request();
+            self.learner.model().snapshot.request();
         }
-        self.learner.optimizer_step(grads);
-        let loss = Tensor::cat(losses, 0).mean();
+        let batches: Vec<_> = (0..s.grad_accum)
+            .map(|k| {
+                let micro = (step - 1) * s.grad_accum + k;
+                self.strategy.train.batch_of(&self.plan.batch(micro))
+            })
+            .collect();
+        let output = optimizer_step(&mut self.learner, batches, s.max_grad_norm)?;
+        let (loss, lr) = (output.loss, output.lr);
         // The one read per step: the loss (for the NaN guard and the log) and the norm.
-        let values = Tensor::cat(vec![loss.clone(), norm], 0)
+        let values = Tensor::cat(vec![loss.clone(), output.grad_norm], 0)
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| TrainError::Backend(format!("cannot read the loss: {e:?}")))?;
@@ -251,7 +234,7 @@ impl Run<'_> {
         let stats = StepStats {
             loss: f64::from(loss_value),
             grad_norm: f64::from(norm_value),
-            tokens_per_s: tokens as f64 / seconds,
+            tokens_per_s: output.tokens as f64 / seconds,
         };
         {
             let mut report = self.lock_report();
@@ -272,8 +255,8 @@ impl Run<'_> {
             }
             let item = LmOutput {
                 loss,
-                learned_tokens: learned,
-                tokens,
+                learned_tokens: output.learned_tokens,
+                tokens: output.tokens,
                 stats: Some(stats),
             };
             self.emit_train(LearnerEvent::ProcessedItem(TrainingItem::new(

@@ -55,6 +55,12 @@ pub fn run(args: Args) -> Result<()> {
     let (loaded, device) = args.model.load(false)?;
     let tokenizer = loaded.tokenizer()?;
     let (text, add_special_tokens) = if args.chat {
+        if tokenizer.chat_template.is_none() {
+            anyhow::bail!(
+                "chat template: the model has no chat template (tokenizer_config.json has no \
+                 `chat_template`); run without --chat"
+            );
+        }
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(ChatMessage::new("system", system));

@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use peft_core::format::{adapter_tensors, to_safetensors, write_atomic, FileTensor};
+use peft_core::adapter_folder::adapter_tensors;
+use peft_core::files::write_atomic;
+use peft_core::tensors::to_safetensors;
+use peft_core::{HostTensor, DEFAULT_ADAPTER};
 use peft_models::loss::{causal_lm_loss, IGNORE_INDEX};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
-use super::{ModelArgs, ADAPTER_NAME};
+use super::ModelArgs;
 
 /// Arguments of `logits`.
 #[derive(clap::Args, Debug)]
@@ -108,13 +111,13 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(labels) = &labels {
         let loss = causal_lm_loss(logits.clone(), upload(labels, &device));
         let grads = loss.backward();
-        outputs.insert("loss".to_string(), FileTensor::read(loss.detach())?);
-        for (key, grad) in adapter_tensors(&model, ADAPTER_NAME, Some(&grads))? {
+        outputs.insert("loss".to_string(), HostTensor::read(loss.detach())?);
+        for (key, grad) in adapter_tensors(&model, DEFAULT_ADAPTER, Some(&grads))? {
             outputs.insert(format!("grad.{key}"), grad);
         }
     }
     let shape = logits.dims();
-    outputs.insert("logits".to_string(), FileTensor::read(logits.detach())?);
+    outputs.insert("logits".to_string(), HostTensor::read(logits.detach())?);
     write_atomic(&args.out, &to_safetensors(&outputs)?)?;
     eprintln!("wrote logits {:?} to {}", shape, args.out.display());
     Ok(())

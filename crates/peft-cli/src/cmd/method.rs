@@ -1,6 +1,11 @@
 //! The flags that choose a PEFT method and its options, shared by `train` and `inspect`; each
-//! overrides the same key of a configuration's `[method]` section.
+//! overrides the same key of a configuration's `[method]` section. The list of methods is
+//! peft-train's ([`Method::ALL`]).
 
+use std::sync::LazyLock;
+
+use anyhow::{bail, Result};
+use clap::builder::PossibleValue;
 use clap::ValueEnum;
 use peft_core::method::bottleneck::NonLinearity;
 use peft_train::config::{Method, MethodSection};
@@ -8,7 +13,7 @@ use peft_train::config::{Method, MethodSection};
 /// `--method` and each method's options.
 #[derive(clap::Args, Debug, Default)]
 pub struct MethodFlags {
-    /// PEFT method. Each reads its own options below; an option of another method is ignored.
+    /// PEFT method. Each takes its own options below; an option of another method is an error.
     #[arg(long, value_enum)]
     pub method: Option<MethodArg>,
     /// LoRA/DoRA: rank of the update [default: 8].
@@ -61,23 +66,21 @@ pub struct MethodFlags {
     pub layer_norm: bool,
 }
 
-/// The methods `--method` accepts.
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum MethodArg {
-    /// LoRA: a low-rank update of each targeted projection.
-    Lora,
-    /// DoRA: LoRA with a learned per-output magnitude.
-    Dora,
-    /// Prefix tuning: learned keys and values before every layer's.
-    Prefix,
-    /// Prompt tuning: learned embeddings before the input's.
-    Prompt,
-    /// IA3: learned rescaling of projection outputs (inputs of feed-forward ones).
-    Ia3,
-    /// Bottleneck adapters after the attention and feed-forward blocks.
-    Houlsby,
-    /// Bottleneck adapters after the feed-forward blocks only.
-    Pfeiffer,
+/// A method as `--method` takes it: one of [`Method::ALL`], with its description as help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodArg(pub Method);
+
+static METHOD_ARGS: LazyLock<Vec<MethodArg>> =
+    LazyLock::new(|| Method::ALL.into_iter().map(MethodArg).collect());
+
+impl ValueEnum for MethodArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &METHOD_ARGS
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.0.name()).help(self.0.description()))
+    }
 }
 
 fn parse_non_linearity(text: &str) -> Result<NonLinearity, String> {
@@ -85,55 +88,88 @@ fn parse_non_linearity(text: &str) -> Result<NonLinearity, String> {
         .map_err(|_| format!("{text:?} is not one of relu, gelu, silu, tanh"))
 }
 
-fn names(list: &str) -> Vec<String> {
-    list.split(',').map(|s| s.trim().to_string()).collect()
+fn names(list: &str) -> toml::Value {
+    list.split(',')
+        .map(|s| toml::Value::from(s.trim()))
+        .collect::<Vec<_>>()
+        .into()
 }
 
 impl MethodFlags {
-    /// Overrides `m`'s keys with the flags that were given.
-    pub fn apply(&self, m: &mut MethodSection) {
-        if let Some(method) = self.method {
-            m.name = match method {
-                MethodArg::Lora => Method::Lora,
-                MethodArg::Dora => Method::Dora,
-                MethodArg::Prefix => Method::Prefix,
-                MethodArg::Prompt => Method::Prompt,
-                MethodArg::Ia3 => Method::Ia3,
-                MethodArg::Houlsby => Method::Houlsby,
-                MethodArg::Pfeiffer => Method::Pfeiffer,
-            };
-        }
-        let set = |slot: &mut usize, value: Option<usize>| {
-            if let Some(v) = value {
-                *slot = v;
+    /// The method section's keys the given flags set, with the flag that set each.
+    fn given(&self) -> Vec<(&'static str, &'static str, toml::Value)> {
+        let mut out = Vec::new();
+        let mut set = |flag, key, value: Option<toml::Value>| {
+            if let Some(value) = value {
+                out.push((flag, key, value));
             }
         };
-        set(&mut m.rank, self.rank);
-        set(&mut m.virtual_tokens, self.virtual_tokens);
-        set(&mut m.reduction_factor, self.reduction_factor);
-        if let Some(alpha) = self.alpha {
-            m.alpha = alpha;
+        let int = |v: Option<usize>| v.map(|v| toml::Value::Integer(v as i64));
+        let yes = |given: bool| given.then_some(toml::Value::Boolean(true));
+        set("--rank", "rank", int(self.rank));
+        set("--alpha", "alpha", self.alpha.map(toml::Value::Float));
+        set("--dropout", "dropout", self.dropout.map(toml::Value::Float));
+        set("--rslora", "rslora", yes(self.rslora));
+        set("--target", "target", self.target.as_deref().map(names));
+        set(
+            "--feedforward",
+            "feedforward",
+            self.feedforward.as_deref().map(names),
+        );
+        set(
+            "--virtual-tokens",
+            "virtual_tokens",
+            int(self.virtual_tokens),
+        );
+        set(
+            "--prefix-projection",
+            "prefix_projection",
+            yes(self.prefix_projection),
+        );
+        set(
+            "--encoder-hidden-size",
+            "encoder_hidden_size",
+            int(self.encoder_hidden_size),
+        );
+        set(
+            "--init-text",
+            "init_text",
+            self.init_text.clone().map(Into::into),
+        );
+        set(
+            "--reduction-factor",
+            "reduction_factor",
+            int(self.reduction_factor),
+        );
+        set(
+            "--non-linearity",
+            "non_linearity",
+            self.non_linearity
+                .map(|n| toml::Value::try_from(n).expect("a non-linearity serialises to a string")),
+        );
+        set("--layer-norm", "layer_norm", yes(self.layer_norm));
+        out
+    }
+
+    /// Overrides `m`'s keys with the flags that were given. With `--method` another method
+    /// than `m`'s, `m`'s options that differ from their defaults carry over (and must be
+    /// options of the new method too). An option of another method is an error naming it.
+    pub fn apply(&self, m: &mut MethodSection) -> Result<()> {
+        let method = self.method.map_or(m.method(), |arg| arg.0);
+        let mut table = m.to_table();
+        table.remove("name");
+        if method != m.method() {
+            let defaults = m.method().defaults().to_table();
+            table.retain(|key, value| defaults.get(key) != Some(value));
         }
-        if let Some(dropout) = self.dropout {
-            m.dropout = dropout;
+        for (flag, key, value) in self.given() {
+            let alone = toml::Table::from_iter([(key.to_string(), value.clone())]);
+            if let Err(e) = MethodSection::from_table(method, alone) {
+                bail!("{flag} does not apply to --method {}: {e}", method.name());
+            }
+            table.insert(key.to_string(), value);
         }
-        if let Some(target) = &self.target {
-            m.target = names(target);
-        }
-        if let Some(ff) = &self.feedforward {
-            m.feedforward = names(ff);
-        }
-        if self.encoder_hidden_size.is_some() {
-            m.encoder_hidden_size = self.encoder_hidden_size;
-        }
-        if self.init_text.is_some() {
-            m.init_text.clone_from(&self.init_text);
-        }
-        if let Some(n) = self.non_linearity {
-            m.non_linearity = n;
-        }
-        m.rslora |= self.rslora;
-        m.prefix_projection |= self.prefix_projection;
-        m.layer_norm |= self.layer_norm;
+        *m = MethodSection::from_table(method, table).map_err(anyhow::Error::msg)?;
+        Ok(())
     }
 }

@@ -13,12 +13,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::Device;
+use peft_core::DEFAULT_ADAPTER;
 use peft_models::LoadedModel;
 
 use crate::backend::{self, BackendChoice};
-
-/// Name under which `--adapter` is loaded (PEFT's default adapter name).
-pub const ADAPTER_NAME: &str = "default";
 
 /// Options of every command that loads a model and computes.
 #[derive(clap::Args, Debug)]
@@ -50,10 +48,12 @@ impl ModelArgs {
         } else {
             selected.device
         };
-        let mut loaded = peft_models::load_model(&self.model, &device)
+        let mut loaded = peft_fetch::resolve(&self.model)
+            .map_err(anyhow::Error::from)
+            .and_then(|path| Ok(peft_models::load_model(&path, &device)?))
             .with_context(|| format!("cannot load model {}", self.model.display()))?;
         if let Some(dir) = &self.adapter {
-            peft_core::load_adapter(&mut loaded.model, ADAPTER_NAME, dir)
+            peft_core::load_adapter(&mut loaded.model, DEFAULT_ADAPTER, dir)
                 .with_context(|| format!("cannot load adapter {}", dir.display()))?;
         }
         Ok((loaded, device))

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use peft_train::checkpoint::CONFIG_FILE;
 use peft_train::config::Schedule;
-use peft_train::{TestScores, TrainConfig};
+use peft_train::{TestScores, TrainConfig, TrainError};
 
 use super::method::MethodFlags;
 use crate::backend::{self, BackendChoice};
@@ -25,7 +25,8 @@ pub struct Args {
     /// Compute backend [default: the configuration's `model.backend`, else auto].
     #[arg(long, value_enum)]
     pub backend: Option<BackendChoice>,
-    /// Base model: a Hugging Face folder.
+    /// Base model: a Hugging Face folder, a LLaMA-architecture .gguf file, or
+    /// `smollm2-135m-instruct` (see `peft-cli inspect --help` for what each reads).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Training data, JSONL: {"text"}, {"prompt","completion"} or {"messages":[...]} per line.
@@ -118,7 +119,7 @@ impl Args {
         some(&mut c.data.train, &self.data);
         some(&mut c.data.valid, &self.valid);
         set(&mut c.data.valid_fraction, &self.valid_fraction);
-        self.method.apply(&mut c.method);
+        self.method.apply(&mut c.method)?;
         let t = &mut c.training;
         set(&mut t.lr, &self.lr);
         set(&mut t.batch_size, &self.batch_size);
@@ -181,7 +182,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     let selected = backend::select(choice)?;
     eprintln!("backend: {}", selected.description);
-    let summary = peft_train::train(&config, &selected.device, args.resume.is_some())?;
+    let summary = peft_train::train(&config, &selected.device, args.resume.is_some())
+        .map_err(with_flag_hint)?;
     if let Some(step) = summary.resumed_from {
         println!("resumed from step {step}");
     }
@@ -204,6 +206,24 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("adapter: {}", summary.final_adapter.display());
     Ok(())
+}
+
+/// A configuration error with the flag that sets the key, where one does.
+fn with_flag_hint(error: TrainError) -> anyhow::Error {
+    let hint = match &error {
+        TrainError::InvalidValue { key, .. } => match key.as_str() {
+            "model.path" => " (set it or pass --model)",
+            "data.train" => " (set it or pass --data)",
+            "training.out" => "; pass --resume to continue it or choose another --out",
+            _ => "",
+        },
+        _ => "",
+    };
+    match hint {
+        "" => error.into(),
+        // `InvalidValue` has no source to keep.
+        hint => anyhow::anyhow!("{error}{hint}"),
+    }
 }
 
 /// The `[test]` scores before and after training, side by side.

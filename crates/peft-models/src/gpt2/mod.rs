@@ -4,4 +4,4 @@ mod config;
 mod model;
 
 pub use config::{Activation, Gpt2Config};
-pub use model::{Gpt2, Gpt2Attention, Gpt2Block, Gpt2Mlp};
+pub use model::{Gpt2, Gpt2Attention, Gpt2Block, Gpt2Mlp, Gpt2Model};

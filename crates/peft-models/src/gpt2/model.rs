@@ -1,17 +1,21 @@
-//! The GPT-2 forward pass, readable top to bottom, and its construction from a checkpoint.
+//! The GPT-2 forward pass, readable top to bottom, and its construction from a checkpoint. The
+//! modules mirror transformers' `GPT2LMHeadModel` (`transformer.h.N.attn.c_attn`, ...): each
+//! field is named as the Hugging Face module it holds, and built from the scope of that name.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
-use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor};
-use peft_core::{ModelGeometry, Projection, ProjectionHost, VirtualTokens, WeightLayout};
+use peft_core::{ModelAdapters, ModelGeometry, Projection};
 
 use super::{Activation, Gpt2Config};
-use crate::attention::{attention_mask, scaled_dot_product, KvCache};
-use crate::error::{ModelError, Result};
-use crate::load::WeightLoader;
-use crate::norm::LayerNorm;
-use crate::virtual_input::{cache_for_prefix, prepare, Prepared};
+use crate::arch::{config_error, ArchConfig, Architecture};
+use crate::error::Result;
+use crate::nn::attention::{attention_mask, scaled_dot_product, KvCache};
+use crate::nn::embedding::Embedding;
+use crate::nn::norm::LayerNorm;
+use crate::nn::projections::has_projections;
+use crate::nn::virtual_input::{cache_for_prefix, prepare, Prepared};
+use crate::weights::Weights;
 
 /// Causal self-attention with a fused qkv projection.
 #[derive(Module, Debug)]
@@ -23,6 +27,8 @@ pub struct Gpt2Attention {
     num_heads: usize,
     scale: f64,
 }
+
+has_projections!(Gpt2Attention: c_attn, c_proj);
 
 impl Gpt2Attention {
     fn forward(
@@ -62,6 +68,8 @@ pub struct Gpt2Mlp {
     activation: Activation,
 }
 
+has_projections!(Gpt2Mlp: c_fc, c_proj);
+
 impl Gpt2Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.c_fc.forward(x);
@@ -88,57 +96,117 @@ pub struct Gpt2Block {
     pub mlp: Gpt2Mlp,
 }
 
-/// A GPT-2 causal language model (tied head).
+has_projections!(Gpt2Block: attn, mlp);
+
+impl Gpt2Block {
+    fn load(vb: &Weights, c: &Gpt2Config, index: usize, activation: Activation) -> Result<Self> {
+        let (d, inner, eps) = (c.n_embd, c.inner_dim(), c.layer_norm_epsilon);
+        let mut scale = if c.scale_attn_weights {
+            1.0 / ((d / c.n_head) as f64).sqrt()
+        } else {
+            1.0
+        };
+        if c.scale_attn_by_inverse_layer_idx {
+            scale /= (index + 1) as f64;
+        }
+        let (attn, mlp) = (vb.pp("attn"), vb.pp("mlp"));
+        Ok(Self {
+            ln_1: LayerNorm::load(&vb.pp("ln_1"), d, eps)?,
+            attn: Gpt2Attention {
+                c_attn: attn.pp("c_attn").conv1d(d, 3 * d)?,
+                c_proj: attn.pp("c_proj").conv1d(d, d)?,
+                num_heads: c.n_head,
+                scale,
+            },
+            ln_2: LayerNorm::load(&vb.pp("ln_2"), d, eps)?,
+            mlp: Gpt2Mlp {
+                c_fc: mlp.pp("c_fc").conv1d(d, inner)?,
+                c_proj: mlp.pp("c_proj").conv1d(inner, d)?,
+                activation,
+            },
+        })
+    }
+}
+
+/// The decoder (transformers' `GPT2Model`).
 #[derive(Module, Debug)]
-pub struct Gpt2 {
+pub struct Gpt2Model {
     /// Token embedding `[vocab, n_embd]`.
-    pub wte: Param<Tensor<2>>,
+    pub wte: Embedding,
     /// Position embedding `[n_positions, n_embd]`.
-    pub wpe: Param<Tensor<2>>,
+    pub wpe: Embedding,
     /// Blocks.
     pub h: Vec<Gpt2Block>,
     /// Final norm.
     pub ln_f: LayerNorm,
-    /// Output head, a view of `wte`.
-    pub lm_head: Projection,
-    /// Prompt-learning adapters (prefix and prompt tuning).
-    pub virtual_tokens: VirtualTokens,
 }
 
-impl Gpt2 {
-    /// Logits `[batch, seq, vocab]`; arguments as for [`crate::llama::Llama::forward`].
-    pub fn forward(
-        &self,
-        input_ids: Tensor<2, Int>,
-        padding_mask: Option<&Tensor<2, Int>>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        let x = embedding(self.wte.val(), input_ids);
-        self.forward_embeddings(x, padding_mask, cache)
-    }
+has_projections!(Gpt2Model: h);
 
-    /// [`Self::forward`] from token embeddings `[batch, seq, n_embd]` (position embeddings
-    /// are added here).
-    pub fn forward_embeddings(
+/// A GPT-2 causal language model (transformers' `GPT2LMHeadModel`, tied head).
+#[derive(Module, Debug)]
+pub struct Gpt2 {
+    /// The decoder.
+    pub transformer: Gpt2Model,
+    /// Output head: a contiguous copy of `wte`'s transpose under `wte`'s id.
+    pub lm_head: Projection,
+    /// Model-wide adapters (prefix and prompt tuning).
+    pub adapters: ModelAdapters,
+}
+
+has_projections!(Gpt2: transformer, lm_head);
+
+impl Gpt2 {
+    /// Builds the model from the checkpoint's top scope `root`; the checkpoint may name its
+    /// tensors with or without `GPT2LMHeadModel`'s `transformer.` prefix.
+    pub fn load(c: &Gpt2Config, root: &Weights) -> Result<Self> {
+        let vb = if root.contains("transformer.wte.weight") {
+            root.pp("transformer")
+        } else {
+            root.pp_unstored("transformer")
+        };
+        let d = c.n_embd;
+        let activation = c
+            .activation()
+            .map_err(|(key, message)| config_error("config.json", key, message))?;
+        let wte = Embedding::load(&vb.pp("wte"), c.vocab_size, d)?;
+        let wpe = Embedding::load(&vb.pp("wpe"), c.n_positions, d)?;
+        let h = (0..c.n_layer)
+            .map(|i| Gpt2Block::load(&vb.pp("h").pp(i), c, i, activation))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::load(&vb.pp("ln_f"), d, c.layer_norm_epsilon)?;
+        let lm_head = Projection::tied_to(root.pp("lm_head").path(), &wte.weight);
+        Ok(Self {
+            transformer: Gpt2Model { wte, wpe, h, ln_f },
+            lm_head,
+            adapters: ModelAdapters::default(),
+        })
+    }
+}
+
+impl Architecture for Gpt2 {
+    /// Position embeddings are added here.
+    fn forward_embeddings(
         &self,
         x: Tensor<3>,
         padding_mask: Option<&Tensor<2, Int>>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        let m = &self.transformer;
         let mut own_cache = None;
-        let mut cache = cache_for_prefix(&self.virtual_tokens, cache, &mut own_cache, self.h.len());
+        let mut cache = cache_for_prefix(&self.adapters, cache, &mut own_cache, m.h.len());
         let Prepared {
             x,
             padding_mask,
             past,
-        } = prepare(&self.virtual_tokens, x, padding_mask, cache.as_deref_mut());
+        } = prepare(&self.adapters, x, padding_mask, cache.as_deref_mut());
         let [batch, seq, _] = x.dims();
         let device = x.device();
         let positions =
             Tensor::<1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([1, seq]);
-        let mut x = x + embedding(self.wpe.val(), positions);
+        let mut x = x + m.wpe.forward(positions);
         let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), &device);
-        for (i, block) in self.h.iter().enumerate() {
+        for (i, block) in m.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = x.clone()
                 + block
@@ -146,109 +214,27 @@ impl Gpt2 {
                     .forward(block.ln_1.forward(x), &mask, layer_cache);
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
         }
-        self.lm_head.forward(self.ln_f.forward(x))
+        self.lm_head.forward(m.ln_f.forward(x))
     }
 
-    /// Builds the model from checkpoint tensors named as transformers names them, with or
-    /// without the `transformer.` prefix of `GPT2LMHeadModel`.
-    pub fn load(config: &Gpt2Config, w: &mut WeightLoader) -> Result<Self> {
-        let prefix = if w.contains("transformer.wte.weight") {
-            "transformer."
-        } else {
-            ""
-        };
-        let (d, inner) = (config.n_embd, config.inner_dim());
-        let eps = config.layer_norm_epsilon;
-        let activation = config
-            .activation()
-            .map_err(|(key, message)| ModelError::ConfigValue {
-                path: "config.json".into(),
-                key: key.to_string(),
-                message,
-            })?;
-        let wte = w.matrix(&format!("{prefix}wte.weight"), config.vocab_size, d)?;
-        let wpe = w.matrix(&format!("{prefix}wpe.weight"), config.n_positions, d)?;
-        let mut h = Vec::with_capacity(config.n_layer);
-        for i in 0..config.n_layer {
-            let p = format!("{prefix}h.{i}");
-            let mut scale = if config.scale_attn_weights {
-                1.0 / ((d / config.n_head) as f64).sqrt()
-            } else {
-                1.0
-            };
-            if config.scale_attn_by_inverse_layer_idx {
-                scale /= (i + 1) as f64;
-            }
-            h.push(Gpt2Block {
-                ln_1: layer_norm(w, &format!("{p}.ln_1"), d, eps)?,
-                attn: Gpt2Attention {
-                    c_attn: conv1d(w, &format!("{p}.attn.c_attn"), d, 3 * d)?,
-                    c_proj: conv1d(w, &format!("{p}.attn.c_proj"), d, d)?,
-                    num_heads: config.n_head,
-                    scale,
-                },
-                ln_2: layer_norm(w, &format!("{p}.ln_2"), d, eps)?,
-                mlp: Gpt2Mlp {
-                    c_fc: conv1d(w, &format!("{p}.mlp.c_fc"), d, inner)?,
-                    c_proj: conv1d(w, &format!("{p}.mlp.c_proj"), inner, d)?,
-                    activation,
-                },
-            });
-        }
-        let ln_f = layer_norm(w, &format!("{prefix}ln_f"), d, eps)?;
-        let lm_head = Projection::tied_to(&wte);
-        Ok(Self {
-            wte,
-            wpe,
-            h,
-            ln_f,
-            lm_head,
-            virtual_tokens: VirtualTokens::default(),
-        })
+    fn token_embedding(&self) -> &Embedding {
+        &self.transformer.wte
     }
 
-    /// Tensors a checkpoint may hold that this model does not need.
-    pub fn is_ignorable_tensor(name: &str) -> bool {
-        // Older checkpoints store the causal mask as buffers; the head is tied to `wte`.
-        name.ends_with(".attn.bias")
-            || name.ends_with(".attn.masked_bias")
-            || name == "lm_head.weight"
-    }
-}
-
-/// Every projection of a GPT-2 with its Hugging Face path; `mut` as second argument lists
-/// them mutably (one list for both, so they cannot drift apart).
-macro_rules! gpt2_projections {
-    ($model:expr $(, $m:tt)?) => {{
-        let mut out = Vec::new();
-        for (i, b) in (&$($m)? $model.h).into_iter().enumerate() {
-            let p = format!("transformer.h.{i}");
-            let (a, f) = (&$($m)? b.attn, &$($m)? b.mlp);
-            out.push((format!("{p}.attn.c_attn"), &$($m)? a.c_attn));
-            out.push((format!("{p}.attn.c_proj"), &$($m)? a.c_proj));
-            out.push((format!("{p}.mlp.c_fc"), &$($m)? f.c_fc));
-            out.push((format!("{p}.mlp.c_proj"), &$($m)? f.c_proj));
-        }
-        out.push(("lm_head".to_string(), &$($m)? $model.lm_head));
-        out
-    }};
-}
-
-impl ProjectionHost for Gpt2 {
-    fn projections(&self) -> Vec<(String, &Projection)> {
-        gpt2_projections!(self)
+    fn num_layers(&self) -> usize {
+        self.transformer.h.len()
     }
 
-    fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
-        gpt2_projections!(self, mut)
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.transformer.wpe.rows())
     }
 
     fn geometry(&self) -> ModelGeometry {
-        let [vocab_size, hidden_size] = self.wte.dims();
-        let num_heads = self.h.first().map_or(1, |b| b.attn.num_heads);
+        let [vocab_size, hidden_size] = self.transformer.wte.weight.dims();
+        let num_heads = self.transformer.h.first().map_or(1, |b| b.attn.num_heads);
         ModelGeometry {
-            model_type: "gpt2".into(),
-            num_layers: self.h.len(),
+            model_type: Gpt2Config::MODEL_TYPE.into(),
+            num_layers: self.transformer.h.len(),
             hidden_size,
             num_heads,
             num_kv_heads: num_heads,
@@ -257,32 +243,11 @@ impl ProjectionHost for Gpt2 {
         }
     }
 
-    fn virtual_tokens(&self) -> &VirtualTokens {
-        &self.virtual_tokens
+    fn model_adapters(&self) -> &ModelAdapters {
+        &self.adapters
     }
 
-    fn virtual_tokens_mut(&mut self) -> &mut VirtualTokens {
-        &mut self.virtual_tokens
+    fn model_adapters_mut(&mut self) -> &mut ModelAdapters {
+        &mut self.adapters
     }
-
-    fn embed_ids(&self, ids: &[u32]) -> Tensor<2> {
-        crate::model::embed_rows(&self.wte, ids)
-    }
-}
-
-/// A transformers `Conv1D` module: weight stored `[in, out]`, always with a bias.
-fn conv1d(w: &mut WeightLoader, path: &str, d_in: usize, d_out: usize) -> Result<Projection> {
-    Ok(Projection::new(
-        w.matrix(&format!("{path}.weight"), d_in, d_out)?,
-        Some(w.vector(&format!("{path}.bias"), d_out)?),
-        WeightLayout::Conv1D,
-    ))
-}
-
-fn layer_norm(w: &mut WeightLoader, path: &str, d: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm {
-        weight: w.vector(&format!("{path}.weight"), d)?,
-        bias: w.vector(&format!("{path}.bias"), d)?,
-        eps,
-    })
 }

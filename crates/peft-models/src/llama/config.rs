@@ -2,7 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::TokenIds;
+use super::gguf;
+use super::model::Llama;
+use crate::arch::ArchConfig;
+use crate::error::Result;
+use crate::hf_json::TokenIds;
+use crate::nn::rope::{RopeKind, RopeScaling};
+use crate::weights::gguf::{GgufFile, HfName};
+use crate::weights::Weights;
 
 /// Hyper-parameters of a LLaMA-family model.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -55,52 +62,6 @@ pub struct LlamaConfig {
     pub eos_token_id: TokenIds,
 }
 
-/// RoPE parameters: `rope_scaling` (4.x) or `rope_parameters` (5.x).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct RopeScaling {
-    /// `default`, `linear` or `llama3` (`type` in older configs).
-    #[serde(default, alias = "type")]
-    pub rope_type: Option<String>,
-    /// RoPE base, when given here (5.x).
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    /// Scaling factor (`linear`, `llama3`).
-    #[serde(default)]
-    pub factor: Option<f64>,
-    /// Llama-3 low-frequency factor.
-    #[serde(default)]
-    pub low_freq_factor: Option<f64>,
-    /// Llama-3 high-frequency factor.
-    #[serde(default)]
-    pub high_freq_factor: Option<f64>,
-    /// Llama-3 original context length.
-    #[serde(default)]
-    pub original_max_position_embeddings: Option<usize>,
-}
-
-/// How RoPE frequencies are adjusted, resolved from the config.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeKind {
-    /// Plain RoPE.
-    Default,
-    /// Position interpolation: every frequency divided by `factor`.
-    Linear {
-        /// The divisor.
-        factor: f64,
-    },
-    /// Llama 3.1 frequency-dependent scaling.
-    Llama3 {
-        /// Overall factor.
-        factor: f64,
-        /// Low-frequency factor.
-        low_freq_factor: f64,
-        /// High-frequency factor.
-        high_freq_factor: f64,
-        /// Context length the model was pre-trained with.
-        original_max_position_embeddings: usize,
-    },
-}
-
 fn default_rms_norm_eps() -> f64 {
     1e-6
 }
@@ -140,7 +101,7 @@ impl LlamaConfig {
     }
 
     /// The RoPE variant; an error names the key when it is one this crate does not implement.
-    pub fn rope_kind(&self) -> Result<RopeKind, (&'static str, String)> {
+    pub fn rope_kind(&self) -> std::result::Result<RopeKind, (&'static str, String)> {
         let Some(section) = self.rope_section() else {
             return Ok(RopeKind::Default);
         };
@@ -149,34 +110,18 @@ impl LlamaConfig {
         } else {
             "rope_scaling"
         };
-        let need = |value: Option<f64>, field: &str| {
-            value.ok_or((key, format!("rope type needs `{field}`")))
-        };
-        match section.rope_type.as_deref().unwrap_or("default") {
-            "default" => Ok(RopeKind::Default),
-            "linear" => Ok(RopeKind::Linear {
-                factor: need(section.factor, "factor")?,
-            }),
-            "llama3" => Ok(RopeKind::Llama3 {
-                factor: need(section.factor, "factor")?,
-                low_freq_factor: need(section.low_freq_factor, "low_freq_factor")?,
-                high_freq_factor: need(section.high_freq_factor, "high_freq_factor")?,
-                original_max_position_embeddings: section.original_max_position_embeddings.ok_or(
-                    (
-                        key,
-                        "rope type needs `original_max_position_embeddings`".into(),
-                    ),
-                )?,
-            }),
-            other => Err((
-                key,
-                format!("rope_type {other:?} is not supported; expected default, linear or llama3"),
-            )),
-        }
+        section.kind(key)
     }
+}
 
-    /// Checks the values the model depends on; the error names the key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+impl ArchConfig for LlamaConfig {
+    const MODEL_TYPE: &'static str = "llama";
+    const HF_CLASS: &'static str = "LlamaForCausalLM";
+    const GGUF_ARCHITECTURE: Option<&'static str> = Some("llama");
+
+    type Model = Llama;
+
+    fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -218,5 +163,49 @@ impl LlamaConfig {
             ));
         }
         self.rope_kind().map(|_| ())
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos_token_id.to_vec()
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("layers", self.num_hidden_layers.to_string()),
+            ("hidden size", self.hidden_size.to_string()),
+            ("intermediate size", self.intermediate_size.to_string()),
+            ("attention heads", self.num_attention_heads.to_string()),
+            ("key/value heads", self.kv_heads().to_string()),
+            ("head dim", self.head_dim().to_string()),
+            ("vocabulary", self.vocab_size.to_string()),
+            ("max positions", self.max_position_embeddings.to_string()),
+            ("rope theta", self.rope_theta().to_string()),
+            ("tied embeddings", self.tie_word_embeddings.to_string()),
+        ]
+    }
+
+    fn is_ignorable_tensor(name: &str) -> bool {
+        // Old checkpoints saved RoPE's inverse frequencies; tied checkpoints may repeat the head.
+        name.ends_with(".rotary_emb.inv_freq") || name == "lm_head.weight"
+    }
+
+    fn check_untied_head(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    fn build(&self, root: &Weights) -> Result<Llama> {
+        Llama::load(self, root)
+    }
+
+    fn from_gguf(file: &GgufFile) -> Result<Self> {
+        gguf::config(file)
+    }
+
+    fn gguf_name(&self, name: &str) -> Option<HfName> {
+        gguf::hf_name(self, name)
     }
 }

@@ -1,19 +1,23 @@
-//! The LLaMA forward pass, readable top to bottom, and its construction from a checkpoint.
+//! The LLaMA forward pass, readable top to bottom, and its construction from a checkpoint. The
+//! modules mirror transformers' `LlamaForCausalLM` (`model.layers.N.self_attn.q_proj`, ...):
+//! each field is named as the Hugging Face module it holds, and built from the scope of that
+//! name.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::tensor::activation::silu;
-use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor};
-use peft_core::{ModelGeometry, Projection, ProjectionHost, VirtualTokens, WeightLayout};
+use peft_core::{ModelAdapters, ModelGeometry, Projection};
 
 use super::LlamaConfig;
-use crate::attention::{
-    apply_rotary, attention_mask, repeat_kv, scaled_dot_product, KvCache, RotaryEmbedding,
-};
-use crate::error::{ModelError, Result};
-use crate::load::WeightLoader;
-use crate::norm::RmsNorm;
-use crate::virtual_input::{cache_for_prefix, prepare, Prepared};
+use crate::arch::{config_error, ArchConfig, Architecture};
+use crate::error::Result;
+use crate::nn::attention::{attention_mask, repeat_kv, scaled_dot_product, KvCache};
+use crate::nn::embedding::Embedding;
+use crate::nn::norm::RmsNorm;
+use crate::nn::projections::has_projections;
+use crate::nn::rope::{apply_rotary, RotaryEmbedding};
+use crate::nn::virtual_input::{cache_for_prefix, prepare, Prepared};
+use crate::weights::Weights;
 
 /// Self-attention with RoPE and grouped-query key/value heads.
 #[derive(Module, Debug)]
@@ -31,7 +35,28 @@ pub struct LlamaAttention {
     head_dim: usize,
 }
 
+has_projections!(LlamaAttention: q_proj, k_proj, v_proj, o_proj);
+
 impl LlamaAttention {
+    fn load(vb: &Weights, c: &LlamaConfig) -> Result<Self> {
+        let (hidden, heads, kv_heads, head_dim) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.head_dim(),
+        );
+        let bias = c.attention_bias;
+        Ok(Self {
+            q_proj: vb.pp("q_proj").linear(hidden, heads * head_dim, bias)?,
+            k_proj: vb.pp("k_proj").linear(hidden, kv_heads * head_dim, bias)?,
+            v_proj: vb.pp("v_proj").linear(hidden, kv_heads * head_dim, bias)?,
+            o_proj: vb.pp("o_proj").linear(heads * head_dim, hidden, bias)?,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+        })
+    }
+
     fn forward(
         &self,
         x: Tensor<3>,
@@ -72,7 +97,18 @@ pub struct LlamaMlp {
     pub down_proj: Projection,
 }
 
+has_projections!(LlamaMlp: gate_proj, up_proj, down_proj);
+
 impl LlamaMlp {
+    fn load(vb: &Weights, c: &LlamaConfig) -> Result<Self> {
+        let (hidden, ffn, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
+        Ok(Self {
+            gate_proj: vb.pp("gate_proj").linear(hidden, ffn, bias)?,
+            up_proj: vb.pp("up_proj").linear(hidden, ffn, bias)?,
+            down_proj: vb.pp("down_proj").linear(ffn, hidden, bias)?,
+        })
+    }
+
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gated = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
         self.down_proj.forward(gated)
@@ -92,207 +128,136 @@ pub struct LlamaLayer {
     pub post_attention_layernorm: RmsNorm,
 }
 
-/// A LLaMA-family causal language model.
+has_projections!(LlamaLayer: self_attn, mlp);
+
+impl LlamaLayer {
+    fn load(vb: &Weights, c: &LlamaConfig) -> Result<Self> {
+        let (hidden, eps) = (c.hidden_size, c.rms_norm_eps);
+        Ok(Self {
+            self_attn: LlamaAttention::load(&vb.pp("self_attn"), c)?,
+            mlp: LlamaMlp::load(&vb.pp("mlp"), c)?,
+            input_layernorm: RmsNorm::load(&vb.pp("input_layernorm"), hidden, eps)?,
+            post_attention_layernorm: RmsNorm::load(
+                &vb.pp("post_attention_layernorm"),
+                hidden,
+                eps,
+            )?,
+        })
+    }
+}
+
+/// The decoder (transformers' `LlamaModel`).
 #[derive(Module, Debug)]
-pub struct Llama {
+pub struct LlamaModel {
     /// Token embedding `[vocab, hidden]`.
-    pub embed_tokens: Param<Tensor<2>>,
+    pub embed_tokens: Embedding,
     /// Decoder layers.
     pub layers: Vec<LlamaLayer>,
     /// Final norm.
     pub norm: RmsNorm,
-    /// Output projection to the vocabulary (shares `embed_tokens` when tied).
-    pub lm_head: Projection,
-    /// Rotary position embedding.
-    pub rope: RotaryEmbedding,
-    /// Prompt-learning adapters (prefix and prompt tuning).
-    pub virtual_tokens: VirtualTokens,
+    /// Rotary position embedding (a constant, not a parameter).
+    pub rotary_emb: RotaryEmbedding,
 }
 
-impl Llama {
-    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`. `padding_mask`
-    /// (`[batch, past + seq]`, 1 = token) masks padded keys; with `cache`, only the new tokens
-    /// are given and their keys/values are appended to it. An active prompt-tuning adapter
-    /// puts its virtual tokens first, and their logits come first.
-    pub fn forward(
-        &self,
-        input_ids: Tensor<2, Int>,
-        padding_mask: Option<&Tensor<2, Int>>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        let x = embedding(self.embed_tokens.val(), input_ids);
-        self.forward_embeddings(x, padding_mask, cache)
-    }
+has_projections!(LlamaModel: layers);
 
-    /// [`Self::forward`] from input embeddings `[batch, seq, hidden]`.
-    pub fn forward_embeddings(
+/// A LLaMA-family causal language model (transformers' `LlamaForCausalLM`).
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// The decoder.
+    pub model: LlamaModel,
+    /// Output projection to the vocabulary (a copy of the embedding, same id, when tied).
+    pub lm_head: Projection,
+    /// Model-wide adapters (prefix and prompt tuning).
+    pub adapters: ModelAdapters,
+}
+
+has_projections!(Llama: model, lm_head);
+
+impl Llama {
+    /// Builds the model from the checkpoint's top scope `root`.
+    pub fn load(c: &LlamaConfig, root: &Weights) -> Result<Self> {
+        let vb = root.pp("model");
+        let embed_tokens = Embedding::load(&vb.pp("embed_tokens"), c.vocab_size, c.hidden_size)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| LlamaLayer::load(&vb.pp("layers").pp(i), c))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&vb.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
+        let lm_head = match c.tie_word_embeddings {
+            true => Projection::tied_to(root.pp("lm_head").path(), &embed_tokens.weight),
+            false => root
+                .pp("lm_head")
+                .linear(c.hidden_size, c.vocab_size, false)?,
+        };
+        let rope_kind = c
+            .rope_kind()
+            .map_err(|(key, message)| config_error("config.json", key, message))?;
+        let rotary_emb = RotaryEmbedding::new(
+            c.head_dim(),
+            c.rope_theta(),
+            &rope_kind,
+            &embed_tokens.weight.device(),
+        );
+        Ok(Self {
+            model: LlamaModel {
+                embed_tokens,
+                layers,
+                norm,
+                rotary_emb,
+            },
+            lm_head,
+            adapters: ModelAdapters::default(),
+        })
+    }
+}
+
+impl Architecture for Llama {
+    fn forward_embeddings(
         &self,
         x: Tensor<3>,
         padding_mask: Option<&Tensor<2, Int>>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        let m = &self.model;
         let mut own_cache = None;
-        let mut cache = cache_for_prefix(
-            &self.virtual_tokens,
-            cache,
-            &mut own_cache,
-            self.layers.len(),
-        );
+        let mut cache = cache_for_prefix(&self.adapters, cache, &mut own_cache, m.layers.len());
         let Prepared {
             mut x,
             padding_mask,
             past,
-        } = prepare(&self.virtual_tokens, x, padding_mask, cache.as_deref_mut());
+        } = prepare(&self.adapters, x, padding_mask, cache.as_deref_mut());
         let [batch, seq, _] = x.dims();
         let device = x.device();
-        let rope = self.rope.cos_sin(past, seq);
+        let rope = m.rotary_emb.cos_sin(past, seq);
         let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), &device);
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in m.layers.iter().enumerate() {
             let attn_in = layer.input_layernorm.forward(x.clone());
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = x + layer.self_attn.forward(attn_in, &rope, &mask, layer_cache);
             let mlp_in = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(mlp_in);
         }
-        self.lm_head.forward(self.norm.forward(x))
+        self.lm_head.forward(m.norm.forward(x))
     }
 
-    /// Builds the model from checkpoint tensors named as transformers' `LlamaForCausalLM` names them.
-    pub fn load(config: &LlamaConfig, w: &mut WeightLoader) -> Result<Self> {
-        let hidden = config.hidden_size;
-        let (heads, kv_heads, head_dim) = (
-            config.num_attention_heads,
-            config.kv_heads(),
-            config.head_dim(),
-        );
-        let eps = config.rms_norm_eps;
-        let embed_tokens = w.matrix("model.embed_tokens.weight", config.vocab_size, hidden)?;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let attn_bias = config.attention_bias;
-            let mlp_bias = config.mlp_bias;
-            let ffn = config.intermediate_size;
-            layers.push(LlamaLayer {
-                self_attn: LlamaAttention {
-                    q_proj: linear(
-                        w,
-                        &format!("{p}.self_attn.q_proj"),
-                        hidden,
-                        heads * head_dim,
-                        attn_bias,
-                    )?,
-                    k_proj: linear(
-                        w,
-                        &format!("{p}.self_attn.k_proj"),
-                        hidden,
-                        kv_heads * head_dim,
-                        attn_bias,
-                    )?,
-                    v_proj: linear(
-                        w,
-                        &format!("{p}.self_attn.v_proj"),
-                        hidden,
-                        kv_heads * head_dim,
-                        attn_bias,
-                    )?,
-                    o_proj: linear(
-                        w,
-                        &format!("{p}.self_attn.o_proj"),
-                        heads * head_dim,
-                        hidden,
-                        attn_bias,
-                    )?,
-                    num_heads: heads,
-                    num_kv_heads: kv_heads,
-                    head_dim,
-                },
-                mlp: LlamaMlp {
-                    gate_proj: linear(w, &format!("{p}.mlp.gate_proj"), hidden, ffn, mlp_bias)?,
-                    up_proj: linear(w, &format!("{p}.mlp.up_proj"), hidden, ffn, mlp_bias)?,
-                    down_proj: linear(w, &format!("{p}.mlp.down_proj"), ffn, hidden, mlp_bias)?,
-                },
-                input_layernorm: rms_norm(w, &format!("{p}.input_layernorm"), hidden, eps)?,
-                post_attention_layernorm: rms_norm(
-                    w,
-                    &format!("{p}.post_attention_layernorm"),
-                    hidden,
-                    eps,
-                )?,
-            });
-        }
-        let norm = rms_norm(w, "model.norm", hidden, eps)?;
-        let lm_head = if config.tie_word_embeddings {
-            Projection::tied_to(&embed_tokens)
-        } else {
-            linear(w, "lm_head", hidden, config.vocab_size, false)?
-        };
-        let rope_kind = config
-            .rope_kind()
-            .map_err(|(key, message)| ModelError::ConfigValue {
-                path: "config.json".into(),
-                key: key.to_string(),
-                message,
-            })?;
-        let rope = RotaryEmbedding::new(
-            head_dim,
-            config.rope_theta(),
-            &rope_kind,
-            &embed_tokens.device(),
-        );
-        Ok(Self {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            rope,
-            virtual_tokens: VirtualTokens::default(),
-        })
+    fn token_embedding(&self) -> &Embedding {
+        &self.model.embed_tokens
     }
 
-    /// Tensors a checkpoint may hold that this model does not need.
-    pub fn is_ignorable_tensor(name: &str) -> bool {
-        // Old checkpoints saved RoPE's inverse frequencies; tied checkpoints may repeat the head.
-        name.ends_with(".rotary_emb.inv_freq") || name == "lm_head.weight"
-    }
-}
-
-/// Every projection of a LLaMA with its Hugging Face path; `mut` as second argument lists
-/// them mutably (one list for both, so they cannot drift apart).
-macro_rules! llama_projections {
-    ($model:expr $(, $m:tt)?) => {{
-        let mut out = Vec::new();
-        for (i, l) in (&$($m)? $model.layers).into_iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            let (a, f) = (&$($m)? l.self_attn, &$($m)? l.mlp);
-            out.push((format!("{p}.self_attn.q_proj"), &$($m)? a.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &$($m)? a.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &$($m)? a.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &$($m)? a.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &$($m)? f.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &$($m)? f.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &$($m)? f.down_proj));
-        }
-        out.push(("lm_head".to_string(), &$($m)? $model.lm_head));
-        out
-    }};
-}
-
-impl ProjectionHost for Llama {
-    fn projections(&self) -> Vec<(String, &Projection)> {
-        llama_projections!(self)
+    fn num_layers(&self) -> usize {
+        self.model.layers.len()
     }
 
-    fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
-        llama_projections!(self, mut)
+    fn max_positions(&self) -> Option<usize> {
+        None
     }
 
     fn geometry(&self) -> ModelGeometry {
-        let [vocab_size, hidden_size] = self.embed_tokens.dims();
-        let attn = self.layers.first().map(|l| &l.self_attn);
+        let [vocab_size, hidden_size] = self.model.embed_tokens.weight.dims();
+        let attn = self.model.layers.first().map(|l| &l.self_attn);
         ModelGeometry {
-            model_type: "llama".into(),
-            num_layers: self.layers.len(),
+            model_type: LlamaConfig::MODEL_TYPE.into(),
+            num_layers: self.model.layers.len(),
             hidden_size,
             num_heads: attn.map_or(0, |a| a.num_heads),
             num_kv_heads: attn.map_or(0, |a| a.num_kv_heads),
@@ -301,39 +266,11 @@ impl ProjectionHost for Llama {
         }
     }
 
-    fn virtual_tokens(&self) -> &VirtualTokens {
-        &self.virtual_tokens
+    fn model_adapters(&self) -> &ModelAdapters {
+        &self.adapters
     }
 
-    fn virtual_tokens_mut(&mut self) -> &mut VirtualTokens {
-        &mut self.virtual_tokens
+    fn model_adapters_mut(&mut self) -> &mut ModelAdapters {
+        &mut self.adapters
     }
-
-    fn embed_ids(&self, ids: &[u32]) -> Tensor<2> {
-        crate::model::embed_rows(&self.embed_tokens, ids)
-    }
-}
-
-/// An `nn.Linear` module at HF path `path`.
-fn linear(
-    w: &mut WeightLoader,
-    path: &str,
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-) -> Result<Projection> {
-    let weight = w.linear_weight(&format!("{path}.weight"), d_in, d_out)?;
-    let bias = if bias {
-        Some(w.vector(&format!("{path}.bias"), d_out)?)
-    } else {
-        None
-    };
-    Ok(Projection::new(weight, bias, WeightLayout::Linear))
-}
-
-fn rms_norm(w: &mut WeightLoader, path: &str, hidden: usize, eps: f64) -> Result<RmsNorm> {
-    Ok(RmsNorm {
-        weight: w.vector(&format!("{path}.weight"), hidden)?,
-        eps,
-    })
 }

@@ -13,19 +13,16 @@ use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use burn::train::Learner;
-use peft_core::{ParameterReport, ProjectionHost};
+use peft_core::{AdapterConfig, ParameterReport, ProjectionHost, DEFAULT_ADAPTER};
 use peft_models::generate::{generate, SamplingConfig};
 use peft_models::{random_model, CausalLm, ModelConfig};
 use peft_train::batch::LmBatch;
-use peft_train::clip::average_and_clip;
-use peft_train::config::{MethodSection, Schedule};
-use peft_train::model::{OptimizerSnapshot, TrainableLm};
+use peft_train::config::{LoraOptions, Method, MethodSection, Schedule};
+use peft_train::model::TrainableLm;
 use peft_train::schedule::WarmupSchedule;
+use peft_train::step::optimizer_step;
 use serde::Serialize;
 
-use clap::ValueEnum;
-
-use super::method::MethodArg;
 use crate::backend::{self, BackendChoice};
 
 /// Options of `bench`.
@@ -127,23 +124,23 @@ impl Preset {
 }
 
 /// `full` (`None`) or a PEFT method.
-type BenchMethod = Option<MethodArg>;
+type BenchMethod = Option<Method>;
 
 fn parse_method(text: &str) -> Result<BenchMethod, String> {
     match text {
         "full" => Ok(None),
-        other => MethodArg::from_str(other, true).map(Some).map_err(|_| {
-            format!("{other:?} is not full, lora, dora, prefix, prompt, ia3, houlsby or pfeiffer")
-        }),
+        other => Method::from_name(&other.to_lowercase())
+            .map(Some)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                format!("{other:?} is not full, {}", names.join(", "))
+            }),
     }
 }
 
 /// The method's name in rows.
 fn method_name(method: BenchMethod) -> String {
-    method.map_or("full".into(), |m| {
-        m.to_possible_value()
-            .map_or_else(|| format!("{m:?}"), |v| v.get_name().to_string())
-    })
+    method.map_or("full", Method::name).to_string()
 }
 
 /// `--dtype`.
@@ -225,10 +222,12 @@ pub fn run(args: Args) -> Result<()> {
     let matmul_params = matmul_parameters(&lm);
 
     let batch = random_batch(&args, lm.vocab_size(), &train_device);
-    let model = TrainableLm {
+    let model = TrainableLm::new(
         lm,
-        snapshot: OptimizerSnapshot::default(),
-    };
+        adapter
+            .clone()
+            .map(|config| (DEFAULT_ADAPTER.to_string(), config)),
+    );
     let total = args.warmup + args.steps;
     let schedule = WarmupSchedule::new(1e-4, 0, total, Schedule::Constant, 0);
     let mut learner = Learner::new(model, peft_train::adamw(0.0).init(), schedule);
@@ -236,10 +235,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut device_peak = None;
     for step in 0..total {
         let start = Instant::now();
-        let output = learner.train_step(batch.clone());
-        let (grads, _) = average_and_clip(&learner.model(), output.grads, 1, 0.0);
-        learner.lr_step();
-        learner.optimizer_step(grads);
+        optimizer_step(&mut learner, [batch.clone()], 0.0)?;
         sync(&device)?;
         if step >= args.warmup {
             step_ms.push(start.elapsed().as_secs_f64() * 1e3);
@@ -303,8 +299,8 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Attaches the method (full fine-tuning unfreezes every weight instead); returns the adapter
 /// config to save.
-fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<peft_core::AdapterConfig>> {
-    let Some(name) = args.method else {
+fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<AdapterConfig>> {
+    let Some(method) = args.method else {
         // The tied head is a contiguous copy of the embedding under the embedding's id
         // (fast inference); trained, the two would share optimizer state of different
         // shapes, so full fine-tuning trains the head as its own copy.
@@ -317,19 +313,18 @@ fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<peft_core::AdapterCon
         *lm = lm.clone().unfreeze();
         return Ok(None);
     };
-    let mut section = MethodSection {
+    let lora = LoraOptions {
         rank: args.rank,
         alpha: 2.0 * args.rank as f64,
         dropout: 0.0,
-        ..MethodSection::default()
+        ..LoraOptions::default()
     };
-    super::method::MethodFlags {
-        method: Some(name),
-        ..Default::default()
-    }
-    .apply(&mut section);
-    let config = section.adapter_config();
-    let report = peft_core::attach_adapter(lm, "default", &config)?;
+    let section = match method {
+        Method::Lora => MethodSection::Lora(lora),
+        Method::Dora => MethodSection::Dora(lora),
+        other => other.defaults(),
+    };
+    let report = peft_core::attach_adapter(lm, DEFAULT_ADAPTER, &section.adapter_config())?;
     Ok(Some(report.config))
 }
 
@@ -417,9 +412,9 @@ fn bytes_per_float(dtype: Dtype) -> usize {
 }
 
 /// Size of the adapter folder as `train` writes it.
-fn saved_adapter_bytes(lm: &CausalLm, config: &peft_core::AdapterConfig) -> Result<u64> {
+fn saved_adapter_bytes(lm: &CausalLm, config: &AdapterConfig) -> Result<u64> {
     let dir = tempfile::tempdir()?;
-    peft_core::save_adapter(lm, "default", config, dir.path())?;
+    peft_core::save_adapter(lm, DEFAULT_ADAPTER, config, dir.path())?;
     let mut total = 0;
     for entry in std::fs::read_dir(dir.path())? {
         total += entry?.metadata()?.len();

@@ -3,7 +3,20 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PeftError, Result};
-use crate::target::TargetModules;
+use crate::geometry::ModelGeometry;
+use crate::method::api::MethodConfig;
+use crate::method::common::{PeftFields, TargetFields};
+use crate::target::DefaultTargets;
+
+/// The blocks' output projections, after attention and the MLP (Houlsby et al.).
+pub const HOULSBY_TARGETS: &DefaultTargets = &[
+    ("llama", &["o_proj", "down_proj"]),
+    ("gpt2", &["attn.c_proj", "mlp.c_proj"]),
+];
+
+/// The MLP's output projection only (Pfeiffer et al.).
+pub const PFEIFFER_TARGETS: &DefaultTargets =
+    &[("llama", &["down_proj"]), ("gpt2", &["mlp.c_proj"])];
 
 /// Where the adapters go by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -37,13 +50,10 @@ pub struct BottleneckConfig {
     /// The placement whose default targets apply when `target_modules` is not given.
     #[serde(default)]
     pub variant: BottleneckVariant,
-    /// Projections whose output gets an adapter; `None` picks the variant's default for the
-    /// architecture.
-    #[serde(default)]
-    pub target_modules: Option<TargetModules>,
-    /// Projections never to adapt.
-    #[serde(default)]
-    pub exclude_modules: Option<TargetModules>,
+    /// Projections whose output gets an adapter (`None` picks the variant's default for the
+    /// architecture), exclusions and `modules_to_save`.
+    #[serde(flatten)]
+    pub targets: TargetFields,
     /// The bottleneck is the projection's output width divided by this (at least 1).
     #[serde(default = "default_reduction")]
     pub reduction_factor: usize,
@@ -57,18 +67,9 @@ pub struct BottleneckConfig {
     /// random (tests).
     #[serde(default = "yes")]
     pub init_weights: bool,
-    /// Modules trained in full next to the adapter.
-    #[serde(default)]
-    pub modules_to_save: Option<Vec<String>>,
-    /// Base model this adapter was trained on (informational).
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    /// Task type (informational; e.g. `CAUSAL_LM`).
-    #[serde(default)]
-    pub task_type: Option<String>,
-    /// Whether the adapter was saved for inference (informational).
-    #[serde(default)]
-    pub inference_mode: bool,
+    /// The fields every PEFT config has.
+    #[serde(flatten)]
+    pub peft: PeftFields,
 }
 
 fn default_reduction() -> usize {
@@ -86,8 +87,16 @@ impl Default for BottleneckConfig {
 }
 
 impl BottleneckConfig {
-    /// Refuses what cannot work, naming the field.
-    pub fn validate(&self) -> Result<()> {
+    /// The bottleneck width for a projection with `width` outputs.
+    pub fn bottleneck_width(&self, width: usize) -> usize {
+        (width / self.reduction_factor).max(1)
+    }
+}
+
+impl MethodConfig for BottleneckConfig {
+    const PEFT_TYPE: &'static str = "BOTTLENECK";
+
+    fn validate(&self) -> Result<()> {
         if self.reduction_factor == 0 {
             return Err(PeftError::Config {
                 field: "reduction_factor".into(),
@@ -97,8 +106,15 @@ impl BottleneckConfig {
         Ok(())
     }
 
-    /// The bottleneck width for a projection with `width` outputs.
-    pub fn bottleneck_width(&self, width: usize) -> usize {
-        (width / self.reduction_factor).max(1)
+    fn resolve(&mut self, model: &ModelGeometry) -> Result<()> {
+        let defaults = match self.variant {
+            BottleneckVariant::Houlsby => HOULSBY_TARGETS,
+            BottleneckVariant::Pfeiffer => PFEIFFER_TARGETS,
+        };
+        self.targets.fill_default(defaults, model)
+    }
+
+    fn targets(&self) -> Option<&TargetFields> {
+        Some(&self.targets)
     }
 }

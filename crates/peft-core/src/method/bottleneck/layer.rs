@@ -6,10 +6,11 @@ use burn::nn::Linear;
 use burn::tensor::activation::{gelu, relu, silu, tanh};
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
 
-use super::NonLinearity;
+use super::{BottleneckConfig, NonLinearity};
 use crate::error::Result;
-use crate::format::{value_or_grad, FileTensor, TensorReader};
 use crate::ids::replace_value;
+use crate::method::api::{Merged, ProjectionLayer};
+use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// PyTorch's `nn.LayerNorm` epsilon.
 const LN_EPSILON: f64 = 1e-5;
@@ -51,7 +52,7 @@ pub struct BottleneckLayer {
 impl BottleneckLayer {
     /// An adapter on a projection with `width` outputs: the down-projection drawn as
     /// `nn.Linear` draws it, its bias zero, the up-projection zero (or random without `init`).
-    pub fn new(
+    pub fn init(
         width: usize,
         bottleneck: usize,
         non_linearity: NonLinearity,
@@ -84,9 +85,44 @@ impl BottleneckLayer {
             non_linearity,
         }
     }
+}
 
-    /// `h` plus the adapter's output on it.
-    pub fn forward<const D: usize>(&self, h: Tensor<D>) -> Tensor<D> {
+impl ProjectionLayer for BottleneckLayer {
+    type Config = BottleneckConfig;
+
+    fn new(config: &BottleneckConfig, _key: &str, base: &Linear) -> Result<Self> {
+        let width = base.weight.dims()[1];
+        Ok(Self::init(
+            width,
+            config.bottleneck_width(width),
+            config.non_linearity,
+            config.ln_before,
+            config.init_weights,
+            &base.weight.device(),
+        ))
+    }
+
+    fn method_name(&self) -> &'static str {
+        "bottleneck adapter"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "bottleneck {} -> {} ({:?}{})",
+            self.down.weight.dims()[0],
+            self.down.weight.dims()[1],
+            self.non_linearity,
+            if self.norm.is_some() {
+                ", layer norm"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// The adapter on the projection's output `h = base(x)`: `h` plus the adapter's output on it.
+    fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
+        let h = base.forward(x);
         let input = match &self.norm {
             Some(norm) => norm.forward(h.clone()),
             None => h.clone(),
@@ -101,38 +137,54 @@ impl BottleneckLayer {
         h + self.up.forward(act)
     }
 
+    /// A residual MLP on the output is not a linear map of the input: it cannot be merged.
+    fn can_merge(&self) -> bool {
+        false
+    }
+
+    fn merge(&self, _weight: Tensor<2>, _bias: Option<Tensor<1>>) -> Option<Merged> {
+        None
+    }
+
+    /// Never merged, so there is nothing to take out.
+    fn unmerge(
+        &self,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        _memo: Option<Tensor<1>>,
+    ) -> (Tensor<2>, Option<Tensor<1>>) {
+        (weight, bias)
+    }
+
     /// The tensors in PyTorch's layout: `adapter_down.weight` `[b, d]`, `adapter_down.bias`,
     /// `adapter_up.weight` `[d, b]`, `adapter_up.bias`, and `adapter_ln.weight`/`.bias` when
     /// there is a layer norm; with `grads`, their gradients.
-    pub fn file_tensors(
-        &self,
-        grads: Option<&Gradients>,
-    ) -> Result<Vec<(&'static str, FileTensor)>> {
+    fn file_tensors(&self, grads: Option<&Gradients>) -> Result<Vec<(&'static str, HostTensor)>> {
         let mut out = Vec::new();
         for (linear, weight_name, bias_name) in [
             (&self.down, "adapter_down.weight", "adapter_down.bias"),
             (&self.up, "adapter_up.weight", "adapter_up.bias"),
         ] {
             if let Some(w) = value_or_grad(&linear.weight, grads) {
-                out.push((weight_name, FileTensor::read(w.transpose())?));
+                out.push((weight_name, HostTensor::read(w.transpose())?));
             }
             if let Some(b) = linear.bias.as_ref().and_then(|b| value_or_grad(b, grads)) {
-                out.push((bias_name, FileTensor::read(b)?));
+                out.push((bias_name, HostTensor::read(b)?));
             }
         }
         if let Some(norm) = &self.norm {
             if let Some(w) = value_or_grad(&norm.weight, grads) {
-                out.push(("adapter_ln.weight", FileTensor::read(w)?));
+                out.push(("adapter_ln.weight", HostTensor::read(w)?));
             }
             if let Some(b) = value_or_grad(&norm.bias, grads) {
-                out.push(("adapter_ln.bias", FileTensor::read(b)?));
+                out.push(("adapter_ln.bias", HostTensor::read(b)?));
             }
         }
         Ok(out)
     }
 
     /// Replaces the tensors with those `read` returns for the names above.
-    pub fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
+    fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
         let [width, bottleneck] = self.down.weight.dims();
         let device = self.down.weight.device();
         let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>> {

@@ -5,9 +5,11 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Distribution, Gradients, Tensor};
 
+use super::config::Ia3Config;
 use crate::error::Result;
-use crate::format::{value_or_grad, FileTensor, TensorReader};
 use crate::ids::replace_value;
+use crate::method::api::{Merged, ProjectionLayer};
+use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// What PEFT adds to the scaling before dividing it out again when unmerging.
 const UNMERGE_EPSILON: f64 = 1e-8;
@@ -23,7 +25,7 @@ pub struct Ia3Layer {
 
 impl Ia3Layer {
     /// A layer for `base`, its vector at one (`init`) or drawn from PEFT's non-default init.
-    pub fn new(base: &Linear, feedforward: bool, init: bool) -> Self {
+    pub fn init(base: &Linear, feedforward: bool, init: bool) -> Self {
         let [d_in, d_out] = base.weight.dims();
         let width = if feedforward { d_in } else { d_out };
         let device = base.weight.device();
@@ -39,9 +41,31 @@ impl Ia3Layer {
             feedforward,
         }
     }
+}
 
-    /// The projection's output with this adapter.
-    pub fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
+impl ProjectionLayer for Ia3Layer {
+    type Config = Ia3Config;
+
+    fn new(config: &Ia3Config, key: &str, base: &Linear) -> Result<Self> {
+        Ok(Self::init(
+            base,
+            config.is_feedforward(key)?,
+            config.init_ia3_weights,
+        ))
+    }
+
+    fn method_name(&self) -> &'static str {
+        "IA3"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ia3 on the {}",
+            if self.feedforward { "input" } else { "output" }
+        )
+    }
+
+    fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
         let scaling = self.scaling.val().unsqueeze::<D>();
         if self.feedforward {
             base.forward(x * scaling)
@@ -50,26 +74,28 @@ impl Ia3Layer {
         }
     }
 
-    /// The base weight `[in, out]` and bias with the scaling merged in (PEFT scales the bias of
-    /// ordinary targets too).
-    pub fn merged(
-        &self,
-        weight: Tensor<2>,
-        bias: Option<Tensor<1>>,
-    ) -> (Tensor<2>, Option<Tensor<1>>) {
+    /// The scaling merged into the weight's rows or columns (PEFT scales the bias of ordinary
+    /// targets too).
+    fn merge(&self, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Merged> {
         let s = self.scaling.val();
-        if self.feedforward {
+        let (weight, bias) = if self.feedforward {
             (weight * s.unsqueeze_dim::<2>(1), bias)
         } else {
             (weight * s.clone().unsqueeze::<2>(), bias.map(|b| b * s))
-        }
+        };
+        Some(Merged {
+            weight,
+            bias,
+            memo: None,
+        })
     }
 
-    /// The base weight and bias recovered from merged ones, dividing as PEFT divides.
-    pub fn unmerged(
+    /// Divides as PEFT divides.
+    fn unmerge(
         &self,
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
+        _memo: Option<Tensor<1>>,
     ) -> (Tensor<2>, Option<Tensor<1>>) {
         let s = self.scaling.val() + UNMERGE_EPSILON;
         if self.feedforward {
@@ -81,10 +107,7 @@ impl Ia3Layer {
 
     /// `ia3_l` in PEFT's layout: `[out, 1]`, or `[1, in]` for a feed-forward target; with
     /// `grads`, its gradient.
-    pub fn file_tensors(
-        &self,
-        grads: Option<&Gradients>,
-    ) -> Result<Vec<(&'static str, FileTensor)>> {
+    fn file_tensors(&self, grads: Option<&Gradients>) -> Result<Vec<(&'static str, HostTensor)>> {
         let Some(s) = value_or_grad(&self.scaling, grads) else {
             return Ok(Vec::new());
         };
@@ -93,11 +116,11 @@ impl Ia3Layer {
         } else {
             s.unsqueeze_dim::<2>(1)
         };
-        Ok(vec![("ia3_l", FileTensor::read(s)?)])
+        Ok(vec![("ia3_l", HostTensor::read(s)?)])
     }
 
     /// Replaces the vector with `ia3_l` from a file.
-    pub fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
+    fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
         let width = self.scaling.dims()[0];
         let shape = if self.feedforward {
             [1, width]

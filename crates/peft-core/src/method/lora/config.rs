@@ -3,9 +3,34 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{PeftError, Result};
-use crate::target::{pattern_for, LayerIndices, LayersPattern, TargetModules};
+use crate::geometry::ModelGeometry;
+use crate::json::is_default;
+use crate::method::api::MethodConfig;
+use crate::method::common::{PeftFields, TargetFields};
+use crate::target::{pattern_for, DefaultTargets, LayerIndices, LayersPattern, TargetMatcher};
+
+/// PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`.
+pub const DEFAULT_TARGETS: &DefaultTargets =
+    &[("llama", &["q_proj", "v_proj"]), ("gpt2", &["c_attn"])];
+
+/// Fields PEFT writes that this implementation cannot honour unless they hold their defaults
+/// (null, false, empty). Any other unknown field is ignored, as PEFT ignores them.
+const MUST_BE_DEFAULT: [&str; 11] = [
+    "use_qalora",
+    "lora_bias",
+    "layer_replication",
+    "target_parameters",
+    "trainable_token_indices",
+    "alora_invocation_tokens",
+    "megatron_config",
+    "use_bdlora",
+    "arrow_config",
+    "corda_config",
+    "eva_config",
+];
 
 /// How LoRA factors start (`init_lora_weights`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,13 +61,10 @@ pub struct LoraConfig {
     /// Dropout on the LoRA branch's input.
     #[serde(default)]
     pub lora_dropout: f64,
-    /// Modules to adapt; `None` picks the architecture's default when attached.
-    #[serde(default)]
-    pub target_modules: Option<TargetModules>,
-    /// Modules never to adapt.
-    #[serde(default)]
-    pub exclude_modules: Option<TargetModules>,
-    /// Whether the targets store their weight `[in, out]` (GPT-2's Conv1D).
+    /// Targets, exclusions and `modules_to_save`.
+    #[serde(flatten)]
+    pub targets: TargetFields,
+    /// Whether the targets store their weight `[in, out]` (GPT-2's Conv1D); set on save.
     #[serde(default)]
     pub fan_in_fan_out: bool,
     /// Bias training; only `"none"` is supported.
@@ -54,9 +76,6 @@ pub struct LoraConfig {
     /// Weight-decomposed LoRA.
     #[serde(default)]
     pub use_dora: bool,
-    /// Modules trained in full next to the adapter (e.g. `lm_head`).
-    #[serde(default)]
-    pub modules_to_save: Option<Vec<String>>,
     /// Initialisation.
     #[serde(default)]
     pub init_lora_weights: LoraInit,
@@ -72,15 +91,9 @@ pub struct LoraConfig {
     /// Per-module alpha overrides (pattern -> alpha).
     #[serde(default)]
     pub alpha_pattern: BTreeMap<String, f64>,
-    /// Base model this adapter was trained on (informational).
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    /// PEFT task type (informational; e.g. `CAUSAL_LM`).
-    #[serde(default)]
-    pub task_type: Option<String>,
-    /// Whether the adapter was saved for inference (informational).
-    #[serde(default)]
-    pub inference_mode: bool,
+    /// The fields every PEFT config has.
+    #[serde(flatten)]
+    pub peft: PeftFields,
 }
 
 /// Writes whole numbers as JSON integers, as PEFT writes `lora_alpha` (`16`, not `16.0`).
@@ -137,9 +150,24 @@ impl LoraConfig {
             scale: alpha / denominator,
         })
     }
+}
 
-    /// Refuses what this implementation cannot honour, naming the field.
-    pub fn validate(&self) -> Result<()> {
+impl MethodConfig for LoraConfig {
+    const PEFT_TYPE: &'static str = "LORA";
+
+    fn check_json(value: &Value) -> Result<()> {
+        for field in MUST_BE_DEFAULT {
+            if let Some(v) = value.get(field).filter(|v| !is_default(v)) {
+                return Err(PeftError::Config {
+                    field: field.into(),
+                    message: format!("{v} is not supported; only the default (null/false) is"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
         let fail = |field: &str, message: String| {
             Err(PeftError::Config {
                 field: field.to_string(),
@@ -173,5 +201,22 @@ impl LoraConfig {
             }
         }
         Ok(())
+    }
+
+    fn resolve(&mut self, model: &ModelGeometry) -> Result<()> {
+        self.targets.fill_default(DEFAULT_TARGETS, model)
+    }
+
+    fn targets(&self) -> Option<&TargetFields> {
+        Some(&self.targets)
+    }
+
+    fn matcher(&self) -> Result<Option<TargetMatcher>> {
+        self.targets
+            .matcher(
+                self.layers_to_transform.as_ref(),
+                self.layers_pattern.as_ref(),
+            )
+            .map(Some)
     }
 }

@@ -4,13 +4,13 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Gradients, Tensor};
 
-use super::config::{LoraInit, LoraShape};
+use super::config::{LoraConfig, LoraInit, LoraShape};
 use crate::error::Result;
-use crate::format::{value_or_grad, FileTensor, TensorReader};
 use crate::ids::replace_value;
-use burn::tensor::Gradients;
+use crate::method::api::{Merged, ProjectionLayer};
+use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// Low-rank update of one projection, stored in Burn's `[in, out]` layout: `A` `[in, r]`,
 /// `B` `[r, out]` (PEFT's files hold their transposes).
@@ -31,7 +31,7 @@ pub struct LoraLayer {
 impl LoraLayer {
     /// A new layer for `base`, initialised as PEFT initialises it; with DoRA the magnitude
     /// starts at the column norms of the adapted weight, so that DoRA starts where LoRA does.
-    pub fn new(
+    pub fn init(
         base: &Linear,
         shape: LoraShape,
         dropout: f64,
@@ -62,7 +62,13 @@ impl LoraLayer {
                 uniform([rank, d_out], 1.0 / (rank as f64).sqrt(), &device),
             ),
         };
-        let mut layer = Self::from_factors(a, b, None, shape.scale, dropout);
+        let mut layer = Self {
+            lora_a: Param::from_tensor(a),
+            lora_b: Param::from_tensor(b),
+            magnitude: None,
+            dropout: DropoutConfig::new(dropout).init(),
+            scale: shape.scale,
+        };
         if use_dora {
             let norm = layer.weight_norm(base.weight.val());
             layer.magnitude = Some(Param::from_tensor(norm.detach()));
@@ -70,35 +76,65 @@ impl LoraLayer {
         layer
     }
 
-    /// A layer from given factors (e.g. read from a file).
-    pub fn from_factors(
-        a: Tensor<2>,
-        b: Tensor<2>,
-        magnitude: Option<Tensor<1>>,
-        scale: f64,
-        dropout: f64,
-    ) -> Self {
-        Self {
-            lora_a: Param::from_tensor(a),
-            lora_b: Param::from_tensor(b),
-            magnitude: magnitude.map(Param::from_tensor),
-            dropout: DropoutConfig::new(dropout).init(),
-            scale,
-        }
-    }
-
     /// Rank of the update.
     pub fn rank(&self) -> usize {
         self.lora_a.dims()[1]
     }
 
-    /// Adds this adapter's contribution to `base_out = base(x)`.
-    pub fn forward<const D: usize>(
-        &self,
-        x: Tensor<D>,
-        base_out: Tensor<D>,
-        base: &Linear,
-    ) -> Tensor<D> {
+    /// `s · A B`, `[in, out]`: what merging adds to the base weight.
+    pub fn delta_weight(&self) -> Tensor<2> {
+        self.lora_a.val().matmul(self.lora_b.val()) * self.scale
+    }
+
+    /// Column norms `‖W + s·A B‖` over the input dimension, `[out]`, without building the dense
+    /// sum: `‖W‖² + 2s·colsum(B ∘ AᵀW) + s²·colsum(B ∘ (AᵀA)B)`, all rank-r products.
+    pub fn weight_norm(&self, weight: Tensor<2>) -> Tensor<1> {
+        let a = self.lora_a.val().detach();
+        let b = self.lora_b.val().detach();
+        let s = self.scale;
+        let w_sq = weight.clone().powi_scalar(2).sum_dim(0);
+        let cross = (b.clone() * a.clone().transpose().matmul(weight)).sum_dim(0) * (2.0 * s);
+        let lora_sq = (b.clone() * a.clone().transpose().matmul(a).matmul(b)).sum_dim(0) * (s * s);
+        // Rounding can take a zero norm slightly below 0.
+        (w_sq + cross + lora_sq)
+            .clamp_min(0.0)
+            .sqrt()
+            .squeeze_dim::<1>(0)
+    }
+}
+
+impl ProjectionLayer for LoraLayer {
+    type Config = LoraConfig;
+
+    fn new(config: &LoraConfig, key: &str, base: &Linear) -> Result<Self> {
+        Ok(Self::init(
+            base,
+            config.shape_for(key)?,
+            config.lora_dropout,
+            &config.init_lora_weights,
+            config.use_dora,
+        ))
+    }
+
+    fn method_name(&self) -> &'static str {
+        if self.magnitude.is_some() {
+            "DoRA"
+        } else {
+            "LoRA"
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} r={} scale={}",
+            self.method_name().to_lowercase(),
+            self.rank(),
+            self.scale
+        )
+    }
+
+    fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
+        let base_out = base.forward(x.clone());
         let dropout_active = self.dropout.training.is_enabled()
             && x.device().is_autodiff()
             && self.dropout.prob > 0.0;
@@ -128,55 +164,52 @@ impl LoraLayer {
         base_out + (factor.clone() - 1.0) * base_term + factor * update
     }
 
-    /// `s · A B`, `[in, out]`: what merging adds to the base weight.
-    pub fn delta_weight(&self) -> Tensor<2> {
-        self.lora_a.val().matmul(self.lora_b.val()) * self.scale
+    fn merge(&self, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Merged> {
+        let merged = weight.clone() + self.delta_weight();
+        let (weight, memo) = match &self.magnitude {
+            None => (merged, None),
+            Some(m) => {
+                let norm = self.weight_norm(weight);
+                let factor = (m.val() / norm.clone()).unsqueeze::<2>();
+                (merged * factor, Some(norm))
+            }
+        };
+        Some(Merged { weight, bias, memo })
     }
 
-    /// Column norms `‖W + s·A B‖` over the input dimension, `[out]`, without building the dense
-    /// sum: `‖W‖² + 2s·colsum(B ∘ AᵀW) + s²·colsum(B ∘ (AᵀA)B)`, all rank-r products.
-    pub fn weight_norm(&self, weight: Tensor<2>) -> Tensor<1> {
-        let a = self.lora_a.val().detach();
-        let b = self.lora_b.val().detach();
-        let s = self.scale;
-        let w_sq = weight.clone().powi_scalar(2).sum_dim(0);
-        let cross = (b.clone() * a.clone().transpose().matmul(weight)).sum_dim(0) * (2.0 * s);
-        let lora_sq = (b.clone() * a.clone().transpose().matmul(a).matmul(b)).sum_dim(0) * (s * s);
-        // Rounding can take a zero norm slightly below 0.
-        (w_sq + cross + lora_sq)
-            .clamp_min(0.0)
-            .sqrt()
-            .squeeze_dim::<1>(0)
-    }
-}
-
-impl LoraLayer {
-    /// The layer's tensors in PEFT's layout and names (`lora_A.weight` `[r, in]`,
-    /// `lora_B.weight` `[out, r]`, `lora_magnitude_vector` `[out]`); with `grads`, their
-    /// gradients instead (tensors without a gradient are left out).
-    pub fn file_tensors(
+    fn unmerge(
         &self,
-        grads: Option<&Gradients>,
-    ) -> Result<Vec<(&'static str, FileTensor)>> {
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        memo: Option<Tensor<1>>,
+    ) -> (Tensor<2>, Option<Tensor<1>>) {
+        let unscaled = match (&self.magnitude, memo) {
+            (Some(m), Some(norm)) => weight / (m.val() / norm).unsqueeze::<2>(),
+            _ => weight,
+        };
+        (unscaled - self.delta_weight(), bias)
+    }
+
+    /// `lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]`, `lora_magnitude_vector` `[out]`.
+    fn file_tensors(&self, grads: Option<&Gradients>) -> Result<Vec<(&'static str, HostTensor)>> {
         let mut out = Vec::new();
         if let Some(a) = value_or_grad(&self.lora_a, grads) {
-            out.push(("lora_A.weight", FileTensor::read(a.transpose())?));
+            out.push(("lora_A.weight", HostTensor::read(a.transpose())?));
         }
         if let Some(b) = value_or_grad(&self.lora_b, grads) {
-            out.push(("lora_B.weight", FileTensor::read(b.transpose())?));
+            out.push(("lora_B.weight", HostTensor::read(b.transpose())?));
         }
         if let Some(m) = self
             .magnitude
             .as_ref()
             .and_then(|m| value_or_grad(m, grads))
         {
-            out.push(("lora_magnitude_vector", FileTensor::read(m)?));
+            out.push(("lora_magnitude_vector", HostTensor::read(m)?));
         }
         Ok(out)
     }
 
-    /// Replaces the layer's tensors with those `read` returns for PEFT's names and shapes.
-    pub fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
+    fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
         let [d_in, rank] = self.lora_a.dims();
         let d_out = self.lora_b.dims()[1];
         let device = self.lora_a.device();

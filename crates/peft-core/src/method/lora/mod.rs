@@ -2,6 +2,8 @@
 
 mod config;
 mod layer;
+#[cfg(test)]
+mod tests;
 
-pub use config::{LoraConfig, LoraInit, LoraShape};
+pub use config::{LoraConfig, LoraInit, LoraShape, DEFAULT_TARGETS};
 pub use layer::LoraLayer;

@@ -1,10 +1,9 @@
-//! Prompt learning: prefix tuning (Li & Liang 2021) and prompt tuning (Lester et al. 2021), as
-//! Hugging Face PEFT runs them on decoder-only models. Neither touches a projection: the model
-//! asks its [`crate::virtual_tokens::VirtualTokens`] slot for per-layer key/value prefixes or
-//! for embeddings to put before the input.
+//! Prompt tuning (Lester et al. 2021), as Hugging Face PEFT runs it on decoder-only models:
+//! learned embeddings before the input's. It touches no projection: the model asks its
+//! model-wide adapter for the embeddings (`crate::model_adapters`).
 
 mod config;
-mod encoder;
+mod embedding;
 
-pub use config::{PrefixTuningConfig, PromptInit, PromptTuningConfig, VirtualTokenDims};
-pub use encoder::{PrefixEncoder, PrefixMlp, PromptEmbedding};
+pub use config::{PromptInit, PromptTuningConfig};
+pub use embedding::PromptEmbedding;

@@ -1,0 +1,105 @@
+//! The contract between an architecture (one folder each) and the rest of the crate: its
+//! configuration ([`ArchConfig`]) and its model ([`Architecture`]). `crate::registry` turns the
+//! implementations into [`crate::ModelConfig`] and [`crate::CausalLm`].
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor};
+use peft_core::{ModelAdapters, ModelGeometry};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{ModelError, Result};
+use crate::nn::attention::KvCache;
+use crate::nn::embedding::Embedding;
+use crate::nn::projections::HasProjections;
+use crate::weights::gguf::{GgufFile, HfName};
+use crate::weights::Weights;
+
+/// An architecture's configuration, as `config.json` spells it.
+pub trait ArchConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwned {
+    /// transformers' `model_type`.
+    const MODEL_TYPE: &'static str;
+    /// transformers' model class (`architectures` in a written `config.json`).
+    const HF_CLASS: &'static str;
+    /// llama.cpp's `general.architecture`, for an architecture read from GGUF files.
+    const GGUF_ARCHITECTURE: Option<&'static str> = None;
+
+    /// The model it builds.
+    type Model: Architecture;
+
+    /// Checks the values the model depends on; the error names the key.
+    fn validate(&self) -> std::result::Result<(), (&'static str, String)>;
+
+    /// Rows of the embedding, columns of the logits.
+    fn vocab_size(&self) -> usize;
+
+    /// End-of-sequence ids named in the config.
+    fn eos_token_ids(&self) -> Vec<u32>;
+
+    /// The values a user wants to see (`inspect`), in order.
+    fn describe(&self) -> Vec<(&'static str, String)>;
+
+    /// Whether a checkpoint tensor may be left unused (e.g. cached masks).
+    fn is_ignorable_tensor(name: &str) -> bool;
+
+    /// Refuses, saying why, to write an output head that no longer equals the embedding
+    /// (`tie_word_embeddings: false`) where the architecture cannot load one.
+    fn check_untied_head(&self) -> std::result::Result<(), String>;
+
+    /// Builds the model from the checkpoint's top scope.
+    fn build(&self, root: &Weights) -> Result<Self::Model>;
+
+    /// The configuration of a GGUF file of [`Self::GGUF_ARCHITECTURE`].
+    fn from_gguf(file: &GgufFile) -> Result<Self> {
+        Err(file.config_error(
+            "general.architecture",
+            format!("{} models are not read from GGUF", Self::MODEL_TYPE),
+        ))
+    }
+
+    /// The transformers name of llama.cpp's tensor `gguf` (`None`: not one of the model's).
+    fn gguf_name(&self, _gguf: &str) -> Option<HfName> {
+        None
+    }
+}
+
+/// A causal language model of one architecture; it holds the model-wide adapters' slot.
+pub trait Architecture: Module + HasProjections {
+    /// Logits `[batch, seq, vocab]` from input embeddings `[batch, seq, hidden]`.
+    /// `padding_mask` (`[batch, past + seq]`, 1 = token) masks padded keys; with `cache`, only
+    /// the new positions are given and their keys/values are appended to it. An active
+    /// prompt-tuning adapter puts its virtual tokens first, and their logits come first.
+    fn forward_embeddings(
+        &self,
+        x: Tensor<3>,
+        padding_mask: Option<&Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3>;
+
+    /// The token embedding.
+    fn token_embedding(&self) -> &Embedding;
+
+    /// Decoder layers.
+    fn num_layers(&self) -> usize;
+
+    /// The longest sequence it can encode, where positions are learned.
+    fn max_positions(&self) -> Option<usize>;
+
+    /// Its shape, as adapters need it.
+    fn geometry(&self) -> ModelGeometry;
+
+    /// The model-wide adapters its forward pass consults.
+    fn model_adapters(&self) -> &ModelAdapters;
+
+    /// The same, mutable.
+    fn model_adapters_mut(&mut self) -> &mut ModelAdapters;
+}
+
+/// A config error naming `key` in the file at `path` (for the architectures' own checks).
+pub(crate) fn config_error(path: &str, key: &str, message: String) -> ModelError {
+    ModelError::ConfigValue {
+        path: path.into(),
+        key: key.to_string(),
+        message,
+    }
+}

@@ -1,0 +1,132 @@
+//! A LLaMA-architecture GGUF seen as a Hugging Face checkpoint: `llama.*` metadata to
+//! [`LlamaConfig`], llama.cpp's tensor names to transformers'.
+
+use serde_json::{json, Map, Value};
+
+use super::LlamaConfig;
+use crate::arch::ArchConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::gguf::{GgufFile, HfName};
+
+/// The model configuration from a LLaMA GGUF's `llama.*` metadata.
+pub(super) fn config(file: &GgufFile) -> Result<LlamaConfig> {
+    let int = |key: &str| file.meta_u64(&format!("llama.{key}"));
+    let hidden = int("embedding_length")?;
+    let heads = int("attention.head_count")?;
+    let mut c = Map::new();
+    c.insert("model_type".into(), json!("llama"));
+    c.insert("hidden_size".into(), json!(hidden));
+    c.insert(
+        "intermediate_size".into(),
+        json!(int("feed_forward_length")?),
+    );
+    c.insert("num_hidden_layers".into(), json!(int("block_count")?));
+    c.insert("num_attention_heads".into(), json!(heads));
+    c.insert(
+        "max_position_embeddings".into(),
+        json!(int("context_length")?),
+    );
+    let optional = |key: &str| file.metadata.get(&format!("llama.{key}"));
+    if let Some(kv) = optional("attention.head_count_kv").and_then(|v| v.as_u64()) {
+        c.insert("num_key_value_heads".into(), json!(kv));
+    }
+    // `attention.key_length` is the head width when it is not hidden / heads.
+    if let Some(head_dim) = optional("attention.key_length").and_then(|v| v.as_u64()) {
+        c.insert("head_dim".into(), json!(head_dim));
+    }
+    if let Some(eps) = optional("attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()) {
+        c.insert("rms_norm_eps".into(), json!(eps));
+    }
+    if let Some(theta) = optional("rope.freq_base").and_then(|v| v.as_f64()) {
+        c.insert("rope_theta".into(), json!(theta));
+    }
+    if let Some(kind) = optional("rope.scaling.type").and_then(|v| v.as_str()) {
+        let factor = optional("rope.scaling.factor").and_then(|v| v.as_f64());
+        match kind {
+            "none" => {}
+            "linear" => {
+                c.insert(
+                    "rope_scaling".into(),
+                    json!({"rope_type": "linear", "factor": factor}),
+                );
+            }
+            other => {
+                return Err(file.config_error(
+                    "llama.rope.scaling.type",
+                    format!("{other:?} is not supported; expected none or linear"),
+                ))
+            }
+        }
+    }
+    if file.tensors.contains_key("rope_freqs.weight") {
+        return Err(file.config_error("rope_freqs.weight",
+            "per-frequency RoPE factors (Llama 3.1 scaling) are not supported from GGUF; load the Hugging Face folder instead".into(),
+        ));
+    }
+    let vocab = match optional("vocab_size").and_then(|v| v.as_u64()) {
+        Some(v) => v,
+        None => file
+            .tensors
+            .get("token_embd.weight")
+            .map(|t| t.shape[0] as u64)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: "token_embd.weight".into(),
+                source_desc: file.path().display().to_string(),
+            })?,
+    };
+    c.insert("vocab_size".into(), json!(vocab));
+    c.insert(
+        "tie_word_embeddings".into(),
+        json!(!file.tensors.contains_key("output.weight")),
+    );
+    if let Some(eos) = file
+        .metadata
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.as_u64())
+    {
+        c.insert("eos_token_id".into(), json!(eos));
+    }
+    let config: LlamaConfig = serde_json::from_value(Value::Object(c))
+        .map_err(|e| file.config_error("llama.*", format!("unusable model metadata: {e}")))?;
+    config
+        .validate()
+        .map_err(|(key, message)| file.config_error(key, message))?;
+    Ok(config)
+}
+
+/// The transformers name of llama.cpp's LLaMA tensor `gguf` (`convert_hf_to_gguf.py`'s
+/// table), with the heads of the q/k rows it permuted.
+pub(super) fn hf_name(config: &LlamaConfig, gguf: &str) -> Option<HfName> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(HfName {
+            name: name.to_string(),
+            permuted_heads: None,
+        });
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, tensor) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = tensor.rsplit_once('.')?;
+    let (hf_module, permuted_heads) = match module {
+        "attn_norm" => ("input_layernorm", None),
+        "ffn_norm" => ("post_attention_layernorm", None),
+        "attn_q" => ("self_attn.q_proj", Some(config.num_attention_heads)),
+        "attn_k" => ("self_attn.k_proj", Some(config.kv_heads())),
+        "attn_v" => ("self_attn.v_proj", None),
+        "attn_output" => ("self_attn.o_proj", None),
+        "ffn_gate" => ("mlp.gate_proj", None),
+        "ffn_up" => ("mlp.up_proj", None),
+        "ffn_down" => ("mlp.down_proj", None),
+        _ => return None,
+    };
+    Some(HfName {
+        name: format!("model.layers.{layer}.{hf_module}.{suffix}"),
+        permuted_heads,
+    })
+}

@@ -1,0 +1,151 @@
+//! Loading a model: a Hugging Face folder (`config.json`, safetensors weights single or
+//! sharded, `tokenizer.json`, `generation_config.json`) or a GGUF file (config, weights and
+//! tokenizer from its metadata).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::error::{ModelError, Result};
+use crate::hf_json::{read_text, TokenIds};
+use crate::registry::{CausalLm, ModelConfig};
+use crate::tokenizer::TextTokenizer;
+use crate::weights::gguf::{self, GgufFile};
+use crate::weights::{SafetensorsWeights, WeightLoader, WeightSource};
+
+/// A model ready to run, with what came with it.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The network.
+    pub model: CausalLm,
+    /// Its configuration.
+    pub config: ModelConfig,
+    /// Its tokenizer, when the folder has one.
+    pub tokenizer: Option<TextTokenizer>,
+    /// Ids that end generation (`generation_config.json`, else `config.json`, else the
+    /// tokenizer's EOS token).
+    pub eos_token_ids: Vec<u32>,
+    /// Where it was loaded from.
+    pub source: PathBuf,
+}
+
+impl LoadedModel {
+    /// The tokenizer, or an error saying the folder has none.
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::MissingFile {
+                what: "tokenizer",
+                path: self.source.clone(),
+                expected: "tokenizer.json in the model folder, or tokenizer.ggml.* metadata in the GGUF (needed to turn text into tokens)",
+            })
+    }
+}
+
+/// Loads a model onto `device`. `path` is a Hugging Face folder or a `.gguf` file.
+pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+    if path.is_file() && gguf::is_gguf(path) {
+        return load_gguf(path, device);
+    }
+    if !path.is_dir() {
+        return Err(ModelError::MissingFile {
+            what: "model",
+            path: path.to_path_buf(),
+            expected:
+                "a Hugging Face model folder (config.json, model.safetensors) or a .gguf file",
+        });
+    }
+    let config = ModelConfig::from_file(&path.join("config.json"))?;
+    let weights = open_weights(path)?;
+    let model = build(&config, &weights, device)?;
+    let tokenizer = if path.join("tokenizer.json").exists() {
+        Some(TextTokenizer::from_folder(path)?)
+    } else {
+        None
+    };
+    let eos_token_ids = eos_ids(path, &config, tokenizer.as_ref())?;
+    Ok(LoadedModel {
+        model,
+        config,
+        tokenizer,
+        eos_token_ids,
+        source: path.to_path_buf(),
+    })
+}
+
+/// Loads a GGUF file onto `device`: weights dequantized to f32, the tokenizer and chat
+/// template from its metadata.
+fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
+    let (config, weights) = ModelConfig::from_gguf(GgufFile::open(path)?)?;
+    let tokenizer = gguf::tokenizer(weights.file())?;
+    let model = build(&config, &weights, device)?;
+    let eos_token_ids = config.eos_token_ids();
+    Ok(LoadedModel {
+        model,
+        config,
+        tokenizer,
+        eos_token_ids,
+        source: path.to_path_buf(),
+    })
+}
+
+/// Builds `config`'s architecture from `weights`, checking names and shapes and refusing
+/// tensors the architecture does not use.
+fn build(config: &ModelConfig, weights: &dyn WeightSource, device: &Device) -> Result<CausalLm> {
+    let loader = WeightLoader::new(weights, device);
+    let model = config.build(&loader.root())?;
+    loader.finish(|name| config.is_ignorable_tensor(name))?;
+    Ok(model)
+}
+
+/// A model of `config`'s architecture with random weights on `device`: real shapes without a
+/// checkpoint, for benchmarks.
+pub fn random_model(config: &ModelConfig, device: &Device) -> Result<CausalLm> {
+    config.build(&WeightLoader::random(device).root())
+}
+
+fn open_weights(dir: &Path) -> Result<SafetensorsWeights> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.exists() {
+        SafetensorsWeights::open_file(&single)
+    } else if index.exists() {
+        SafetensorsWeights::open_index(&index)
+    } else {
+        Err(ModelError::MissingFile {
+            what: "weights",
+            path: single,
+            expected: "model.safetensors, or model.safetensors.index.json with its shards",
+        })
+    }
+}
+
+fn eos_ids(
+    dir: &Path,
+    config: &ModelConfig,
+    tokenizer: Option<&TextTokenizer>,
+) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if path.exists() {
+        #[derive(serde::Deserialize)]
+        struct GenerationConfig {
+            #[serde(default)]
+            eos_token_id: TokenIds,
+        }
+        let text = read_text(&path, "generation config", "generation_config.json")?;
+        let generation: GenerationConfig =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json { path, source })?;
+        let ids = generation.eos_token_id.to_vec();
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+    }
+    let ids = config.eos_token_ids();
+    if !ids.is_empty() {
+        return Ok(ids);
+    }
+    Ok(tokenizer
+        .and_then(|t| t.eos_token.as_deref().and_then(|e| t.token_to_id(e)))
+        .into_iter()
+        .collect())
+}

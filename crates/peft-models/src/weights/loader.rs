@@ -1,0 +1,286 @@
+//! The loader that turns a [`WeightSource`] into parameters, checking every name and shape and
+//! reporting what the checkpoint held but the model did not use; and [`Weights`], a scope of it
+//! at one module path (`vb.pp("model").pp("layers").pp(i)` as in candle), so that an
+//! architecture writes each Hugging Face name once, as the segment of the module that holds it.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fmt::Display;
+
+use burn::module::Param;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use peft_core::{HostTensor, Projection, WeightLayout};
+
+use super::source::WeightSource;
+use crate::error::{ModelError, Result};
+
+/// Builds parameters from a [`WeightSource`] (or, for benchmarks, makes them up), tracking
+/// which tensors were used.
+pub struct WeightLoader<'a> {
+    source: &'a dyn WeightSource,
+    device: Device,
+    used: RefCell<BTreeSet<String>>,
+    progress: ProgressBar,
+    random: bool,
+}
+
+/// The source of [`WeightLoader::random`]: holds nothing.
+struct NoWeights;
+
+impl WeightSource for NoWeights {
+    fn describe(&self) -> String {
+        "random weights".into()
+    }
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn shape(&self, _: &str) -> Option<Vec<usize>> {
+        None
+    }
+    fn stored_bytes(&self, _: &str) -> u64 {
+        0
+    }
+    fn read_f32(&self, name: &str) -> Result<HostTensor> {
+        Err(ModelError::InvalidInput(format!(
+            "{name}: a random model has no stored tensors"
+        )))
+    }
+}
+
+/// Half-width of the uniform distribution random weights are drawn from (GPT-2's init scale).
+const RANDOM_SCALE: f64 = 0.02;
+
+/// Checkpoints are only worth a progress bar above this size.
+const PROGRESS_MIN_BYTES: u64 = 64 << 20;
+
+impl<'a> WeightLoader<'a> {
+    /// A loader that places parameters on `device`, with a progress bar for large sources.
+    pub fn new(source: &'a dyn WeightSource, device: &Device) -> Self {
+        let total: u64 = source.names().iter().map(|n| source.stored_bytes(n)).sum();
+        let progress = if total >= PROGRESS_MIN_BYTES {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "loading weights {bar:40.cyan/blue} {binary_bytes}/{binary_total_bytes} ({eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Self {
+            source,
+            device: device.clone(),
+            used: RefCell::new(BTreeSet::new()),
+            progress,
+            random: false,
+        }
+    }
+
+    /// A loader that makes every tensor up, drawn on `device` (benchmarks: real shapes
+    /// without a download). The architecture's code asks for names and shapes as when loading.
+    pub fn random(device: &Device) -> WeightLoader<'static> {
+        WeightLoader {
+            source: &NoWeights,
+            device: device.clone(),
+            used: RefCell::new(BTreeSet::new()),
+            progress: ProgressBar::hidden(),
+            random: true,
+        }
+    }
+
+    /// The scope at the top of the checkpoint.
+    pub fn root(&self) -> Weights<'_> {
+        Weights {
+            loader: self,
+            path: String::new(),
+            key: String::new(),
+        }
+    }
+
+    /// Ends loading: fails if the source held tensors nobody asked for, except those `ignorable`
+    /// says may be dropped (e.g. cached attention masks in old GPT-2 checkpoints).
+    pub fn finish(self, ignorable: impl Fn(&str) -> bool) -> Result<()> {
+        self.progress.finish_and_clear();
+        let used = self.used.borrow();
+        let unused: Vec<String> = self
+            .source
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(n) && !ignorable(n))
+            .collect();
+        match unused.first() {
+            Some(first) => Err(ModelError::UnexpectedTensor {
+                name: first.clone(),
+                more: unused.len() - 1,
+                source_desc: self.source.describe(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads `name`, checking that its shape is `expected`.
+    fn host(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        let found = self
+            .source
+            .shape(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                source_desc: self.source.describe(),
+            })?;
+        if found != expected {
+            return Err(ModelError::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found,
+                source_desc: self.source.describe(),
+            });
+        }
+        let tensor = self.source.read_f32(name)?;
+        self.progress.inc(self.source.stored_bytes(name));
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(tensor)
+    }
+
+    /// A frozen tensor of `shape` stored under `name` in that layout (`transposed`: stored as
+    /// the transpose of a 2-D `shape`), or made up when this loader makes tensors up.
+    fn param<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        transposed: bool,
+    ) -> Result<Param<Tensor<D>>> {
+        let tensor = if self.random {
+            let dist = Distribution::Uniform(-RANDOM_SCALE, RANDOM_SCALE);
+            Tensor::random(shape, dist, &self.device)
+        } else if transposed {
+            let (rows, cols) = (shape[1], shape[0]);
+            let t = self.host(name, &[rows, cols])?;
+            upload(transpose(&t.data, rows, cols), shape, &self.device)
+        } else {
+            upload(self.host(name, &shape)?.data, shape, &self.device)
+        };
+        // Base weights are frozen: adapters, not the model, are trained.
+        Ok(Param::from_tensor(tensor).set_require_grad(false))
+    }
+}
+
+fn upload<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// One module's place in the checkpoint: its Hugging Face module path (the name adapters
+/// target and export writes) and the key prefix its tensors are stored under (the same, unless
+/// the file leaves out a prefix, as GPT-2 files saved from `GPT2Model` leave out
+/// `transformer.`).
+#[derive(Clone)]
+pub struct Weights<'l> {
+    loader: &'l WeightLoader<'l>,
+    path: String,
+    key: String,
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+impl<'l> Weights<'l> {
+    /// The scope of the child module `name`.
+    pub fn pp(&self, name: impl Display) -> Self {
+        let name = name.to_string();
+        Self {
+            loader: self.loader,
+            path: join(&self.path, &name),
+            key: join(&self.key, &name),
+        }
+    }
+
+    /// The scope of the child module `name`, which the checkpoint's keys leave out.
+    pub fn pp_unstored(&self, name: impl Display) -> Self {
+        Self {
+            loader: self.loader,
+            path: join(&self.path, &name.to_string()),
+            key: self.key.clone(),
+        }
+    }
+
+    /// This scope's module path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether the checkpoint holds tensor `name` of this scope.
+    pub fn contains(&self, name: &str) -> bool {
+        self.loader.source.shape(&join(&self.key, name)).is_some()
+    }
+
+    /// The frozen 1-D tensor `name` of length `len`.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Param<Tensor<1>>> {
+        self.loader.param(&join(&self.key, name), [len], false)
+    }
+
+    /// The frozen 2-D tensor `name`, stored `[rows, cols]` and kept so (embeddings, Conv1D).
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Param<Tensor<2>>> {
+        self.loader
+            .param(&join(&self.key, name), [rows, cols], false)
+    }
+
+    /// This scope as a PyTorch `nn.Linear` (weight stored `[out, in]`, kept `[in, out]`), with
+    /// a bias when `bias`.
+    pub fn linear(&self, d_in: usize, d_out: usize, bias: bool) -> Result<Projection> {
+        let weight = self
+            .loader
+            .param(&join(&self.key, "weight"), [d_in, d_out], true)?;
+        let bias = match bias {
+            true => Some(self.vector("bias", d_out)?),
+            false => None,
+        };
+        Ok(Projection::new(
+            self.path.clone(),
+            weight,
+            bias,
+            WeightLayout::Linear,
+        ))
+    }
+
+    /// This scope as a transformers `Conv1D` (weight stored `[in, out]`, always a bias).
+    pub fn conv1d(&self, d_in: usize, d_out: usize) -> Result<Projection> {
+        Ok(Projection::new(
+            self.path.clone(),
+            self.matrix("weight", d_in, d_out)?,
+            Some(self.vector("bias", d_out)?),
+            WeightLayout::Conv1D,
+        ))
+    }
+}
+
+/// Row-major transpose of a `[rows, cols]` matrix.
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_moves_rows_to_columns() {
+        // [[1, 2, 3], [4, 5, 6]] -> [[1, 4], [2, 5], [3, 6]]
+        assert_eq!(
+            transpose(&[1., 2., 3., 4., 5., 6.], 2, 3),
+            vec![1., 4., 2., 5., 3., 6.]
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! A file (or set of files) of named tensors, read as f32 on the host.
+
+use std::path::Path;
+
+use peft_core::HostTensor;
+
+use crate::error::{ModelError, Result};
+
+/// A file (or set of files) of named tensors, under their Hugging Face names.
+pub trait WeightSource {
+    /// The file(s), for error messages.
+    fn describe(&self) -> String;
+    /// Every tensor name, in a stable order.
+    fn names(&self) -> Vec<String>;
+    /// The stored shape of `name`, if present.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Size in bytes of `name` as stored (for progress).
+    fn stored_bytes(&self, name: &str) -> u64;
+    /// Reads `name` and converts it to f32.
+    fn read_f32(&self, name: &str) -> Result<HostTensor>;
+}
+
+/// Opens `path` and maps it read-only; "not found" becomes [`ModelError::MissingFile`] with
+/// `what` and `expected`.
+pub fn map_file(path: &Path, what: &'static str, expected: &'static str) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path)
+        .map_err(|source| ModelError::opening(path, what, expected, source))?;
+    // SAFETY: the map is read-only; a file modified while it is loaded is outside what any
+    // loader can guard against (safetensors and llama.cpp map their files the same way).
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,151 @@
+//! The fit: Burn's `SupervisedTraining` with the step-counted loop of [`crate::strategy`], its
+//! metrics and dashboard (or plain log lines without a terminal), resumed from a checkpoint's
+//! optimizer state when there is one.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::Device;
+use burn::train::metric::LearningRateMetric;
+use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
+use peft_core::{AdapterConfig, DEFAULT_ADAPTER};
+use peft_models::CausalLm;
+
+use super::inputs::Trainee;
+use crate::batch::ExampleLoader;
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{TrainConfig, TrainingSection};
+use crate::data::BatchPlan;
+use crate::error::{Result, TrainError};
+use crate::metrics::{LmMetric, LmQuantity};
+use crate::model::TrainableLm;
+use crate::plain;
+use crate::schedule::WarmupSchedule;
+use crate::step::adamw;
+use crate::strategy::{LoopReport, LoopSettings, StepStrategy};
+
+/// A finished fit.
+pub(super) struct Fitted {
+    /// The trained model, adapter attached.
+    pub lm: CausalLm,
+    /// The adapter's configuration.
+    pub adapter: AdapterConfig,
+    /// The loop's counts, losses and warnings.
+    pub report: LoopReport,
+    /// The step a resumed run started from.
+    pub resumed_from: Option<usize>,
+}
+
+/// Runs the training loop on `trainee`, from the checkpoint in `resume_from` if any.
+pub(super) fn fit(
+    config: &TrainConfig,
+    trainee: Trainee,
+    device: &Device,
+    resume_from: Option<(TrainerState, PathBuf)>,
+) -> Result<Fitted> {
+    let t = &config.training;
+    let Trainee {
+        lm,
+        adapter,
+        eos_id,
+        train,
+        valid,
+    } = trainee;
+    let plan = BatchPlan::new(train.len(), t.batch_size, t.seed);
+    let start_step = resume_from.as_ref().map_or(0, |(state, _)| state.step);
+    let has_valid = !valid.is_empty();
+    let settings = loop_settings(t, &plan, has_valid, start_step);
+    let loader = |examples, device: Device| {
+        ExampleLoader::new(Arc::new(examples), t.batch_size, eos_id, device)
+    };
+    let train_loader = loader(train, device.clone());
+    let valid_loader = loader(valid, device.clone().inner());
+    let report = Arc::new(Mutex::new(LoopReport::default()));
+    let plain_log = !std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let named = (DEFAULT_ADAPTER.to_string(), adapter.clone());
+    let strategy = StepStrategy {
+        device: device.clone(),
+        train: train_loader.clone(),
+        plan,
+        valid: has_valid.then(|| valid_loader.clone()),
+        settings: settings.clone(),
+        out: t.out.clone(),
+        adapter: named.clone(),
+        report: report.clone(),
+        plain_log,
+    };
+    let model = TrainableLm::new(lm, Some(named));
+    let schedule = WarmupSchedule::new(
+        t.lr,
+        t.warmup_steps,
+        settings.max_steps,
+        t.schedule,
+        start_step,
+    );
+    let mut learner = Learner::new(model, adamw(t.weight_decay).init(), schedule);
+    if let Some((_, dir)) = &resume_from {
+        learner.load_optim(checkpoint::read_optimizer(dir)?);
+    }
+    let mut training =
+        SupervisedTraining::new(&t.out, Arc::new(train_loader), Arc::new(valid_loader))
+            .metric_train_numeric(LmMetric::new(LmQuantity::Loss))
+            .metric_train_numeric(LmMetric::new(LmQuantity::Perplexity))
+            .metric_train_numeric(LearningRateMetric::new())
+            .metric_train_numeric(LmMetric::new(LmQuantity::TokensPerSecond))
+            .metric_train_numeric(LmMetric::new(LmQuantity::GradNorm))
+            .metric_valid_numeric(LmMetric::new(LmQuantity::Loss))
+            .metric_valid_numeric(LmMetric::new(LmQuantity::Perplexity))
+            .num_epochs(settings.rounds())
+            // Burn's application logger is process-global (and installs a panic hook); errors
+            // reach the user through this function's result instead.
+            .with_application_logger(None)
+            .label(&format!(
+                "{} steps, evaluation every {}",
+                settings.max_steps, settings.eval_every
+            ))
+            .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
+    if plain_log {
+        training = training.renderer(Box::new(plain::QuietRenderer));
+    }
+    if start_step > 0 {
+        training = training.checkpoint(settings.round_of(start_step + 1).saturating_sub(1));
+    }
+    let result = training.launch(learner);
+    let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(error) = report.error.take() {
+        return Err(error);
+    }
+    if let Some(error) = result.error {
+        return Err(TrainError::Learner(error.to_string()));
+    }
+    report.steps = report.steps.max(start_step);
+    Ok(Fitted {
+        lm: result.model.lm,
+        adapter,
+        report,
+        resumed_from: resume_from.map(|(state, _)| state.step),
+    })
+}
+
+/// The loop's step counts: `max_steps`, else `epochs` passes of `plan`'s micro-batches.
+fn loop_settings(
+    t: &TrainingSection,
+    plan: &BatchPlan,
+    has_valid: bool,
+    start_step: usize,
+) -> LoopSettings {
+    let max_steps = t
+        .max_steps
+        .unwrap_or_else(|| t.epochs.unwrap_or(1) * plan.batches_per_epoch().div_ceil(t.grad_accum));
+    LoopSettings {
+        grad_accum: t.grad_accum,
+        max_steps,
+        start_step,
+        eval_every: t.eval_every.filter(|_| has_valid).unwrap_or(max_steps),
+        save_every: t.save_every,
+        log_every: t.log_every,
+        max_grad_norm: t.max_grad_norm,
+        seed: t.seed,
+        check_change_at: (t.warmup_steps + 2).min(max_steps),
+    }
+}

@@ -1,0 +1,195 @@
+//! What a run trains on and with: the base model, the tokenized data, the adapter (fresh, or
+//! the checkpoint's when resuming), and the `[test]` scores of the base model.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use peft_core::{AdapterConfig, ParameterReport, DEFAULT_ADAPTER};
+use peft_models::{CausalLm, LoadedModel, TextTokenizer};
+
+use super::test_set::TestSet;
+use crate::checkpoint::TrainerState;
+use crate::config::{RunFiles, TrainConfig};
+use crate::data::{self, eos_id, Example, Tokenization};
+use crate::error::{Result, TrainError};
+use crate::eval::{self, EvalReport};
+
+/// LoRA-family adapters rarely learn anything below this learning rate.
+const LOWEST_USEFUL_LR: f64 = 1e-5;
+
+/// What the fit trains: the model with its adapter, and the data.
+pub(super) struct Trainee {
+    /// The model with the adapter attached and active.
+    pub lm: CausalLm,
+    /// The adapter's configuration as attached (the model's defaults filled in).
+    pub adapter: AdapterConfig,
+    /// The id appended to every example (and padding).
+    pub eos_id: u32,
+    /// Training examples.
+    pub train: Vec<Example>,
+    /// Validation examples (maybe none).
+    pub valid: Vec<Example>,
+}
+
+/// What the run reports beside the trained model.
+pub(super) struct RunNotes {
+    /// Trainable and total parameters.
+    pub parameters: ParameterReport,
+    /// What scoring `[test]` needs.
+    pub test: TestSet,
+    /// `[test]` scored with the base model.
+    pub test_before: Option<EvalReport>,
+    /// Warnings so far.
+    pub warnings: Vec<String>,
+}
+
+/// Loads the model and the data, scores `[test]` with the base model and attaches the adapter
+/// (the checkpoint's in `resume_from`).
+pub(super) fn load(
+    config: &TrainConfig,
+    files: &RunFiles,
+    device: &Device,
+    resume_from: Option<&(TrainerState, PathBuf)>,
+) -> Result<(Trainee, RunNotes)> {
+    let model_path = peft_fetch::resolve(&files.model)?;
+    let loaded = peft_models::load_model(&model_path, device)?;
+    let eos_id = eos_id(&loaded)?;
+    let (train, valid) = load_examples(config, &files.train, &loaded, eos_id)?;
+    let stop_ids = eval::stop_ids(&loaded)?;
+    let LoadedModel {
+        model: mut lm,
+        tokenizer,
+        ..
+    } = loaded;
+    let test = TestSet {
+        // `load_examples` has already failed if there is no tokenizer.
+        tokenizer: tokenizer.ok_or_else(|| TrainError::InvalidValue {
+            key: "model.path".into(),
+            message: "the model has no tokenizer".into(),
+        })?,
+        stop_ids,
+        device: device.clone().inner(),
+    };
+    let test_before = test.score(config, &lm.valid(), "base model")?;
+    let adapter = attach(&mut lm, config, &test.tokenizer, resume_from)?;
+    let parameters = ParameterReport::of(&lm);
+    if parameters.trainable == 0 {
+        return Err(TrainError::NothingToTrain(
+            "the adapter adds no trainable tensor to this model".into(),
+        ));
+    }
+    let warnings = early_warnings(config, &adapter, resume_from.is_some());
+    let trainee = Trainee {
+        lm,
+        adapter,
+        eos_id,
+        train,
+        valid,
+    };
+    let notes = RunNotes {
+        parameters,
+        test,
+        test_before,
+        warnings,
+    };
+    Ok((trainee, notes))
+}
+
+/// Warnings about the settings, printed at once when there is no dashboard.
+fn early_warnings(config: &TrainConfig, adapter: &AdapterConfig, resumed: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.training.lr < LOWEST_USEFUL_LR {
+        warnings.push(format!(
+            "learning rate {} is far below what LoRA needs (typically 1e-4 to 1e-3); the \
+             adapter will barely move",
+            config.training.lr
+        ));
+    }
+    if resumed && matches!(adapter, AdapterConfig::PrefixTuning(c) if c.prefix_projection) {
+        warnings.push(
+            "checkpoints hold the prefix with its MLP folded in (as PEFT saves it); training \
+             continues on the folded prefix with fresh optimizer state for it"
+                .into(),
+        );
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        for warning in &warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
+    warnings
+}
+
+/// Attaches a fresh adapter, or the checkpoint's when resuming; returns its configuration
+/// (as attached, with the model's defaults filled in, so that checkpoints describe the tensors
+/// they hold).
+fn attach(
+    lm: &mut CausalLm,
+    config: &TrainConfig,
+    tokenizer: &TextTokenizer,
+    resume_from: Option<&(TrainerState, PathBuf)>,
+) -> Result<AdapterConfig> {
+    match resume_from {
+        Some((_, dir)) => Ok(peft_core::load_adapter(lm, DEFAULT_ADAPTER, dir)?),
+        None => {
+            let mut adapter = config.method.adapter_config();
+            tokenize_init_text(&mut adapter, tokenizer)?;
+            Ok(peft_core::attach_adapter(lm, DEFAULT_ADAPTER, &adapter)?.config)
+        }
+    }
+}
+
+/// Gives a prompt-tuning config that starts from text the text's token ids, tokenized as PEFT
+/// tokenizes it (with the tokenizer's special tokens).
+pub fn tokenize_init_text(config: &mut AdapterConfig, tokenizer: &TextTokenizer) -> Result<()> {
+    if let AdapterConfig::PromptTuning(c) = config {
+        if let Some(text) = &c.prompt_tuning_init_text {
+            c.init_token_ids = Some(tokenizer.encode(text, true)?);
+        }
+    }
+    Ok(())
+}
+
+/// The training and validation examples: the files tokenized (and packed), or a held-out
+/// share of the training examples.
+fn load_examples(
+    config: &TrainConfig,
+    train_path: &Path,
+    loaded: &LoadedModel,
+    eos_id: u32,
+) -> Result<(Vec<Example>, Vec<Example>)> {
+    let tokenizer = loaded.tokenizer()?;
+    let tokenization = Tokenization {
+        tokenizer,
+        eos_id,
+        seq_len: config.data.seq_len,
+    };
+    let read = |path: &Path| -> Result<Vec<Example>> {
+        let records = data::read_jsonl(path)?;
+        let examples = tokenization.examples(path, &records)?;
+        let examples = if config.data.packing {
+            data::pack(&examples, config.data.seq_len)
+        } else {
+            examples
+        };
+        if examples.is_empty() {
+            return Err(TrainError::EmptyData(format!(
+                "{}: no example left to learn from ({} records; an example needs at least one \
+                 completion token within data.seq_len = {})",
+                path.display(),
+                records.len(),
+                config.data.seq_len
+            )));
+        }
+        Ok(examples)
+    };
+    let train = read(train_path)?;
+    match (&config.data.valid, config.data.valid_fraction) {
+        (Some(valid), _) => Ok((train, read(valid)?)),
+        (None, f) if f > 0.0 && train.len() > 1 => {
+            Ok(data::split_valid(train, f, config.training.seed))
+        }
+        _ => Ok((train, Vec::new())),
+    }
+}
