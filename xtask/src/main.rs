@@ -6,11 +6,15 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod dataset;
+mod modules;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  lint      cargo fmt --check and cargo clippy --all-targets -D warnings, as CI runs them
+  lint      cargo fmt --check, cargo clippy --all-targets -D warnings and the module check,
+            as CI runs them
+  modules   the import graph of every crate's modules (--print to list the edges; a path to
+            check another checkout); fails on a loop
   dataset   regenerate datasets/order-extraction (seeded; the shipped files are its output)
   bench     every backend, model and method side by side (cargo xtask bench --help)";
 
@@ -18,6 +22,15 @@ fn main() -> Result<()> {
     let task = std::env::args().nth(1);
     match task.as_deref() {
         Some("lint") => lint(),
+        Some("modules") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let print = args.iter().any(|a| a == "--print");
+            let root = args
+                .iter()
+                .find(|a| !a.starts_with("--"))
+                .map_or_else(workspace_root, std::path::PathBuf::from);
+            modules::check(&root, print)
+        }
         Some("dataset") => dataset::generate(&workspace_root()),
         Some("bench") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
@@ -33,6 +46,7 @@ fn main() -> Result<()> {
 
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    modules::check(&workspace_root(), false)?;
     cargo(&[
         "clippy",
         "--workspace",

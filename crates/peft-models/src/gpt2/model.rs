@@ -7,7 +7,7 @@ use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use burn::tensor::{Bool, Int, Tensor};
 use peft_core::{ModelAdapters, ModelGeometry, Projection};
 
-use super::{Activation, Gpt2Config};
+use super::config::{Activation, Gpt2Config};
 use crate::arch::{config_error, ArchConfig, Architecture};
 use crate::error::Result;
 use crate::nn::attention::{attention_mask, scaled_dot_product, KvCache};

@@ -3,8 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::LlamaConfig;
-use crate::arch::ArchConfig;
+use super::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::gguf::{GgufFile, HfName};
 
@@ -89,7 +88,7 @@ pub(super) fn config(file: &GgufFile) -> Result<LlamaConfig> {
     let config: LlamaConfig = serde_json::from_value(Value::Object(c))
         .map_err(|e| file.config_error("llama.*", format!("unusable model metadata: {e}")))?;
     config
-        .validate()
+        .check()
         .map_err(|(key, message)| file.config_error(key, message))?;
     Ok(config)
 }

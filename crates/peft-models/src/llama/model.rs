@@ -8,7 +8,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Int, Tensor};
 use peft_core::{ModelAdapters, ModelGeometry, Projection};
 
-use super::LlamaConfig;
+use super::config::LlamaConfig;
 use crate::arch::{config_error, ArchConfig, Architecture};
 use crate::error::Result;
 use crate::nn::attention::{attention_mask, repeat_kv, scaled_dot_product, KvCache};

@@ -3,6 +3,7 @@
 //! be overridden from the command line.
 
 mod method;
+mod options;
 
 use std::path::{Path, PathBuf};
 
@@ -10,10 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
-pub use method::{
-    target_modules, BottleneckOptions, Ia3Options, LoraOptions, Method, MethodSection,
-    PrefixOptions, PromptOptions,
-};
+pub use method::{target_modules, Method, MethodSection};
+pub use options::{BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions};
 
 /// Everything a training run needs to know.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use peft_core::DEFAULT_ADAPTER;
 
 use super::fit::Fitted;
 use super::inputs::RunNotes;
-use super::{TestScores, TrainSummary, FINAL_DIR};
+use super::summary::{TestScores, TrainSummary, FINAL_DIR};
 use crate::checkpoint::{self, AdapterToSave};
 use crate::config::TrainConfig;
 use crate::error::Result;

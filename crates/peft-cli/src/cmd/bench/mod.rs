@@ -4,7 +4,9 @@
 //! memory is the row's own) and makes the tables and the chart; on a machine without a Rust
 //! toolchain the same binary runs the rows.
 
+mod dtype;
 mod peak;
+mod preset;
 
 use std::path::Path;
 use std::time::Instant;
@@ -24,6 +26,8 @@ use peft_train::step::optimizer_step;
 use serde::Serialize;
 
 use crate::backend::{self, BackendChoice};
+use dtype::Dtype;
+use preset::Preset;
 
 /// Options of `bench`.
 #[derive(clap::Args, Debug)]
@@ -71,58 +75,6 @@ pub struct Args {
     print_config: bool,
 }
 
-/// Benchmark model shapes.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize)]
-pub enum Preset {
-    /// The fixtures' LLaMA: 2 layers, hidden 64, GQA 4/2, vocabulary 384.
-    #[serde(rename = "tiny")]
-    Tiny,
-    /// GPT-2 small: 12 layers, hidden 768, vocabulary 50257.
-    #[value(name = "gpt2-124m")]
-    #[serde(rename = "gpt2-124m")]
-    Gpt2_124m,
-    /// SmolLM2-135M: LLaMA, 30 layers, hidden 576, GQA 9/3, vocabulary 49152, tied.
-    #[value(name = "smollm2-135m")]
-    #[serde(rename = "smollm2-135m")]
-    Smollm2_135m,
-    /// Llama 3.2 1B: 16 layers, hidden 2048, GQA 32/8, vocabulary 128256, tied.
-    #[value(name = "llama-1b")]
-    #[serde(rename = "llama-1b")]
-    Llama1b,
-}
-
-impl Preset {
-    /// The architecture's `config.json`.
-    fn config_json(self) -> &'static str {
-        match self {
-            Self::Tiny => {
-                r#"{"model_type":"llama","hidden_size":64,"intermediate_size":160,
-                "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
-                "vocab_size":384,"max_position_embeddings":2048,"rms_norm_eps":1e-6,
-                "tie_word_embeddings":false}"#
-            }
-            Self::Gpt2_124m => {
-                r#"{"model_type":"gpt2","n_embd":768,"n_layer":12,"n_head":12,
-                "vocab_size":50257,"n_positions":1024,"activation_function":"gelu_new"}"#
-            }
-            Self::Smollm2_135m => {
-                r#"{"model_type":"llama","hidden_size":576,"intermediate_size":1536,
-                "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,
-                "vocab_size":49152,"max_position_embeddings":8192,"rms_norm_eps":1e-5,
-                "rope_theta":100000,"tie_word_embeddings":true}"#
-            }
-            Self::Llama1b => {
-                r#"{"model_type":"llama","hidden_size":2048,"intermediate_size":8192,
-                "num_hidden_layers":16,"num_attention_heads":32,"num_key_value_heads":8,
-                "head_dim":64,"vocab_size":128256,"max_position_embeddings":131072,
-                "rms_norm_eps":1e-5,"rope_theta":500000,"tie_word_embeddings":true,
-                "rope_scaling":{"rope_type":"llama3","factor":32.0,"low_freq_factor":1.0,
-                "high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#
-            }
-        }
-    }
-}
-
 /// `full` (`None`) or a PEFT method.
 type BenchMethod = Option<Method>;
 
@@ -141,18 +93,6 @@ fn parse_method(text: &str) -> Result<BenchMethod, String> {
 /// The method's name in rows.
 fn method_name(method: BenchMethod) -> String {
     method.map_or("full", Method::name).to_string()
-}
-
-/// `--dtype`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    /// 32-bit floats.
-    F32,
-    /// IEEE half precision.
-    F16,
-    /// bfloat16.
-    Bf16,
 }
 
 /// One benchmark row, as `cargo xtask bench` collects it.

@@ -6,7 +6,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::{gelu, relu, silu, tanh};
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
 
-use super::{BottleneckConfig, NonLinearity};
+use super::config::{BottleneckConfig, NonLinearity};
 use crate::error::Result;
 use crate::ids::replace_value;
 use crate::method::api::{Merged, ProjectionLayer};
