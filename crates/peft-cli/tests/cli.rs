@@ -817,6 +817,41 @@ fn train_refuses_a_bad_configuration_by_key() {
 }
 
 #[test]
+fn an_option_of_another_method_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = training_data(dir.path());
+    let config = dir.path().join("prefix.toml");
+    std::fs::write(&config, "[method]\nname = \"prefix\"\nrank = 4\n").unwrap();
+    let base = fixtures().join("llama-base/base");
+    let out = dir.path().join("run");
+    let common = [
+        "train",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&base),
+        "--data",
+        path_str(&data),
+        "--out",
+        path_str(&out),
+    ];
+    let with = |extra: &[&str]| peft_cli(&[&common[..], extra].concat());
+    assert_fails_with(
+        &with(&["--config", path_str(&config)]),
+        &["prefix.toml", "`method.rank`", "prefix", "virtual_tokens"],
+    );
+    assert_fails_with(
+        &with(&["--method", "houlsby", "--rank", "4"]),
+        &["--rank", "--method houlsby"],
+    );
+    assert!(
+        !out.exists(),
+        "a refused configuration wrote {}",
+        out.display()
+    );
+}
+
+#[test]
 fn train_names_the_file_and_line_of_bad_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("bad.jsonl");

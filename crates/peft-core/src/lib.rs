@@ -32,6 +32,8 @@ pub mod registry;
 pub mod report;
 pub mod target;
 pub mod tensors;
+#[cfg(test)]
+mod testing;
 
 pub use adapter_folder::{load_adapter, save_adapter};
 pub use adapters::{

@@ -291,6 +291,7 @@ fn is_finite(t: &Tensor<2>) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::method::lora::{LoraInit, LoraLayer, LoraShape};
+    use crate::testing::{assert_close, values};
     use burn::tensor::{Device, Distribution};
 
     const D_IN: usize = 6;
@@ -318,20 +319,6 @@ mod tests {
     fn attach(proj: &mut Projection, layer: LoraLayer) {
         proj.attach("a", Adapter::Lora(layer));
         proj.state.active = Some("a".into());
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().iter::<f32>().collect()
-    }
-
-    fn assert_close(a: Vec<f32>, b: Vec<f32>, tol: f32) {
-        assert_eq!(a.len(), b.len());
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst <= tol, "max abs difference {worst:e} > {tol:e}");
     }
 
     fn input(device: &Device) -> Tensor<3> {

@@ -378,3 +378,45 @@ impl AdapterConfig {
         self.targets().map_or(&[], TargetFields::modules_to_save)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_also_in_a_shared_group() {
+        let cases = [
+            (
+                serde_json::json!({"peft_type": "LORA", "r": "eight"}),
+                "`r`",
+            ),
+            (
+                serde_json::json!({"peft_type": "LORA", "target_modules": 5}),
+                "`target_modules`",
+            ),
+            (
+                serde_json::json!({"peft_type": "IA3", "task_type": 3}),
+                "`task_type`",
+            ),
+            (
+                serde_json::json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": "x"}),
+                "`num_virtual_tokens`",
+            ),
+        ];
+        for (json, key) in cases {
+            let err = AdapterConfig::from_json(&json).unwrap_err().to_string();
+            assert!(err.contains(key), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_method_round_trips_through_its_json() {
+        for peft_type in PEFT_TYPES {
+            let json = serde_json::json!({"peft_type": peft_type, "num_virtual_tokens": 4});
+            let config = AdapterConfig::from_json(&json).unwrap();
+            assert_eq!(config.peft_type(), *peft_type);
+            let again = AdapterConfig::from_json(&config.to_json()).unwrap();
+            assert_eq!(again.to_json(), config.to_json());
+        }
+    }
+}

@@ -164,12 +164,21 @@ impl MethodFlags {
         }
         for (flag, key, value) in self.given() {
             let alone = toml::Table::from_iter([(key.to_string(), value.clone())]);
-            if let Err(e) = MethodSection::from_table(method, alone) {
-                bail!("{flag} does not apply to --method {}: {e}", method.name());
+            if MethodSection::from_table(method, alone).is_err() {
+                bail!(
+                    "{flag} is not an option of --method {} (`peft-cli train --help` says which \
+                     method takes each option)",
+                    method.name()
+                );
             }
             table.insert(key.to_string(), value);
         }
-        *m = MethodSection::from_table(method, table).map_err(anyhow::Error::msg)?;
+        *m = MethodSection::from_table(method, table).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; when --method switches the method, the configuration's `[method]` \
+                 settings carry over"
+            )
+        })?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Fields several PEFT configs share, each group in one struct flattened into the configs
 //! (serde keeps their keys at the top level of `adapter_config.json`, as PEFT writes them).
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -169,6 +170,15 @@ impl VirtualTokenDims {
     pub(crate) fn get(slot: Option<usize>) -> usize {
         slot.expect("dimensions are filled by resolve before use")
     }
+}
+
+/// Parses one flattened group of fields (`T`) of a config on its own, so that a value of the
+/// wrong type names its key: serde reports the fields of a flattened struct without their
+/// names. Each config's `check_json` runs it for its groups before the config is parsed.
+pub(crate) fn check_group<T: DeserializeOwned>(value: &Value) -> Result<()> {
+    crate::json::parse::<T>(value.clone())
+        .map(drop)
+        .map_err(|(field, message)| PeftError::Config { field, message })
 }
 
 /// Refuses `modules_to_save` for prompt learning (PEFT's prompt-learning models have no

@@ -151,18 +151,23 @@ impl MethodSection {
         toml::Table::try_from(self).expect("a method section serialises to a TOML table")
     }
 
-    /// The section for `method` from its options in `table` (without `name`); a key that is
-    /// not one of the method's options is an error naming it and the method's options.
+    /// The section for `method` from its options in `table` (without `name`); the error names
+    /// the key at fault (`method.rank`), and for a key of another method the method's options.
     pub fn from_table(method: Method, table: toml::Table) -> std::result::Result<Self, String> {
         fn options<T: DeserializeOwned>(
             method: Method,
             table: toml::Table,
         ) -> std::result::Result<T, String> {
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    format!("method `{}`: {}", method.name(), e.message())
-                })
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+                |e: serde_path_to_error::Error<toml::de::Error>| {
+                    format!(
+                        "`method.{}`: {} (method `{}`)",
+                        e.path(),
+                        e.inner().message(),
+                        method.name()
+                    )
+                },
+            )
         }
         Ok(match method {
             Method::Lora => Self::Lora(options(method, table)?),
@@ -273,7 +278,7 @@ impl<'de> Deserialize<'de> for MethodSection {
                 let name = name.as_str().unwrap_or_default().to_string();
                 Method::from_name(&name).ok_or_else(|| {
                     D::Error::custom(format!(
-                        "`method.name` {name:?} is not a method; expected one of: {}",
+                        "`method.name`: {name:?} is not a method; expected one of: {}",
                         Method::ALL.map(Method::name).join(", ")
                     ))
                 })?
@@ -292,7 +297,10 @@ mod tests {
         let mut table = toml::Table::new();
         table.insert("rank".into(), 4.into());
         let err = MethodSection::from_table(Method::Prefix, table.clone()).unwrap_err();
-        assert!(err.contains("rank") && err.contains("prefix"), "{err}");
+        assert!(
+            err.starts_with("`method.rank`") && err.contains("prefix"),
+            "{err}"
+        );
         let lora = MethodSection::from_table(Method::Lora, table).unwrap();
         assert_eq!(
             lora,

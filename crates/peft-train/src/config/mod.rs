@@ -179,7 +179,8 @@ impl TrainConfig {
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().message().to_string();
-            if path == "." {
+            // `[method]` names its own keys in full (`method.rank`).
+            if path == "." || inner.starts_with('`') {
                 inner
             } else {
                 format!("`{path}`: {inner}")

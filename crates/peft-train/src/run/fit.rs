@@ -86,30 +86,13 @@ pub(super) fn fit(
     if let Some((_, dir)) = &resume_from {
         learner.load_optim(checkpoint::read_optimizer(dir)?);
     }
-    let mut training =
-        SupervisedTraining::new(&t.out, Arc::new(train_loader), Arc::new(valid_loader))
-            .metric_train_numeric(LmMetric::new(LmQuantity::Loss))
-            .metric_train_numeric(LmMetric::new(LmQuantity::Perplexity))
-            .metric_train_numeric(LearningRateMetric::new())
-            .metric_train_numeric(LmMetric::new(LmQuantity::TokensPerSecond))
-            .metric_train_numeric(LmMetric::new(LmQuantity::GradNorm))
-            .metric_valid_numeric(LmMetric::new(LmQuantity::Loss))
-            .metric_valid_numeric(LmMetric::new(LmQuantity::Perplexity))
-            .num_epochs(settings.rounds())
-            // Burn's application logger is process-global (and installs a panic hook); errors
-            // reach the user through this function's result instead.
-            .with_application_logger(None)
-            .label(&format!(
-                "{} steps, evaluation every {}",
-                settings.max_steps, settings.eval_every
-            ))
-            .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
-    if plain_log {
-        training = training.renderer(Box::new(plain::QuietRenderer));
-    }
-    if start_step > 0 {
-        training = training.checkpoint(settings.round_of(start_step + 1).saturating_sub(1));
-    }
+    let training = supervised_training(
+        &t.out,
+        (train_loader, valid_loader),
+        &settings,
+        strategy,
+        plain_log,
+    );
     let result = training.launch(learner);
     let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|p| p.into_inner()));
     if let Some(error) = report.error.take() {
@@ -125,6 +108,42 @@ pub(super) fn fit(
         report,
         resumed_from: resume_from.map(|(state, _)| state.step),
     })
+}
+
+/// Burn's training with the run's metrics, the loop of `strategy`, the dashboard (or nothing
+/// drawn, the loop printing plain lines) and, when resuming, the round to start from.
+fn supervised_training(
+    out: &std::path::Path,
+    (train, valid): (ExampleLoader, ExampleLoader),
+    settings: &LoopSettings,
+    strategy: StepStrategy,
+    plain_log: bool,
+) -> SupervisedTraining<TrainableLm> {
+    let mut training = SupervisedTraining::new(out, Arc::new(train), Arc::new(valid))
+        .metric_train_numeric(LmMetric::new(LmQuantity::Loss))
+        .metric_train_numeric(LmMetric::new(LmQuantity::Perplexity))
+        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(LmMetric::new(LmQuantity::TokensPerSecond))
+        .metric_train_numeric(LmMetric::new(LmQuantity::GradNorm))
+        .metric_valid_numeric(LmMetric::new(LmQuantity::Loss))
+        .metric_valid_numeric(LmMetric::new(LmQuantity::Perplexity))
+        .num_epochs(settings.rounds())
+        // Burn's application logger is process-global (and installs a panic hook); errors
+        // reach the user through the run's result instead.
+        .with_application_logger(None)
+        .label(&format!(
+            "{} steps, evaluation every {}",
+            settings.max_steps, settings.eval_every
+        ))
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
+    if plain_log {
+        training = training.renderer(Box::new(plain::QuietRenderer));
+    }
+    if settings.start_step > 0 {
+        training =
+            training.checkpoint(settings.round_of(settings.start_step + 1).saturating_sub(1));
+    }
+    training
 }
 
 /// The loop's step counts: `max_steps`, else `epochs` passes of `plan`'s micro-batches.

@@ -1,11 +1,12 @@
 //! The bottleneck adapter's configuration, in the style of PEFT's configs.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::method::api::MethodConfig;
-use crate::method::common::{PeftFields, TargetFields};
+use crate::method::common::{check_group, PeftFields, TargetFields};
 use crate::target::DefaultTargets;
 
 /// The blocks' output projections, after attention and the MLP (Houlsby et al.).
@@ -95,6 +96,11 @@ impl BottleneckConfig {
 
 impl MethodConfig for BottleneckConfig {
     const PEFT_TYPE: &'static str = "BOTTLENECK";
+
+    fn check_json(value: &Value) -> Result<()> {
+        check_group::<TargetFields>(value)?;
+        check_group::<PeftFields>(value)
+    }
 
     fn validate(&self) -> Result<()> {
         if self.reduction_factor == 0 {

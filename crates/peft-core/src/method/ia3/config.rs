@@ -1,11 +1,12 @@
 //! `IA3Config` with Hugging Face PEFT's field names and defaults (`peft.tuners.ia3.config`).
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::method::api::MethodConfig;
-use crate::method::common::{PeftFields, TargetFields};
+use crate::method::common::{check_group, PeftFields, TargetFields};
 use crate::target::{default_targets, DefaultTargets, TargetMatcher, TargetModules};
 
 /// PEFT's `TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`.
@@ -60,6 +61,11 @@ impl Ia3Config {
 
 impl MethodConfig for Ia3Config {
     const PEFT_TYPE: &'static str = "IA3";
+
+    fn check_json(value: &Value) -> Result<()> {
+        check_group::<TargetFields>(value)?;
+        check_group::<PeftFields>(value)
+    }
 
     fn validate(&self) -> Result<()> {
         let (Some(targets), Some(TargetModules::Names(ff))) =

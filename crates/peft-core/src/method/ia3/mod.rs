@@ -15,10 +15,7 @@ mod tests {
 
     use super::*;
     use crate::method::api::ProjectionLayer;
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().iter::<f32>().collect()
-    }
+    use crate::testing::values;
 
     fn max_diff(a: Vec<f32>, b: Vec<f32>) -> f32 {
         a.iter()

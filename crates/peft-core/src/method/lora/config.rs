@@ -9,7 +9,7 @@ use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::json::is_default;
 use crate::method::api::MethodConfig;
-use crate::method::common::{PeftFields, TargetFields};
+use crate::method::common::{check_group, PeftFields, TargetFields};
 use crate::target::{pattern_for, DefaultTargets, LayerIndices, LayersPattern, TargetMatcher};
 
 /// PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`.
@@ -164,7 +164,8 @@ impl MethodConfig for LoraConfig {
                 });
             }
         }
-        Ok(())
+        check_group::<TargetFields>(value)?;
+        check_group::<PeftFields>(value)
     }
 
     fn validate(&self) -> Result<()> {

@@ -6,6 +6,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 
 use super::*;
 use crate::method::api::ProjectionLayer;
+use crate::testing::{assert_close, values};
 
 const D_IN: usize = 6;
 const D_OUT: usize = 5;
@@ -25,20 +26,6 @@ fn lora(base: &Linear, dora: bool) -> LoraLayer {
         scale: 2.0,
     };
     LoraLayer::init(base, shape, 0.0, &LoraInit::Default(false), dora)
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().iter::<f32>().collect()
-}
-
-fn assert_close(a: Vec<f32>, b: Vec<f32>, tol: f32) {
-    assert_eq!(a.len(), b.len());
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst <= tol, "max abs difference {worst:e} > {tol:e}");
 }
 
 fn input(device: &Device) -> Tensor<3> {
@@ -101,4 +88,34 @@ fn rslora_scales_by_the_square_root_of_the_rank() {
         ..config
     };
     assert_eq!(plain.shape_for("q_proj").unwrap().scale, 0.5);
+}
+
+#[test]
+fn unset_targets_take_the_architectures_default_and_an_unknown_one_is_refused() {
+    use crate::geometry::ModelGeometry;
+    use crate::method::api::MethodConfig;
+    use crate::target::TargetModules;
+    let geometry = |model_type: &str| ModelGeometry {
+        model_type: model_type.into(),
+        num_layers: 1,
+        hidden_size: 4,
+        num_heads: 1,
+        num_kv_heads: 1,
+        head_dim: 4,
+        vocab_size: 8,
+    };
+    let mut config = LoraConfig::default();
+    config.resolve(&geometry("gpt2")).unwrap();
+    assert_eq!(
+        config.targets.target_modules,
+        Some(TargetModules::Names(vec!["c_attn".into()]))
+    );
+    let err = LoraConfig::default()
+        .resolve(&geometry("mpt"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("target_modules") && err.contains("mpt"),
+        "{err}"
+    );
 }

@@ -7,8 +7,9 @@ use serde_json::Value;
 use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::method::api::MethodConfig;
-use crate::method::common::TargetFields;
-use crate::method::common::{refuse_modules_to_save, PeftFields, VirtualTokenDims};
+use crate::method::common::{
+    check_group, refuse_modules_to_save, PeftFields, TargetFields, VirtualTokenDims,
+};
 
 /// Prefix tuning (`PREFIX_TUNING`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,7 +63,9 @@ impl MethodConfig for PrefixTuningConfig {
     const PEFT_TYPE: &'static str = "PREFIX_TUNING";
 
     fn check_json(value: &Value) -> Result<()> {
-        refuse_modules_to_save(value, Self::PEFT_TYPE)
+        refuse_modules_to_save(value, Self::PEFT_TYPE)?;
+        check_group::<VirtualTokenDims>(value)?;
+        check_group::<PeftFields>(value)
     }
 
     fn validate(&self) -> Result<()> {

@@ -7,7 +7,9 @@ use serde_json::Value;
 use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::method::api::MethodConfig;
-use crate::method::common::{refuse_modules_to_save, PeftFields, TargetFields, VirtualTokenDims};
+use crate::method::common::{
+    check_group, refuse_modules_to_save, PeftFields, TargetFields, VirtualTokenDims,
+};
 
 /// How prompt-tuning embeddings start (`prompt_tuning_init`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -72,7 +74,9 @@ impl MethodConfig for PromptTuningConfig {
     const PEFT_TYPE: &'static str = "PROMPT_TUNING";
 
     fn check_json(value: &Value) -> Result<()> {
-        refuse_modules_to_save(value, Self::PEFT_TYPE)
+        refuse_modules_to_save(value, Self::PEFT_TYPE)?;
+        check_group::<VirtualTokenDims>(value)?;
+        check_group::<PeftFields>(value)
     }
 
     fn validate(&self) -> Result<()> {

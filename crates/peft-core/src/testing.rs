@@ -1,0 +1,19 @@
+//! Helpers of the crate's unit tests.
+
+use burn::tensor::Tensor;
+
+/// A tensor's values, flattened.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+/// Asserts that `a` and `b` differ by at most `tol` anywhere.
+pub fn assert_close(a: Vec<f32>, b: Vec<f32>, tol: f32) {
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= tol, "max abs difference {worst:e} > {tol:e}");
+}
