@@ -1,5 +1,5 @@
 //! The methods this crate implements, registered once: one line per method in
-//! [`register_methods!`] fills the enums that Burn's `Module` derive needs (it cannot hold a
+//! `register_methods!` fills the enums that Burn's `Module` derive needs (it cannot hold a
 //! trait object) and their dispatch to the traits of [`crate::method::api`].
 
 use burn::nn::Linear;

@@ -1,5 +1,5 @@
 //! The architectures this crate implements, registered once: one line per architecture in
-//! [`register_architectures!`] fills [`ModelConfig`] and [`CausalLm`] (the enum Burn's `Module`
+//! `register_architectures!` fills [`ModelConfig`] and [`CausalLm`] (the enum Burn's `Module`
 //! derive needs) and their dispatch to the traits of [`crate::arch`].
 
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! Walking a model's projections: each one knows its Hugging Face module path, so a model only
-//! lists which of its fields hold projections ([`has_projections!`]), never a path.
+//! lists which of its fields hold projections (`has_projections!`), never a path.
 
 use peft_core::Projection;
 
