@@ -179,8 +179,8 @@ fn fill_from_file(
             let device = copy.layer.weight.device();
             let w = match layout {
                 WeightLayout::Linear => reader("weight", &[d_out, d_in])?
-                    .upload::<2>(&device)
-                    .transpose(),
+                    .transposed()
+                    .upload::<2>(&device),
                 WeightLayout::Conv1D => reader("weight", &[d_in, d_out])?.upload::<2>(&device),
             };
             copy.layer.weight = replace_value(&copy.layer.weight, w);

@@ -120,7 +120,21 @@ impl Projection {
     }
 
     /// Applies the projection, with the active adapter, to the last dimension of `x`.
+    ///
+    /// The leading dimensions are folded into one, so that every product runs as one
+    /// `[rows, in] x [in, out]` matrix multiplication: given `[batch, seq, in]`, Burn keeps a
+    /// batched product whenever `seq` is a multiple of 32, and CPU backends then multiply (and
+    /// repack the weight) once per sequence.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mut dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let out = self.forward_rows(x.reshape([rows, dims[D - 1]]));
+        dims[D - 1] = out.dims()[1];
+        out.reshape(dims)
+    }
+
+    /// [`Self::forward`] on rows `[rows, in]`.
+    fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         let Some(active) = self.state.active.as_deref() else {
             return self.base.forward(x);
         };

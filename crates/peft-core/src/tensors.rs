@@ -31,6 +31,22 @@ impl HostTensor {
         Ok(Self { shape, data })
     }
 
+    /// The transpose of a 2-D tensor, row-major (so that it uploads as a contiguous tensor:
+    /// a transposed view would make every later product read it strided).
+    pub fn transposed(self) -> Self {
+        let [rows, cols] = [self.shape[0], self.shape[1]];
+        let mut data = vec![0.0; self.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                data[c * rows + r] = self.data[r * cols + c];
+            }
+        }
+        Self {
+            shape: vec![cols, rows],
+            data,
+        }
+    }
+
     /// Uploads the tensor to `device`. The caller has checked the shape's rank (readers
     /// compare every shape with the one the model expects before uploading).
     pub fn upload<const D: usize>(self, device: &Device) -> Tensor<D> {
@@ -110,6 +126,18 @@ pub fn to_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transposed_moves_rows_to_columns() {
+        // [[1, 2, 3], [4, 5, 6]] -> [[1, 4], [2, 5], [3, 6]]
+        let t = HostTensor {
+            shape: vec![2, 3],
+            data: vec![1., 2., 3., 4., 5., 6.],
+        };
+        let t = t.transposed();
+        assert_eq!(t.shape, [3, 2]);
+        assert_eq!(t.data, [1., 4., 2., 5., 3., 6.]);
+    }
 
     #[test]
     fn decodes_half_precision_exactly() {

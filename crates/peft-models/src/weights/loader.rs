@@ -156,9 +156,8 @@ impl<'a> WeightLoader<'a> {
             let dist = Distribution::Uniform(-RANDOM_SCALE, RANDOM_SCALE);
             Tensor::random(shape, dist, &self.device)
         } else if transposed {
-            let (rows, cols) = (shape[1], shape[0]);
-            let t = self.host(name, &[rows, cols])?;
-            upload(transpose(&t.data, rows, cols), shape, &self.device)
+            let t = self.host(name, &[shape[1], shape[0]])?.transposed();
+            upload(t.data, shape, &self.device)
         } else {
             upload(self.host(name, &shape)?.data, shape, &self.device)
         };
@@ -257,30 +256,5 @@ impl<'l> Weights<'l> {
             Some(self.vector("bias", d_out)?),
             WeightLayout::Conv1D,
         ))
-    }
-}
-
-/// Row-major transpose of a `[rows, cols]` matrix.
-pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::transpose;
-
-    #[test]
-    fn transpose_moves_rows_to_columns() {
-        // [[1, 2, 3], [4, 5, 6]] -> [[1, 4], [2, 5], [3, 6]]
-        assert_eq!(
-            transpose(&[1., 2., 3., 4., 5., 6.], 2, 3),
-            vec![1., 4., 2., 5., 3., 6.]
-        );
     }
 }

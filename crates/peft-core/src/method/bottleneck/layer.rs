@@ -188,7 +188,7 @@ impl ProjectionLayer for BottleneckLayer {
         let [width, bottleneck] = self.down.weight.dims();
         let device = self.down.weight.device();
         let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>> {
-            Ok(read(name, &[rows, cols])?.upload::<2>(&device).transpose())
+            Ok(read(name, &[rows, cols])?.transposed().upload::<2>(&device))
         };
         let down_w = matrix("adapter_down.weight", bottleneck, width)?;
         let up_w = matrix("adapter_up.weight", width, bottleneck)?;

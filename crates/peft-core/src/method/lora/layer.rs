@@ -214,11 +214,11 @@ impl ProjectionLayer for LoraLayer {
         let d_out = self.lora_b.dims()[1];
         let device = self.lora_a.device();
         let a = read("lora_A.weight", &[rank, d_in])?
-            .upload::<2>(&device)
-            .transpose();
+            .transposed()
+            .upload::<2>(&device);
         let b = read("lora_B.weight", &[d_out, rank])?
-            .upload::<2>(&device)
-            .transpose();
+            .transposed()
+            .upload::<2>(&device);
         self.lora_a = replace_value(&self.lora_a, a);
         self.lora_b = replace_value(&self.lora_b, b);
         if let Some(magnitude) = &self.magnitude {
