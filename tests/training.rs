@@ -15,6 +15,7 @@ use burn::train::Learner;
 use common::*;
 use peft_core::adapter_folder::adapter_tensors;
 use peft_core::load_adapter;
+use peft_models::loss::HostLabels;
 use peft_models::{load_model, CausalLm};
 use peft_train::batch::LmBatch;
 use peft_train::config::{LoraOptions, MethodSection, Schedule};
@@ -280,7 +281,8 @@ fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
 
     let ids = int_tensor(&expected.i64("input_ids"), &device);
     let mask = int_tensor(&expected.i64("attention_mask"), &device);
-    let labels = int_tensor(&expected.i64("labels"), &device);
+    let labels = expected.i64("labels");
+    let labels = HostLabels::new(labels.values, labels.shape[1]);
     let batch = LmBatch {
         input_ids: ids,
         attention_mask: mask,

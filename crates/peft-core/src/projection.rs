@@ -49,6 +49,12 @@ pub struct AdapterState {
     pub merged: Option<(String, Option<Tensor<1>>)>,
 }
 
+/// What a projection computes: one linear layer, or an adapter beside the base.
+enum Computation<'a> {
+    Linear(&'a Linear),
+    Adapted(&'a Adapter),
+}
+
 /// A linear projection `y = x W + b` with `W` stored `[in, out]`, the point where adapters attach.
 #[derive(Module, Debug)]
 pub struct Projection {
@@ -135,11 +141,31 @@ impl Projection {
 
     /// [`Self::forward`] on rows `[rows, in]`.
     fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
+        match self.computation() {
+            Computation::Linear(linear) => linear.forward(x),
+            Computation::Adapted(adapter) => adapter.forward(x, &self.base),
+        }
+    }
+
+    /// The one linear layer that computes this projection as it stands (the base, or the
+    /// active adapter's trainable copy), or `None` while an unmerged adapter computes beside the
+    /// base. A caller may then multiply by its weight directly, e.g. to compute a loss in
+    /// chunks of rows.
+    pub fn as_linear(&self) -> Option<&Linear> {
+        match self.computation() {
+            Computation::Linear(linear) => Some(linear),
+            Computation::Adapted(_) => None,
+        }
+    }
+
+    /// What [`Self::forward`] runs: the active adapter's copy, the active unmerged adapter, or
+    /// the base.
+    fn computation(&self) -> Computation<'_> {
         let Some(active) = self.state.active.as_deref() else {
-            return self.base.forward(x);
+            return Computation::Linear(&self.base);
         };
         if let Some(copy) = self.saved.iter().find(|c| c.name == active) {
-            return copy.layer.forward(x);
+            return Computation::Linear(&copy.layer);
         }
         let merged = self
             .state
@@ -147,8 +173,8 @@ impl Projection {
             .as_ref()
             .is_some_and(|(name, _)| name == active);
         match self.adapter(active) {
-            Some(adapter) if !merged => adapter.forward(x, &self.base),
-            _ => self.base.forward(x),
+            Some(adapter) if !merged => Computation::Adapted(adapter),
+            _ => Computation::Linear(&self.base),
         }
     }
 

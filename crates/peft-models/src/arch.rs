@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor};
-use peft_core::{ModelAdapters, ModelGeometry};
+use peft_core::{ModelAdapters, ModelGeometry, Projection};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -65,16 +65,31 @@ pub trait ArchConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwned {
 
 /// A causal language model of one architecture; it holds the model-wide adapters' slot.
 pub trait Architecture: Module + HasProjections {
-    /// Logits `[batch, seq, vocab]` from input embeddings `[batch, seq, hidden]`.
-    /// `padding_mask` (`[batch, past + seq]`, 1 = token) masks padded keys; with `cache`, only
-    /// the new positions are given and their keys/values are appended to it. An active
-    /// prompt-tuning adapter puts its virtual tokens first, and their logits come first.
-    fn forward_embeddings(
+    /// The last hidden states `[batch, seq, hidden]` (after the final norm, what the output
+    /// head reads) from input embeddings `[batch, seq, hidden]`. `padding_mask`
+    /// (`[batch, past + seq]`, 1 = token) masks padded keys; with `cache`, only the new
+    /// positions are given and their keys/values are appended to it. An active prompt-tuning
+    /// adapter puts its virtual tokens first, and their states come first.
+    fn hidden_states(
         &self,
         x: Tensor<3>,
         padding_mask: Option<&Tensor<2, Int>>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3>;
+
+    /// The output head: logits are `lm_head(hidden_states)`.
+    fn lm_head(&self) -> &Projection;
+
+    /// Logits `[batch, seq, vocab]` from input embeddings, as [`Self::hidden_states`] takes them.
+    fn forward_embeddings(
+        &self,
+        x: Tensor<3>,
+        padding_mask: Option<&Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        self.lm_head()
+            .forward(self.hidden_states(x, padding_mask, cache))
+    }
 
     /// The token embedding.
     fn token_embedding(&self) -> &Embedding;

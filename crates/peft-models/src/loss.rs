@@ -1,8 +1,13 @@
 //! The causal language-modelling loss as transformers computes it: labels shifted left by one
-//! inside, positions labelled -100 ignored, mean over the rest.
+//! inside, positions labelled -100 ignored, mean over the rest; from logits, or from the last
+//! hidden states in chunks without keeping any `[tokens, vocab]` tensor for backward.
 
+use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use peft_core::Projection;
+
+use crate::registry::CausalLm;
 
 /// The label that marks a position without loss (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
@@ -35,3 +40,192 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
     let weights = counted.float();
     (picked * weights.clone()).sum().neg() / weights.sum()
 }
+
+/// Labels `[batch, seq]` as the host holds them (row-major), -100 where there is no loss: the
+/// loss from hidden states picks its positions from them without reading the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostLabels {
+    values: Vec<i64>,
+    seq: usize,
+}
+
+impl HostLabels {
+    /// Labels of rows of `seq` positions each, one row after the other (`values.len()` is a
+    /// multiple of `seq`).
+    pub fn new(values: Vec<i64>, seq: usize) -> Self {
+        debug_assert!(
+            seq > 0 && values.len() % seq == 0,
+            "labels must fill [batch, seq]"
+        );
+        Self { values, seq }
+    }
+
+    /// Rows.
+    pub fn batch(&self) -> usize {
+        self.values.len().checked_div(self.seq).unwrap_or(0)
+    }
+
+    /// The labels as a device tensor `[batch, seq]`.
+    pub fn to_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        let data = TensorData::new(self.values.clone(), [self.batch(), self.seq]);
+        Tensor::from_data(data, device)
+    }
+
+    /// Where each counted prediction is read and what it must predict, for hidden states of
+    /// `hidden_seq` positions per row (more than the labels' when virtual tokens come first):
+    /// position `t` predicts the label at `t + 1`, as in [`causal_lm_loss`].
+    fn counted_positions(&self, hidden_seq: usize) -> (Vec<i64>, Vec<i64>) {
+        let extra = hidden_seq.saturating_sub(self.seq);
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        for (b, row) in self.values.chunks(self.seq.max(1)).enumerate() {
+            for (j, &label) in row.iter().enumerate() {
+                // The label at padded position extra + j is predicted by the position before.
+                let Some(t) = (extra + j).checked_sub(1) else {
+                    continue;
+                };
+                if label != IGNORE_INDEX {
+                    rows.push((b * hidden_seq + t) as i64);
+                    targets.push(label);
+                }
+            }
+        }
+        (rows, targets)
+    }
+}
+
+/// Elements of one chunk of logits `[rows, vocab]` (64 MiB in f32): the most [`lm_loss`]
+/// holds at a time, whatever the batch.
+pub const CHUNK_ELEMENTS: usize = 1 << 24;
+
+/// [`causal_lm_loss`] of `model` on `input_ids` against `labels`, equal to it (to rounding) in
+/// value and gradients but computed from the last hidden states when the output head is one
+/// linear layer (no adapter computing beside it): logits only at the labelled positions, in
+/// chunks of rows, each chunk's gradient taken at once, so that no `[tokens, vocab]` tensor is
+/// kept for backward. Otherwise it computes every logit and [`causal_lm_loss`].
+pub fn lm_loss(
+    model: &CausalLm,
+    input_ids: Tensor<2, Int>,
+    padding_mask: Option<&Tensor<2, Int>>,
+    labels: &HostLabels,
+) -> Tensor<1> {
+    lm_loss_in_chunks(model, input_ids, padding_mask, labels, CHUNK_ELEMENTS)
+}
+
+/// [`lm_loss`] with chunks of at most `chunk_elements` logits (at least one row each).
+pub fn lm_loss_in_chunks(
+    model: &CausalLm,
+    input_ids: Tensor<2, Int>,
+    padding_mask: Option<&Tensor<2, Int>>,
+    labels: &HostLabels,
+    chunk_elements: usize,
+) -> Tensor<1> {
+    let hidden = model.hidden_states(input_ids, padding_mask, None);
+    loss_of_hidden(hidden, model.lm_head(), labels, chunk_elements)
+}
+
+/// [`lm_loss_in_chunks`] from the last hidden states `[batch, seq, hidden]` and the output
+/// head.
+fn loss_of_hidden(
+    hidden: Tensor<3>,
+    head: &Projection,
+    labels: &HostLabels,
+    chunk_elements: usize,
+) -> Tensor<1> {
+    let [batch, seq, width] = hidden.dims();
+    let device = hidden.device();
+    let (rows, targets) = labels.counted_positions(seq);
+    let linear = match head.as_linear() {
+        Some(linear) if !rows.is_empty() => linear,
+        // An adapter on the head, or nothing to count (NaN, as transformers gives).
+        _ => return causal_lm_loss(head.forward(hidden), labels.to_tensor(&device)),
+    };
+    let count = rows.len();
+    let upload = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [count]), &device);
+    let picked = hidden.reshape([batch * seq, width]).select(0, upload(rows));
+    let vocab = head.out_features();
+    let chunk_rows = (chunk_elements / vocab.max(1)).max(1);
+    chunked_cross_entropy(picked, linear, upload(targets), chunk_rows)
+}
+
+/// Mean cross-entropy of `linear(hidden)` `[rows, vocab]` against `targets` `[rows]`, computed
+/// `chunk_rows` rows at a time outside autodiff: each chunk gives its share of the loss and of
+/// the gradients of `hidden` (and of the layer's weight and bias where they train), `softmax −
+/// one_hot`, at once. The result carries those gradients through a surrogate
+/// `Σ hidden ⊙ G` whose value is cancelled, so backward reproduces exactly what autodiff
+/// of the plain loss would give.
+fn chunked_cross_entropy(
+    hidden: Tensor<2>,
+    linear: &Linear,
+    targets: Tensor<1, Int>,
+    chunk_rows: usize,
+) -> Tensor<1> {
+    let rows = hidden.dims()[0];
+    let device = hidden.device();
+    let weight = linear.weight.val();
+    let bias = linear.bias.as_ref().map(|b| b.val());
+    let vocab = weight.dims()[1];
+    let wants_hidden = hidden.is_tracked();
+    let wants_weight = weight.is_tracked();
+    let wants_bias = bias.as_ref().is_some_and(|b| b.is_tracked());
+    let (h, w) = (hidden.clone().detach(), weight.clone().detach());
+    let b = bias.clone().map(|b| b.detach().reshape([1, vocab]));
+
+    let mut total = Tensor::<1>::zeros([1], &device);
+    let mut grad_hidden = Vec::new();
+    let mut grad_weight: Option<Tensor<2>> = None;
+    let mut grad_bias: Option<Tensor<2>> = None;
+    for start in (0..rows).step_by(chunk_rows) {
+        let len = chunk_rows.min(rows - start);
+        let h_chunk = h.clone().narrow(0, start, len);
+        let t_chunk = targets.clone().narrow(0, start, len).reshape([len, 1]);
+        let mut logits = h_chunk.clone().matmul(w.clone());
+        if let Some(b) = &b {
+            logits = logits + b.clone();
+        }
+        let max = logits.clone().max_dim(1);
+        let exp = (logits.clone() - max.clone()).exp();
+        let sum = exp.clone().sum_dim(1);
+        let target_logit = logits.gather(1, t_chunk.clone());
+        total = total + (sum.clone().log() + max - target_logit).sum();
+        if !(wants_hidden || wants_weight || wants_bias) {
+            continue;
+        }
+        // d(loss)/d(logits) of this chunk, up to the 1/rows of the mean.
+        let minus_one = Tensor::<2>::full([len, 1], -1.0, &device);
+        let grad = (exp / sum).scatter(1, t_chunk, minus_one, IndexingUpdateOp::Add);
+        if wants_hidden {
+            grad_hidden.push(grad.clone().matmul(w.clone().transpose()));
+        }
+        if wants_weight {
+            let g = h_chunk.transpose().matmul(grad.clone());
+            grad_weight = Some(grad_weight.map_or(g.clone(), |acc| acc + g));
+        }
+        if wants_bias {
+            let g = grad.sum_dim(0);
+            grad_bias = Some(grad_bias.map_or(g.clone(), |acc| acc + g));
+        }
+    }
+    let scale = 1.0 / rows as f64;
+    let loss = total.mul_scalar(scale);
+    let mut surrogate: Option<Tensor<1>> = None;
+    let mut add = |term: Tensor<1>| {
+        surrogate = Some(surrogate.take().map_or(term.clone(), |s| s + term));
+    };
+    if wants_hidden {
+        let grad = Tensor::cat(grad_hidden, 0).mul_scalar(scale);
+        add((hidden * grad).sum());
+    }
+    if let Some(grad) = grad_weight {
+        add((weight * grad.mul_scalar(scale)).sum());
+    }
+    if let (Some(bias), Some(grad)) = (bias, grad_bias) {
+        add((bias * grad.reshape([vocab]).mul_scalar(scale)).sum());
+    }
+    match surrogate {
+        Some(s) => loss + s.clone() - s.detach(),
+        None => loss,
+    }
+}
+
+#[cfg(test)]
+mod tests;

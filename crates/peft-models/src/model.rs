@@ -22,6 +22,17 @@ impl CausalLm {
         self.forward_embeddings(self.embed(input_ids), padding_mask, cache)
     }
 
+    /// The last hidden states `[batch, seq, hidden]` for `input_ids`, what the output head
+    /// ([`CausalLm::lm_head`]) turns into logits; arguments as for [`CausalLm::forward`].
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        padding_mask: Option<&Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        self.hidden_states_of_embeddings(self.embed(input_ids), padding_mask, cache)
+    }
+
     /// Token embeddings `[batch, seq, hidden]` of `input_ids`.
     pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
         self.token_embedding().forward(input_ids)

@@ -168,6 +168,26 @@ macro_rules! register_architectures {
                 }
             }
 
+            /// The last hidden states `[batch, seq, hidden]` (what the output head reads) from
+            /// token embeddings, as [`CausalLm::forward_embeddings`] takes them.
+            pub fn hidden_states_of_embeddings(
+                &self,
+                x: Tensor<3>,
+                padding_mask: Option<&Tensor<2, Int>>,
+                cache: Option<&mut KvCache>,
+            ) -> Tensor<3> {
+                match self {
+                    $(Self::$variant(m) => m.hidden_states(x, padding_mask, cache),)*
+                }
+            }
+
+            /// The output head.
+            pub fn lm_head(&self) -> &Projection {
+                match self {
+                    $(Self::$variant(m) => m.lm_head(),)*
+                }
+            }
+
             /// The token embedding.
             pub fn token_embedding(&self) -> &Embedding {
                 match self {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use peft_models::loss::IGNORE_INDEX;
+use peft_models::loss::{HostLabels, IGNORE_INDEX};
 
 use crate::data::Example;
 
@@ -16,8 +16,9 @@ pub struct LmBatch {
     pub input_ids: Tensor<2, Int>,
     /// 1 for tokens, 0 for padding, `[batch, seq]`.
     pub attention_mask: Tensor<2, Int>,
-    /// Labels `[batch, seq]`, -100 where there is no loss.
-    pub labels: Tensor<2, Int>,
+    /// Labels `[batch, seq]`, -100 where there is no loss, on the host: the loss picks the
+    /// labelled positions from them.
+    pub labels: HostLabels,
     /// Positions that contribute to the loss.
     pub learned_tokens: usize,
     /// Real (non-padding) tokens.
@@ -44,7 +45,7 @@ impl LmBatch {
         Self {
             input_ids: upload(ids),
             attention_mask: upload(mask),
-            labels: upload(labels),
+            labels: HostLabels::new(labels, seq),
             learned_tokens: examples.iter().map(|e| e.learned_tokens()).sum(),
             tokens: examples.iter().map(|e| e.ids.len()).sum(),
         }

@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_models::chat::apply_chat_template;
 use peft_models::generate::{generate, SamplingConfig};
-use peft_models::loss::causal_lm_loss;
+use peft_models::loss::lm_loss;
 use peft_models::{CausalLm, LoadedModel, TextTokenizer};
 use serde::Serialize;
 
@@ -119,10 +119,8 @@ impl Evaluator<'_> {
         for chunk in examples.chunks(settings.batch_size.max(1)) {
             let refs: Vec<_> = chunk.iter().collect();
             let batch = LmBatch::new(&refs, eos_id, self.device);
-            let logits =
-                self.model
-                    .forward(batch.input_ids.clone(), Some(&batch.attention_mask), None);
-            let loss = causal_lm_loss(logits, batch.labels.clone())
+            let mask = Some(&batch.attention_mask);
+            let loss = lm_loss(self.model, batch.input_ids.clone(), mask, &batch.labels)
                 .try_into_scalar::<f64>()
                 .map_err(|e| TrainError::Backend(format!("{e:?}")))?;
             loss_sum += loss * batch.learned_tokens as f64;

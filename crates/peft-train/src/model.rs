@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use peft_core::AdapterConfig;
-use peft_models::loss::causal_lm_loss;
+use peft_models::loss::lm_loss;
 use peft_models::CausalLm;
 
 use crate::batch::LmBatch;
@@ -44,10 +44,12 @@ impl TrainableLm {
 
     /// Mean next-token loss of `batch` `[1]`.
     pub fn lm_loss(&self, batch: &LmBatch) -> Tensor<1> {
-        let logits = self
-            .lm
-            .forward(batch.input_ids.clone(), Some(&batch.attention_mask), None);
-        causal_lm_loss(logits, batch.labels.clone())
+        lm_loss(
+            &self.lm,
+            batch.input_ids.clone(),
+            Some(&batch.attention_mask),
+            &batch.labels,
+        )
     }
 
     /// The training loss of `batch` `[1]`: [`Self::lm_loss`] plus the term the adapter's

@@ -186,7 +186,7 @@ impl Gpt2 {
 
 impl Architecture for Gpt2 {
     /// Position embeddings are added here.
-    fn forward_embeddings(
+    fn hidden_states(
         &self,
         x: Tensor<3>,
         padding_mask: Option<&Tensor<2, Int>>,
@@ -214,7 +214,11 @@ impl Architecture for Gpt2 {
                     .forward(block.ln_1.forward(x), &mask, layer_cache);
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
         }
-        self.lm_head.forward(m.ln_f.forward(x))
+        m.ln_f.forward(x)
+    }
+
+    fn lm_head(&self) -> &Projection {
+        &self.lm_head
     }
 
     fn token_embedding(&self) -> &Embedding {

@@ -212,7 +212,7 @@ impl Llama {
 }
 
 impl Architecture for Llama {
-    fn forward_embeddings(
+    fn hidden_states(
         &self,
         x: Tensor<3>,
         padding_mask: Option<&Tensor<2, Int>>,
@@ -237,7 +237,11 @@ impl Architecture for Llama {
             let mlp_in = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(mlp_in);
         }
-        self.lm_head.forward(m.norm.forward(x))
+        m.norm.forward(x)
+    }
+
+    fn lm_head(&self) -> &Projection {
+        &self.lm_head
     }
 
     fn token_embedding(&self) -> &Embedding {

@@ -17,6 +17,7 @@ use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use burn::train::Learner;
 use peft_core::{AdapterConfig, ParameterReport, ProjectionHost, DEFAULT_ADAPTER};
 use peft_models::generate::{generate, SamplingConfig};
+use peft_models::loss::HostLabels;
 use peft_models::{random_model, CausalLm, ModelConfig};
 use peft_train::batch::LmBatch;
 use peft_train::config::{LoraOptions, Method, MethodSection, Schedule};
@@ -161,7 +162,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let matmul_params = matmul_parameters(&lm);
 
-    let batch = random_batch(&args, lm.vocab_size(), &train_device);
+    let batch = random_batch(&args, lm.vocab_size(), &train_device)?;
     let model = TrainableLm::new(
         lm,
         adapter
@@ -276,7 +277,7 @@ fn matmul_parameters(lm: &CausalLm) -> f64 {
         .sum()
 }
 
-fn random_batch(args: &Args, vocab: usize, device: &Device) -> LmBatch {
+fn random_batch(args: &Args, vocab: usize, device: &Device) -> Result<LmBatch> {
     let ids = Tensor::<2>::random(
         [args.batch, args.seq],
         Distribution::Uniform(0.0, vocab as f64),
@@ -284,13 +285,18 @@ fn random_batch(args: &Args, vocab: usize, device: &Device) -> LmBatch {
     )
     .int()
     .clamp(0, vocab as i64 - 1);
-    LmBatch {
-        input_ids: ids.clone(),
+    // Read once, before any timed step: the labels are the ids themselves.
+    let labels = ids
+        .to_data()
+        .try_into_vec_as::<i64>()
+        .map_err(|e| anyhow::anyhow!("cannot read the random batch: {e:?}"))?;
+    Ok(LmBatch {
+        input_ids: ids,
         attention_mask: Tensor::<2, Int>::ones([args.batch, args.seq], device),
-        labels: ids,
+        labels: HostLabels::new(labels, args.seq),
         learned_tokens: args.batch * (args.seq - 1),
         tokens: args.batch * args.seq,
-    }
+    })
 }
 
 fn sync(device: &Device) -> Result<()> {
