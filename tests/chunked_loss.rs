@@ -9,59 +9,16 @@ use std::collections::BTreeMap;
 
 use burn::tensor::Device;
 use common::*;
-use peft_core::adapter_folder::{adapter_tensors, load_adapter};
-use peft_core::method::prompt::PromptTuningConfig;
-use peft_core::{attach_adapter, AdapterConfig, HostTensor};
+use peft_core::adapter_folder::adapter_tensors;
+use peft_core::HostTensor;
 use peft_models::loss::{causal_lm_loss, lm_loss_in_chunks, HostLabels};
-use peft_models::{load_model, LoadedModel};
+use peft_models::LoadedModel;
 
 /// The equality the chunked loss promises (relative, loss and gradients alike).
 const CHUNKED_TOLERANCE: f32 = 1e-5;
 
 /// Rows of logits per chunk: the fixtures label more than this many positions.
 const CHUNK_ROWS: usize = 3;
-
-/// A fixture case with its adapter: a PEFT file, or prompt tuning attached to a base.
-enum Case {
-    Peft(&'static str),
-    PromptTuning(&'static str),
-}
-
-impl Case {
-    fn name(&self) -> &'static str {
-        match self {
-            Case::Peft(name) | Case::PromptTuning(name) => name,
-        }
-    }
-
-    fn load(&self, device: &Device) -> LoadedModel {
-        let mut loaded = load_model(&case_dir(self.name()).join("base"), device).unwrap();
-        match self {
-            Case::Peft(name) => {
-                load_adapter(
-                    &mut loaded.model,
-                    "default",
-                    &case_dir(name).join("adapter"),
-                )
-                .unwrap();
-            }
-            Case::PromptTuning(_) => {
-                let config = AdapterConfig::PromptTuning(PromptTuningConfig::new(4));
-                attach_adapter(&mut loaded.model, "default", &config).unwrap();
-            }
-        }
-        loaded
-    }
-}
-
-const CASES: [Case; 6] = [
-    Case::Peft("gpt2-lora"),
-    Case::Peft("llama-lora"),
-    Case::Peft("llama-ia3"),
-    Case::Peft("llama-prefix"),
-    Case::PromptTuning("gpt2-base"),
-    Case::PromptTuning("llama-base"),
-];
 
 /// The loss and the adapter's gradients by key.
 fn loss_and_grads(
@@ -122,18 +79,22 @@ fn check(case: &Case, device: &Device) {
 
 #[test]
 fn ndarray() {
-    CASES.iter().for_each(|case| check(case, &ndarray_device()));
+    ADAPTER_CASES
+        .iter()
+        .for_each(|case| check(case, &ndarray_device()));
 }
 
 #[test]
 fn flex() {
-    CASES.iter().for_each(|case| check(case, &Device::flex()));
+    ADAPTER_CASES
+        .iter()
+        .for_each(|case| check(case, &Device::flex()));
 }
 
 /// WGPU on the CPU is slow: one PEFT adapter and virtual tokens (a minute for all six cases).
 #[test]
 fn wgpu() {
-    [&CASES[1], &CASES[4]]
+    [&ADAPTER_CASES[1], &ADAPTER_CASES[4]]
         .into_iter()
         .for_each(|case| check(case, &wgpu_device()));
 }

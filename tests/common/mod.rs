@@ -162,3 +162,50 @@ pub fn adapted_modules(loaded: &peft_models::LoadedModel) -> Vec<String> {
         .map(|(k, _)| k)
         .collect()
 }
+
+/// A fixture case with its adapter: a PEFT file, or prompt tuning attached to a base.
+pub enum Case {
+    Peft(&'static str),
+    PromptTuning(&'static str),
+}
+
+impl Case {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Case::Peft(name) | Case::PromptTuning(name) => name,
+        }
+    }
+
+    pub fn load(&self, device: &Device) -> peft_models::LoadedModel {
+        let mut loaded =
+            peft_models::load_model(&case_dir(self.name()).join("base"), device).unwrap();
+        match self {
+            Case::Peft(name) => {
+                peft_core::adapter_folder::load_adapter(
+                    &mut loaded.model,
+                    "default",
+                    &case_dir(name).join("adapter"),
+                )
+                .unwrap();
+            }
+            Case::PromptTuning(_) => {
+                let config = peft_core::AdapterConfig::PromptTuning(
+                    peft_core::method::prompt::PromptTuningConfig::new(4),
+                );
+                peft_core::attach_adapter(&mut loaded.model, "default", &config).unwrap();
+            }
+        }
+        loaded
+    }
+}
+
+/// One case of each kind of adapter: LoRA on GPT-2 and LLaMA, IA3, prefix tuning, and prompt
+/// tuning (4 virtual tokens) on both bases.
+pub const ADAPTER_CASES: [Case; 6] = [
+    Case::Peft("gpt2-lora"),
+    Case::Peft("llama-lora"),
+    Case::Peft("llama-ia3"),
+    Case::Peft("llama-prefix"),
+    Case::PromptTuning("gpt2-base"),
+    Case::PromptTuning("llama-base"),
+];

@@ -1,5 +1,5 @@
-//! Autoregressive generation with the key/value cache: greedy, or sampled with temperature,
-//! top-k and top-p from a seeded generator.
+//! Autoregressive generation with the key/value cache, one prompt or a left-padded batch of
+//! them: greedy, or sampled with temperature, top-k and top-p from a seeded generator.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -34,43 +34,111 @@ pub fn generate(
     device: &Device,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(ModelError::InvalidInput(
-            "the prompt is empty: give at least one token".into(),
-        ));
-    }
-    model.check_input(
-        prompt.iter().map(|&t| t as i64),
-        prompt.len() + config.max_new_tokens,
-    )?;
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut cache = model.new_cache();
-    let mut generated = Vec::new();
-    let mut input = ids_tensor(prompt, device);
-    for _ in 0..config.max_new_tokens {
-        let logits = model.forward(input, None, Some(&mut cache));
-        let [_, seq, vocab] = logits.dims();
-        let last = logits
-            .slice([0..1, seq - 1..seq, 0..vocab])
-            .reshape([vocab]);
-        let next = if config.temperature <= 0.0 {
-            read_ints(last.argmax(0))?[0] as u32
-        } else {
-            sample(read_floats(last)?, config, &mut rng)
-        };
-        if config.eos_token_ids.contains(&next) {
-            break;
-        }
-        generated.push(next);
-        on_token(next)?;
-        input = ids_tensor(&[next], device);
-    }
-    Ok(generated)
+    let mut rows = generate_rows(model, &[prompt], config, device, |_, id| on_token(id))?;
+    Ok(rows.pop().unwrap_or_default())
 }
 
-fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
-    let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-    Tensor::from_data(TensorData::new(data, [1, ids.len()]), device)
+/// Continues every prompt in one batch (left-padded, one key/value cache) and returns each
+/// one's new ids (EOS excluded), in the order of `prompts`. Each row stops on its own; the
+/// batch runs until every row has stopped. Each row samples from its own generator seeded
+/// with `config.seed`, so a row continues as [`generate`] would continue its prompt alone (up
+/// to float rounding, which can tip a near tie).
+pub fn generate_batch(
+    model: &CausalLm,
+    prompts: &[&[u32]],
+    config: &SamplingConfig,
+    device: &Device,
+) -> Result<Vec<Vec<u32>>> {
+    generate_rows(model, prompts, config, device, |_, _| Ok(()))
+}
+
+/// [`generate_batch`] with `on_token(row, id)` called for each new id.
+fn generate_rows(
+    model: &CausalLm,
+    prompts: &[&[u32]],
+    config: &SamplingConfig,
+    device: &Device,
+    mut on_token: impl FnMut(usize, u32) -> Result<()>,
+) -> Result<Vec<Vec<u32>>> {
+    for prompt in prompts {
+        if prompt.is_empty() {
+            return Err(ModelError::InvalidInput(
+                "the prompt is empty: give at least one token".into(),
+            ));
+        }
+        model.check_input(
+            prompt.iter().map(|&t| t as i64),
+            prompt.len() + config.max_new_tokens,
+        )?;
+    }
+    let batch = prompts.len();
+    let mut generated = vec![Vec::new(); batch];
+    if batch == 0 {
+        return Ok(generated);
+    }
+    let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    // Left padding puts every row's last token in the last column; the padding mask keeps
+    // the pads out of attention and numbers each row's positions from its first real token.
+    let padded = prompts.iter().any(|p| p.len() < width);
+    let mut ids = Vec::with_capacity(batch * width);
+    let mut mask = Vec::with_capacity(batch * width);
+    for prompt in prompts {
+        let pad = width - prompt.len();
+        ids.extend(std::iter::repeat_n(0, pad).chain(prompt.iter().map(|&t| t as i64)));
+        mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, prompt.len())));
+    }
+    let mut padding_mask =
+        padded.then(|| Tensor::<2, Int>::from_data(TensorData::new(mask, [batch, width]), device));
+    let mut input = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, width]), device);
+    let mut rngs: Vec<StdRng> = (0..batch)
+        .map(|_| StdRng::seed_from_u64(config.seed))
+        .collect();
+    let mut running = vec![true; batch];
+    let mut cache = model.new_cache();
+    for _ in 0..config.max_new_tokens {
+        let hidden = model.hidden_states(input, padding_mask.as_ref(), Some(&mut cache));
+        let [_, seq, dim] = hidden.dims();
+        // Only the last position's logits are needed.
+        let last = hidden.slice([0..batch, seq - 1..seq, 0..dim]);
+        let logits = model
+            .lm_head()
+            .forward(last)
+            .reshape([batch, model.vocab_size()]);
+        let next: Vec<u32> = if config.temperature <= 0.0 {
+            read_ints(logits.argmax(1).reshape([batch]))?
+                .into_iter()
+                .map(|id| id as u32)
+                .collect()
+        } else {
+            let vocab = model.vocab_size();
+            let floats = read_floats(logits.reshape([batch * vocab]))?;
+            floats
+                .chunks(vocab)
+                .zip(&mut rngs)
+                .map(|(row, rng)| sample(row.to_vec(), config, rng))
+                .collect()
+        };
+        for (row, &id) in next.iter().enumerate() {
+            if !running[row] {
+                continue;
+            }
+            if config.eos_token_ids.contains(&id) {
+                running[row] = false;
+            } else {
+                generated[row].push(id);
+                on_token(row, id)?;
+            }
+        }
+        if !running.iter().any(|&r| r) {
+            break;
+        }
+        // A stopped row keeps running on its last choice; nothing reads what it computes.
+        let step: Vec<i64> = next.iter().map(|&id| id as i64).collect();
+        input = Tensor::from_data(TensorData::new(step, [batch, 1]), device);
+        padding_mask = padding_mask
+            .map(|mask| Tensor::cat(vec![mask, Tensor::<2, Int>::ones([batch, 1], device)], 1));
+    }
+    Ok(generated)
 }
 
 fn read_floats(t: Tensor<1>) -> Result<Vec<f32>> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_models::chat::apply_chat_template;
-use peft_models::generate::{generate, SamplingConfig};
+use peft_models::generate::{generate_batch, SamplingConfig};
 use peft_models::loss::lm_loss;
 use peft_models::{CausalLm, LoadedModel, TextTokenizer};
 use serde::Serialize;
@@ -21,7 +21,7 @@ use crate::error::{Result, TrainError};
 pub struct EvalSettings {
     /// Longest example for the loss; longer ones are truncated.
     pub seq_len: usize,
-    /// Examples per forward pass for the loss.
+    /// Examples per forward pass for the loss, and prompts answered together.
     pub batch_size: usize,
     /// Longest generated answer, in tokens.
     pub max_new_tokens: usize,
@@ -135,10 +135,21 @@ impl Evaluator<'_> {
             seed: 0,
             eos_token_ids: self.eos_token_ids.clone(),
         };
+        // Prompts of similar length share a batch (less padding); answers go back in file order.
+        let mut order: Vec<usize> = (0..prompts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].1.len()));
+        let mut answers = vec![Vec::new(); prompts.len()];
+        for chunk in order.chunks(settings.batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].1.as_slice()).collect();
+            let generated = generate_batch(self.model, &batch, &sampling, self.device)?;
+            for (&i, ids) in chunk.iter().zip(generated) {
+                answers[i] = ids;
+            }
+            progress.inc(chunk.len() as u64);
+        }
         let mut samples = Vec::with_capacity(prompts.len());
-        for (record, prompt, expected) in prompts {
-            let generated = generate(self.model, &prompt, &sampling, self.device, |_| Ok(()))?;
-            let generated = self.tokenizer.decode(&generated, true)?;
+        for ((record, _, expected), ids) in prompts.into_iter().zip(answers) {
+            let generated = self.tokenizer.decode(&ids, true)?;
             let exact_match = generated.trim() == expected.trim();
             samples.push(Sample {
                 record,
@@ -146,7 +157,6 @@ impl Evaluator<'_> {
                 generated,
                 exact_match,
             });
-            progress.inc(1);
         }
         progress.finish_and_clear();
         let loss = loss_sum / learned.max(1) as f64;

@@ -20,7 +20,7 @@ except ImportError as e:  # the caller reports this and leaves the HF columns em
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
-def build(config: dict, method: str, rank: int, dtype):
+def build(config: dict, method: str, rank: int, targets, dtype):
     if config["model_type"] == "llama":
         cfg = transformers.LlamaConfig(**config)
     else:
@@ -30,7 +30,8 @@ def build(config: dict, method: str, rank: int, dtype):
         return model
     if method in ("lora", "dora"):
         pc = peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                             use_dora=method == "dora", task_type="CAUSAL_LM")
+                             target_modules=targets, use_dora=method == "dora",
+                             task_type="CAUSAL_LM")
     elif method == "prefix":
         pc = peft.PrefixTuningConfig(num_virtual_tokens=20, task_type="CAUSAL_LM")
     elif method == "prompt":
@@ -51,6 +52,8 @@ def main():
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--warmup", type=int, required=True)
     p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--targets", default=None,
+                   help="LoRA/DoRA target modules, comma-separated, or all-linear")
     p.add_argument("--dtype", default="f32")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
@@ -58,7 +61,12 @@ def main():
         config = json.load(f)
     torch.manual_seed(0)
     device = torch.device(a.device)
-    model = build(config, a.method, a.rank, DTYPES[a.dtype])
+    targets = None
+    if a.targets == "all-linear":
+        targets = "all-linear"
+    elif a.targets:
+        targets = a.targets.split(",")
+    model = build(config, a.method, a.rank, targets, DTYPES[a.dtype])
     if model is None:
         print(json.dumps({"error": f"PEFT has no method {a.method}"}))
         return

@@ -18,6 +18,10 @@ const USAGE: &str = "usage: cargo xtask bench [options]
   --methods LIST    full,lora,dora,prefix,prompt,ia3,houlsby,pfeiffer [default: full,lora]
   --batch B         sequences per step                     [default: 4]
   --seq T           tokens per sequence                    [default: 128]
+  --shapes LIST     several batch×seq shapes, e.g. 2x64,4x128,8x256 (instead of --batch, --seq)
+  --targets SPEC    LoRA/DoRA target modules on both sides: a comma-separated LIST, all-linear,
+                    or default (the architecture's); repeat it for one set of lora/dora rows each
+                                                           [default: default]
   --steps N         timed steps                            [default: 5]
   --warmup N        untimed steps first (JIT, autotune)    [default: 2]
   --rank R          LoRA/DoRA rank (alpha = 2R)            [default: 16]
@@ -37,8 +41,10 @@ struct Plan {
     backends: Vec<String>,
     models: Vec<String>,
     methods: Vec<String>,
-    batch: usize,
-    seq: usize,
+    /// `(batch, seq)` per row set.
+    shapes: Vec<(usize, usize)>,
+    /// Target sets for LoRA/DoRA rows; `None` is the architecture's default.
+    targets: Vec<Option<String>>,
     steps: usize,
     warmup: usize,
     rank: usize,
@@ -57,8 +63,8 @@ impl Plan {
             backends: list("ndarray,flex,wgpu"),
             models: list("tiny,smollm2-135m"),
             methods: list("full,lora"),
-            batch: 4,
-            seq: 128,
+            shapes: Vec::new(),
+            targets: Vec::new(),
             steps: 5,
             warmup: 2,
             rank: 16,
@@ -70,6 +76,7 @@ impl Plan {
             peft_cli: None,
             rows: None,
         };
+        let (mut batch, mut seq) = (None, None);
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let mut value = || {
@@ -85,8 +92,13 @@ impl Plan {
                 "--backends" => plan.backends = list(&value()?),
                 "--models" => plan.models = list(&value()?),
                 "--methods" => plan.methods = list(&value()?),
-                "--batch" => plan.batch = number(value()?)?,
-                "--seq" => plan.seq = number(value()?)?,
+                "--batch" => batch = Some(number(value()?)?),
+                "--seq" => seq = Some(number(value()?)?),
+                "--shapes" => plan.shapes = shapes(&value()?)?,
+                "--targets" => plan.targets.push(match value()?.as_str() {
+                    "default" => None,
+                    spec => Some(spec.to_string()),
+                }),
                 "--steps" => plan.steps = number(value()?)?,
                 "--warmup" => plan.warmup = number(value()?)?,
                 "--rank" => plan.rank = number(value()?)?,
@@ -102,7 +114,8 @@ impl Plan {
                 "--compare-hf" => plan.compare_hf = true,
                 "--hf-device" => plan.hf_device = Some(value()?),
                 "--quick" => {
-                    (plan.steps, plan.warmup, plan.seq, plan.gen_tokens) = (2, 1, 64, 8);
+                    (plan.steps, plan.warmup, plan.gen_tokens) = (2, 1, 8);
+                    seq = seq.or(Some(64));
                 }
                 "--peft-cli" => plan.peft_cli = Some(PathBuf::from(value()?)),
                 "--rows" => plan.rows = Some(PathBuf::from(value()?)),
@@ -113,8 +126,31 @@ impl Plan {
                 other => bail!("unknown option {other:?}\n\n{USAGE}"),
             }
         }
+        if plan.shapes.is_empty() {
+            plan.shapes = vec![(batch.unwrap_or(4), seq.unwrap_or(128))];
+        } else if batch.is_some() || seq.is_some() {
+            bail!("give either --shapes or --batch/--seq\n\n{USAGE}");
+        }
+        if plan.targets.is_empty() {
+            plan.targets.push(None);
+        }
         Ok(plan)
     }
+}
+
+/// `2x64,4x128` → `[(2, 64), (4, 128)]`.
+fn shapes(text: &str) -> Result<Vec<(usize, usize)>> {
+    list(text)
+        .iter()
+        .map(|shape| {
+            let parsed = shape
+                .split_once(['x', '×'])
+                .and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)));
+            parsed.with_context(|| {
+                format!("--shapes: {shape:?} is not BATCHxSEQ (whole numbers, e.g. 4x128)")
+            })
+        })
+        .collect()
 }
 
 fn list(text: &str) -> Vec<String> {
@@ -183,65 +219,114 @@ fn build_cli(root: &Path, backends: &[String]) -> Result<PathBuf> {
     Ok(target_dir(root).join("release").join("peft-cli"))
 }
 
+/// One row set's shape: model, method, LoRA targets and batch×seq (one row per backend).
+#[derive(Debug, Clone, PartialEq)]
+struct RowSpec {
+    model: String,
+    method: String,
+    targets: Option<String>,
+    batch: usize,
+    seq: usize,
+}
+
+impl RowSpec {
+    /// Every combination of the plan; target sets multiply the LoRA and DoRA rows only.
+    fn all(plan: &Plan) -> Vec<Self> {
+        let mut specs = Vec::new();
+        for model in &plan.models {
+            for &(batch, seq) in &plan.shapes {
+                for method in &plan.methods {
+                    let targets: &[Option<String>] = if matches!(method.as_str(), "lora" | "dora") {
+                        &plan.targets
+                    } else {
+                        &[None]
+                    };
+                    for targets in targets {
+                        specs.push(RowSpec {
+                            model: model.clone(),
+                            method: method.clone(),
+                            targets: targets.clone(),
+                            batch,
+                            seq,
+                        });
+                    }
+                }
+            }
+        }
+        specs
+    }
+
+    /// The flags both sides share.
+    fn shared_args(&self, plan: &Plan) -> Vec<String> {
+        let mut args: Vec<String> = vec!["--method".into(), self.method.clone()];
+        for (flag, value) in [
+            ("--batch", self.batch),
+            ("--seq", self.seq),
+            ("--steps", plan.steps),
+            ("--warmup", plan.warmup),
+            ("--rank", plan.rank),
+        ] {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+        args.extend(["--dtype".into(), plan.dtype.clone()]);
+        if let Some(targets) = &self.targets {
+            args.extend(["--targets".into(), targets.clone()]);
+        }
+        args
+    }
+}
+
 /// Every row of the plan, with the HF columns when asked for.
 fn measure(cli: &Path, plan: &Plan) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
-    let mut hf_cache: Vec<((String, String, String), Value)> = Vec::new();
-    for model in &plan.models {
-        for method in &plan.methods {
-            for backend in &plan.backends {
-                eprintln!("bench: {backend} {model} {method}");
-                let mut row = match bench_row(cli, plan, backend, model, method) {
-                    Ok(row) => row,
-                    Err(e) => {
-                        eprintln!("  skipped: {e:#}");
-                        continue;
+    let mut hf_cache: Vec<((RowSpec, String), Value)> = Vec::new();
+    for spec in RowSpec::all(plan) {
+        for backend in &plan.backends {
+            eprintln!(
+                "bench: {backend} {} {} {}x{}{}",
+                spec.model,
+                spec.method,
+                spec.batch,
+                spec.seq,
+                spec.targets
+                    .as_deref()
+                    .map_or(String::new(), |t| format!(" targets {t}"))
+            );
+            let mut row = match bench_row(cli, plan, backend, &spec) {
+                Ok(row) => row,
+                Err(e) => {
+                    eprintln!("  skipped: {e:#}");
+                    continue;
+                }
+            };
+            if plan.compare_hf {
+                let device = plan
+                    .hf_device
+                    .clone()
+                    .unwrap_or_else(|| if backend == "cuda" { "cuda" } else { "cpu" }.to_string());
+                let key = (spec.clone(), device.clone());
+                let hf = match hf_cache.iter().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.clone(),
+                    None => {
+                        let v = hf_row(cli, plan, &spec, &device)?;
+                        hf_cache.push((key, v.clone()));
+                        v
                     }
                 };
-                if plan.compare_hf {
-                    let device = plan.hf_device.clone().unwrap_or_else(|| {
-                        if backend == "cuda" { "cuda" } else { "cpu" }.to_string()
-                    });
-                    let key = (model.clone(), method.clone(), device.clone());
-                    let hf = match hf_cache.iter().find(|(k, _)| *k == key) {
-                        Some((_, v)) => v.clone(),
-                        None => {
-                            let v = hf_row(cli, plan, model, method, &device)?;
-                            hf_cache.push((key, v.clone()));
-                            v
-                        }
-                    };
-                    merge_hf(&mut row, &hf);
-                }
-                rows.push(row);
+                merge_hf(&mut row, &hf);
             }
+            rows.push(row);
         }
     }
     Ok(rows)
 }
 
-fn bench_row(cli: &Path, plan: &Plan, backend: &str, model: &str, method: &str) -> Result<Value> {
+fn bench_row(cli: &Path, plan: &Plan, backend: &str, spec: &RowSpec) -> Result<Value> {
     let mut command = Command::new(cli);
-    command.args([
-        "bench",
-        "--backend",
-        backend,
-        "--model",
-        model,
-        "--method",
-        method,
-    ]);
-    for (flag, value) in [
-        ("--batch", plan.batch),
-        ("--seq", plan.seq),
-        ("--steps", plan.steps),
-        ("--warmup", plan.warmup),
-        ("--rank", plan.rank),
-        ("--gen-tokens", plan.gen_tokens),
-    ] {
-        command.args([flag, &value.to_string()]);
-    }
-    command.args(["--dtype", &plan.dtype]);
+    command
+        .args(["bench", "--backend", backend, "--model", &spec.model])
+        .args(spec.shared_args(plan))
+        .args(["--gen-tokens", &plan.gen_tokens.to_string()]);
     if let Some(peak) = plan.peak_tflops {
         command.args(["--peak-tflops", &peak.to_string()]);
     }
@@ -256,7 +341,8 @@ fn bench_row(cli: &Path, plan: &Plan, backend: &str, model: &str, method: &str) 
 }
 
 /// Times transformers + PEFT on the same configuration; `{"error": ...}` when it cannot.
-fn hf_row(cli: &Path, plan: &Plan, model: &str, method: &str, device: &str) -> Result<Value> {
+fn hf_row(cli: &Path, plan: &Plan, spec: &RowSpec, device: &str) -> Result<Value> {
+    let model = &spec.model;
     let config = Command::new(cli)
         .args(["bench", "--model", model, "--print-config"])
         .output()
@@ -267,31 +353,12 @@ fn hf_row(cli: &Path, plan: &Plan, model: &str, method: &str, device: &str) -> R
     std::fs::write(&config_path, &config.stdout)?;
     let script = dir.join("hf_peft.py");
     std::fs::write(&script, include_str!("hf_peft.py"))?;
-    eprintln!("  transformers + PEFT: {model} {method} on {device}");
+    eprintln!("  transformers + PEFT: {model} {} on {device}", spec.method);
     let output = Command::new("python3")
         .arg(&script)
         .args(["--config", config_path.to_str().context("utf-8 temp path")?])
-        .args([
-            "--method",
-            method,
-            "--device",
-            device,
-            "--dtype",
-            &plan.dtype,
-        ])
-        .args([
-            "--batch",
-            &plan.batch.to_string(),
-            "--seq",
-            &plan.seq.to_string(),
-        ])
-        .args([
-            "--steps",
-            &plan.steps.to_string(),
-            "--warmup",
-            &plan.warmup.to_string(),
-        ])
-        .args(["--rank", &plan.rank.to_string()])
+        .args(["--device", device])
+        .args(spec.shared_args(plan))
         .output();
     // The config and the script were only for this run.
     let _ = std::fs::remove_dir_all(&dir);
@@ -351,9 +418,30 @@ mod tests {
         assert_eq!(plan.models, ["tiny", "smollm2-135m"]);
         assert_eq!(plan.methods, ["lora"]);
         assert_eq!(
-            (plan.steps, plan.warmup, plan.seq, plan.rank),
-            (2, 1, 64, 8)
+            (plan.steps, plan.warmup, plan.shapes[0], plan.rank),
+            (2, 1, (4, 64), 8)
         );
+    }
+
+    #[test]
+    fn shapes_and_target_sets_multiply_the_rows() {
+        let plan = Plan::parse(&args(
+            "--models tiny --methods full,lora --shapes 2x64,4x128 \
+             --targets default --targets all-linear",
+        ))
+        .unwrap();
+        let specs = RowSpec::all(&plan);
+        // Per shape: full once, lora once per target set.
+        assert_eq!(specs.len(), 6, "{specs:?}");
+        let lora: Vec<_> = specs.iter().filter(|s| s.method == "lora").collect();
+        assert_eq!(lora[0].targets, None);
+        assert_eq!(lora[1].targets.as_deref(), Some("all-linear"));
+        assert_eq!((lora[3].batch, lora[3].seq), (4, 128));
+        let full = specs.iter().find(|s| s.method == "full").unwrap();
+        assert!(!full.shared_args(&plan).contains(&"--targets".to_string()));
+        let shared = lora[1].shared_args(&plan);
+        assert!(shared.windows(2).any(|w| w == ["--targets", "all-linear"]));
+        assert!(shared.windows(2).any(|w| w == ["--batch", "2"]));
     }
 
     #[test]
@@ -362,6 +450,14 @@ mod tests {
         assert!(err.contains("--batch") && err.contains("many"), "{err}");
         let err = Plan::parse(&args("--fast")).unwrap_err().to_string();
         assert!(err.contains("--fast"), "{err}");
+        let err = Plan::parse(&args("--shapes 4by128"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("4by128"), "{err}");
+        let err = Plan::parse(&args("--shapes 4x128 --seq 64"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("either --shapes"), "{err}");
         let err = Plan::parse(&args("--steps")).unwrap_err().to_string();
         assert!(err.contains("--steps needs a value"), "{err}");
     }

@@ -60,6 +60,23 @@ fn chart_value(v: f64) -> String {
     }
 }
 
+/// The method with its targets when the row names them: `lora (all-linear)`.
+fn method_label(row: &Value) -> String {
+    match row.get("targets").and_then(Value::as_str) {
+        Some(targets) => format!("{} ({targets})", text(row, "method")),
+        None => text(row, "method").to_string(),
+    }
+}
+
+/// A chart group: model, then method and shape (rows of several shapes share one chart).
+fn group_of(row: &Value) -> String {
+    let mut group = format!("{} {}", text(row, "model"), method_label(row));
+    if let (Some(batch), Some(seq)) = (num(row, "batch"), num(row, "seq")) {
+        let _ = write!(group, " {batch}×{seq}");
+    }
+    group
+}
+
 fn mib(bytes: Option<f64>) -> String {
     bytes.map_or("-".into(), |b| format!("{:.0}", b / (1024.0 * 1024.0)))
 }
@@ -77,7 +94,7 @@ fn markdown(rows: &[Value]) -> String {
             "| {} | {} | {} | {}×{} | {} | {:.1} ({:.1}–{:.1}) | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
             text(r, "backend"),
             text(r, "model"),
-            text(r, "method"),
+            method_label(r),
             num(r, "batch").unwrap_or(0.0),
             num(r, "seq").unwrap_or(0.0),
             text(r, "dtype"),
@@ -108,7 +125,7 @@ fn svg(rows: &[Value]) -> String {
     let mut groups: Vec<String> = Vec::new();
     let mut backends: Vec<String> = Vec::new();
     for r in rows {
-        let g = format!("{} {}", text(r, "model"), text(r, "method"));
+        let g = group_of(r);
         if !groups.contains(&g) {
             groups.push(g);
         }
@@ -188,10 +205,7 @@ fn svg(rows: &[Value]) -> String {
             for (bi, b) in backends.iter().enumerate() {
                 let Some(v) = rows
                     .iter()
-                    .find(|r| {
-                        format!("{} {}", text(r, "model"), text(r, "method")) == *g
-                            && text(r, "backend") == b
-                    })
+                    .find(|r| group_of(r) == *g && text(r, "backend") == b)
                     .and_then(|r| num(r, key))
                     .map(|v| v * scale)
                     .filter(|v| *v > 0.0)
@@ -213,7 +227,7 @@ fn svg(rows: &[Value]) -> String {
                     chart_value(v)
                 );
             }
-            // Model above method, so that long model names do not run into the next group.
+            // Model above method and shape, so that long names do not run into the next group.
             let center = gx + bar * backends.len() as f64 / 2.0;
             for (line, word) in g.splitn(2, ' ').enumerate() {
                 let _ = writeln!(
@@ -284,6 +298,13 @@ mod tests {
         assert_eq!(table.lines().count(), 4, "{table}");
         assert!(table.contains("| flex | tiny | lora | 4×128 |"), "{table}");
         assert!(table.contains("1.50×"), "{table}");
+        let mut all_linear = rows[0].clone();
+        all_linear["targets"] = "all-linear".into();
+        assert!(
+            markdown(&[all_linear.clone()]).contains("| lora (all-linear) |"),
+            "targets are shown"
+        );
+        assert!(svg(&[all_linear]).contains(">lora (all-linear) 4×128</text>"));
         let chart = svg(&rows);
         // Two bars per panel, two panels, plus two legend squares.
         assert_eq!(chart.matches("<rect x=").count(), 6, "{chart}");

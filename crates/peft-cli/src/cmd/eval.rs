@@ -25,8 +25,9 @@ pub struct Args {
     /// Longest example in tokens for the loss; longer ones are truncated.
     #[arg(long, default_value_t = 512)]
     seq_len: usize,
-    /// Examples per forward pass for the loss.
-    #[arg(long, default_value_t = 4)]
+    /// Examples per forward pass for the loss, and prompts answered together in one
+    /// generation batch (left-padded, one key/value cache).
+    #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Longest generated answer in tokens.
     #[arg(long, default_value_t = 64)]

@@ -199,11 +199,10 @@ impl Architecture for Gpt2 {
             x,
             padding_mask,
             past,
+            positions,
         } = prepare(&self.adapters, x, padding_mask, cache.as_deref_mut());
         let [batch, seq, _] = x.dims();
         let device = x.device();
-        let positions =
-            Tensor::<1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([1, seq]);
         let mut x = x + m.wpe.forward(positions);
         let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), &device);
         for (i, block) in m.h.iter().enumerate() {

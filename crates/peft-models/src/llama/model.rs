@@ -225,10 +225,11 @@ impl Architecture for Llama {
             mut x,
             padding_mask,
             past,
+            positions,
         } = prepare(&self.adapters, x, padding_mask, cache.as_deref_mut());
         let [batch, seq, _] = x.dims();
         let device = x.device();
-        let rope = m.rotary_emb.cos_sin(past, seq);
+        let rope = m.rotary_emb.cos_sin(positions);
         let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), &device);
         for (i, layer) in m.layers.iter().enumerate() {
             let attn_in = layer.input_layernorm.forward(x.clone());

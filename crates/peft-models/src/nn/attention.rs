@@ -6,7 +6,10 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 /// The mask `[batch, 1, q_len, past_len + q_len]` (`true` = may not attend): causal, plus
-/// padded keys where `padding_mask` (`[batch, past_len + q_len]`, 1 = real token) is 0.
+/// padded keys where `padding_mask` (`[batch, past_len + q_len]`, 1 = real token) is 0. A
+/// query always sees its own key, so that a padding query at the start of a left-padded row has
+/// something to attend to (a row of nothing but masked scores would be NaN, and its NaN values
+/// would reach real tokens through their zero attention weights).
 pub fn attention_mask(
     batch: usize,
     q_len: usize,
@@ -21,6 +24,10 @@ pub fn attention_mask(
     let cols = Tensor::<1, Int>::arange(0..total as i64, device)
         .reshape([1, total])
         .expand([q_len, total]);
+    let own = cols
+        .clone()
+        .equal(rows.clone())
+        .reshape([1, 1, q_len, total]);
     let causal = cols
         .greater(rows)
         .reshape([1, 1, q_len, total])
@@ -32,7 +39,9 @@ pub fn attention_mask(
                 .equal_elem(0)
                 .reshape([batch, 1, 1, total])
                 .expand([batch, 1, q_len, total]);
-            causal.bool_or(padded)
+            causal
+                .bool_or(padded)
+                .bool_and(own.bool_not().expand([batch, 1, q_len, total]))
         }
         None => causal,
     }
@@ -140,11 +149,17 @@ mod tests {
             bools(attention_mask(1, 2, 0, None, &device)),
             vec![false, true, false, false]
         );
-        // A padded last key is hidden from every query.
+        // A padded last key is hidden from every other query.
         let padding = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 0], [1, 2]), &device);
         assert_eq!(
             bools(attention_mask(1, 2, 0, Some(&padding), &device)),
-            vec![false, true, false, true]
+            vec![false, true, false, false]
+        );
+        // Left padding: the padded first query sees only itself; the real one skips the pad.
+        let padding = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 2]), &device);
+        assert_eq!(
+            bools(attention_mask(1, 2, 0, Some(&padding), &device)),
+            vec![false, true, true, false]
         );
     }
 

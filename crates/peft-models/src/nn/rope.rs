@@ -96,15 +96,13 @@ impl RotaryEmbedding {
         }
     }
 
-    /// `cos` and `sin` tables `[1, 1, len, head_dim]` for positions `start..start + len`.
-    pub fn cos_sin(&self, start: usize, len: usize) -> (Tensor<4>, Tensor<4>) {
-        let device = self.inv_freq.device();
+    /// `cos` and `sin` tables `[rows, 1, len, head_dim]` for `positions` `[rows, len]`.
+    pub fn cos_sin(&self, positions: Tensor<2, Int>) -> (Tensor<4>, Tensor<4>) {
+        let [rows, len] = positions.dims();
         let half = self.inv_freq.dims()[0];
-        let positions = Tensor::<1, Int>::arange(start as i64..(start + len) as i64, &device)
-            .float()
-            .reshape([len, 1]);
-        let freqs = positions * self.inv_freq.clone().reshape([1, half]);
-        let emb = Tensor::cat(vec![freqs.clone(), freqs], 1).reshape([1, 1, len, 2 * half]);
+        let freqs =
+            positions.float().reshape([rows, len, 1]) * self.inv_freq.clone().reshape([1, 1, half]);
+        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).reshape([rows, 1, len, 2 * half]);
         (emb.clone().cos(), emb.sin())
     }
 }

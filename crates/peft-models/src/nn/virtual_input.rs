@@ -1,7 +1,8 @@
 //! What the active model-wide adapter adds before a model's input: prompt tuning's
 //! embeddings in front of the token embeddings, prefix tuning's keys and values in front of
-//! every layer's (put into the key/value cache, so that generation keeps them), and the
-//! padding mask widened over those virtual positions, which every token may see.
+//! every layer's (put into the key/value cache, so that generation keeps them), the
+//! padding mask widened over those virtual positions, which every token may see, and the
+//! position of each input.
 
 use burn::tensor::{Int, Tensor};
 use peft_core::ModelAdapters;
@@ -14,8 +15,13 @@ pub struct Prepared {
     pub x: Tensor<3>,
     /// The padding mask `[batch, past + seq]` with the virtual positions marked as tokens.
     pub padding_mask: Option<Tensor<2, Int>>,
-    /// Positions before `x` (prefix tokens and cached positions): where `x`'s positions start.
+    /// Positions before `x` (prefix tokens and cached positions).
     pub past: usize,
+    /// The position of each of `x`'s inputs, `[batch, seq]` (`[1, seq]` without a padding
+    /// mask): the number of real and virtual tokens before it, as transformers' `generate`
+    /// numbers them, so that a left-padded row starts at 0 like an unpadded one. Without a
+    /// padding mask, `past..past + seq`.
+    pub positions: Tensor<2, Int>,
 }
 
 /// The cache to run with: the caller's, or a fresh one when a prefix must be held and the
@@ -58,11 +64,25 @@ pub fn prepare(
             x = Tensor::cat(vec![prompt, x], 1);
         }
     }
-    let total = past + x.dims()[1];
+    let seq = x.dims()[1];
+    let padding_mask = padding_mask.map(|m| widen(m, past + seq));
+    let positions = match &padding_mask {
+        // Padding takes the position of the token before it (0 at the start); no real token
+        // attends to it.
+        Some(mask) => mask
+            .clone()
+            .cumsum(1)
+            .sub_scalar(1)
+            .clamp_min(0)
+            .narrow(1, past, seq),
+        None => Tensor::<1, Int>::arange(past as i64..(past + seq) as i64, &x.device())
+            .reshape([1, seq]),
+    };
     Prepared {
-        padding_mask: padding_mask.map(|m| widen(m, total)),
+        padding_mask,
         x,
         past,
+        positions,
     }
 }
 

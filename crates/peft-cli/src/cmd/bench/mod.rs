@@ -59,6 +59,11 @@ pub struct Args {
     /// LoRA/DoRA rank (alpha is twice the rank).
     #[arg(long, default_value_t = 16)]
     rank: usize,
+    /// LoRA/DoRA target modules, comma-separated (`q_proj,v_proj`), or `all-linear` (every
+    /// linear layer but the output head, as PEFT has it); the architecture's default when
+    /// left out.
+    #[arg(long, value_name = "LIST|all-linear", value_delimiter = ',')]
+    targets: Vec<String>,
     /// Float type of weights and compute.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
@@ -103,6 +108,8 @@ struct Row {
     device: String,
     model: Preset,
     method: String,
+    /// The `--targets` given, comma-separated; `None` for the method's default.
+    targets: Option<String>,
     batch: usize,
     seq: usize,
     dtype: Dtype,
@@ -131,6 +138,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     if args.steps == 0 || args.batch == 0 || args.seq < 2 {
         bail!("--steps and --batch must be at least 1 and --seq at least 2");
+    }
+    if !args.targets.is_empty() && !matches!(args.method, Some(Method::Lora | Method::Dora)) {
+        bail!(
+            "--targets applies to lora and dora, not {}",
+            method_name(args.method)
+        );
     }
     let selected = backend::select(args.backend)?;
     eprintln!("backend: {}", selected.description);
@@ -216,6 +229,7 @@ pub fn run(args: Args) -> Result<()> {
         device: selected.description,
         model: args.model,
         method: method_name(args.method),
+        targets: (!args.targets.is_empty()).then(|| args.targets.join(",")),
         batch: args.batch,
         seq: args.seq,
         dtype: args.dtype,
@@ -258,6 +272,7 @@ fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<AdapterConfig>> {
         rank: args.rank,
         alpha: 2.0 * args.rank as f64,
         dropout: 0.0,
+        target: args.targets.clone(),
         ..LoraOptions::default()
     };
     let section = match method {
