@@ -376,6 +376,7 @@ fn chat_examples_learn_the_assistant_turns_only() {
         tokenizer: &tokenizer,
         eos_id: eos,
         seq_len: 512,
+        vocab_size: usize::MAX,
     };
     let record = Record::Messages(vec![
         ChatMessage::new("user", "hi"),
@@ -417,8 +418,24 @@ fn chat_examples_learn_the_assistant_turns_only() {
         tokenizer: &shifting,
         eos_id: eos,
         seq_len: 512,
+        vocab_size: usize::MAX,
     }
     .example(&record)
     .unwrap_err();
     assert!(err.to_string().contains("earlier ones"), "{err}");
+
+    // A tokenizer with more tokens than the model's embedding is refused, naming the id.
+    let err = Tokenization {
+        tokenizer: &tokenizer,
+        eos_id: eos,
+        seq_len: 512,
+        vocab_size: eos as usize,
+    }
+    .example(&record)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("token id") && err.contains(&format!("vocabulary of {eos} ids")),
+        "{err}"
+    );
 }

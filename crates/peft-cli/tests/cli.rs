@@ -503,6 +503,31 @@ fn merged_folder_loads_and_reproduces_adapter_logits() {
                 "{case}: merged folder lacks {f}"
             );
         }
+        // What the user has is not overwritten: the model's folder, or a folder with files
+        // (without --force).
+        let base_weights = std::fs::read(dir.join("base/model.safetensors")).unwrap();
+        for (out_dir, needle) in [
+            (dir.join("base"), "model's own folder"),
+            (merged.path().to_path_buf(), "--force"),
+        ] {
+            let out = peft_cli(&[
+                "merge",
+                "--model",
+                path_str(&dir.join("base")),
+                "--adapter",
+                path_str(&dir.join("adapter")),
+                "--out",
+                path_str(&out_dir),
+                "--backend",
+                "ndarray",
+            ]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && stderr.contains(needle), "{stderr}");
+        }
+        assert_eq!(
+            std::fs::read(dir.join("base/model.safetensors")).unwrap(),
+            base_weights
+        );
         let logits_path = merged.path().join("logits.safetensors");
         let out = peft_cli(&[
             "logits",

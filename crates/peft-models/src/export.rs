@@ -26,13 +26,15 @@ const COPIED_FILES: [&str; 4] = [
 
 /// Writes `loaded` to `dir` as a Hugging Face folder that transformers and `load_model` load.
 /// Adapters must have been merged and unloaded first; their effect is whatever the base
-/// weights now hold.
+/// weights now hold. NaN or infinite weights are refused, naming the tensor, before anything
+/// is written.
 pub fn save_hf_folder(loaded: &LoadedModel, dir: &Path) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ModelError::Io { path, source }
     };
     let tensors = hf_tensors(&loaded.model)?;
+    check_finite(&tensors)?;
     let untied_head = tensors.contains_key(&format!("{HEAD}.weight"));
     if untied_head {
         loaded
@@ -95,6 +97,20 @@ const HEAD: &str = "lm_head";
 
 /// Every weight under its transformers name and layout. A tensor shared with one already
 /// written (a tied head) is written once, as transformers writes it.
+/// Refuses to write NaN or infinite weights, naming the first tensor that has one: a folder
+/// of them would load and compute garbage without a word.
+fn check_finite(tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    for (name, tensor) in tensors {
+        if let Some(bad) = tensor.data.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::InvalidInput(format!(
+                "tensor {name} holds {} at flat index {bad}; nothing was written",
+                tensor.data[bad]
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn hf_tensors(model: &CausalLm) -> Result<BTreeMap<String, HostTensor>> {
     if let Some(adapter) = model.model_adapters().adapters.first() {
         return Err(ModelError::InvalidInput(format!(
@@ -176,5 +192,24 @@ impl ModuleVisitor for Walk {
                 self.error.get_or_insert(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_weights_are_refused_by_name() {
+        let tensor = |data: Vec<f32>| HostTensor {
+            shape: vec![data.len()],
+            data,
+        };
+        let mut tensors = BTreeMap::new();
+        tensors.insert("a.weight".to_string(), tensor(vec![1.0, 2.0]));
+        assert!(check_finite(&tensors).is_ok());
+        tensors.insert("b.weight".to_string(), tensor(vec![0.5, f32::INFINITY]));
+        let err = check_finite(&tensors).unwrap_err().to_string();
+        assert!(err.contains("b.weight") && err.contains("inf"), "{err}");
     }
 }

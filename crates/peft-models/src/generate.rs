@@ -68,7 +68,7 @@ fn generate_rows(
         }
         model.check_input(
             prompt.iter().map(|&t| t as i64),
-            prompt.len() + config.max_new_tokens,
+            prompt.len().saturating_add(config.max_new_tokens),
         )?;
     }
     let batch = prompts.len();

@@ -55,7 +55,7 @@ impl CausalLm {
         let virtual_tokens = self.model_adapters().active_len();
         if let Some(max) = self
             .max_positions()
-            .filter(|&max| total_len + virtual_tokens > max)
+            .filter(|&max| total_len.saturating_add(virtual_tokens) > max)
         {
             return Err(ModelError::InvalidInput(format!(
                 "sequence of {total_len} tokens (and {virtual_tokens} virtual ones) exceeds \

@@ -144,6 +144,8 @@ pub struct Tokenization<'a> {
     pub eos_id: u32,
     /// Longest example; longer ones are truncated.
     pub seq_len: usize,
+    /// The model's vocabulary size: every id the tokenizer gives must be below it.
+    pub vocab_size: usize,
 }
 
 impl Tokenization<'_> {
@@ -188,6 +190,18 @@ impl Tokenization<'_> {
         }
         ids.truncate(self.seq_len);
         labels.truncate(self.seq_len);
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            let token = self.tokenizer.decode(&[bad], false).unwrap_or_default();
+            return Err(TrainError::InvalidValue {
+                key: "tokenizer".into(),
+                message: format!(
+                    "token id {bad} ({token:?}) is outside the model's vocabulary of {} ids: \
+                     the tokenizer has more tokens than the model's embedding (or the end-of-\
+                     sequence id is past it); use the tokenizer that belongs to the model",
+                    self.vocab_size
+                ),
+            });
+        }
         Ok(Example { ids, labels })
     }
 

@@ -93,6 +93,7 @@ impl Evaluator<'_> {
             tokenizer: self.tokenizer,
             eos_id,
             seq_len: settings.seq_len,
+            vocab_size: self.model.vocab_size(),
         };
         let examples = tokenization.examples(path, records)?;
         if examples.is_empty() {

@@ -164,6 +164,7 @@ fn load_examples(
         tokenizer,
         eos_id,
         seq_len: config.data.seq_len,
+        vocab_size: loaded.model.vocab_size(),
     };
     let read = |path: &Path| -> Result<Vec<Example>> {
         let records = data::read_jsonl(path)?;
