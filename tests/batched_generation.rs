@@ -23,6 +23,18 @@ fn prompts(name: &str) -> Vec<Vec<u32>> {
     vec![row[..9].to_vec(), row[3..7].to_vec(), row[1..14].to_vec()]
 }
 
+/// Greedy decoding of `NEW_TOKENS` tokens, no stop token.
+fn greedy() -> SamplingConfig {
+    SamplingConfig {
+        max_new_tokens: NEW_TOKENS,
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: 0,
+        eos_token_ids: Vec::new(),
+    }
+}
+
 /// The last position's logits of each prompt alone.
 fn last_logits_alone(loaded: &LoadedModel, prompt: &[u32], device: &Device) -> Vec<f32> {
     let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
@@ -70,14 +82,7 @@ fn check(case: &Case, device: &Device) {
             prompt.len()
         );
     }
-    let config = SamplingConfig {
-        max_new_tokens: NEW_TOKENS,
-        temperature: 0.0,
-        top_k: None,
-        top_p: None,
-        seed: 0,
-        eos_token_ids: Vec::new(),
-    };
+    let config = greedy();
     let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let batched = generate_batch(&loaded.model, &refs, &config, device).unwrap();
     for (prompt, got) in prompts.iter().zip(&batched) {
@@ -97,14 +102,7 @@ fn a_row_that_stops_leaves_the_others_running() {
     let device = Device::flex();
     let loaded = ADAPTER_CASES[1].load(&device);
     let prompts = prompts(ADAPTER_CASES[1].name());
-    let mut config = SamplingConfig {
-        max_new_tokens: NEW_TOKENS,
-        temperature: 0.0,
-        top_k: None,
-        top_p: None,
-        seed: 0,
-        eos_token_ids: Vec::new(),
-    };
+    let mut config = greedy();
     let alone: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| generate(&loaded.model, p, &config, &device, |_| Ok(())).unwrap())

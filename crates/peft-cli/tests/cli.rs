@@ -481,17 +481,20 @@ fn merged_folder_loads_and_reproduces_adapter_logits() {
     for case in ["gpt2-lora", "llama-lora"] {
         let dir = fixtures().join(case);
         let merged = tempfile::tempdir().unwrap();
-        let out = peft_cli(&[
-            "merge",
-            "--model",
-            path_str(&dir.join("base")),
-            "--adapter",
-            path_str(&dir.join("adapter")),
-            "--out",
-            path_str(merged.path()),
-            "--backend",
-            "ndarray",
-        ]);
+        let merge_into = |out_dir: &Path| {
+            peft_cli(&[
+                "merge",
+                "--model",
+                path_str(&dir.join("base")),
+                "--adapter",
+                path_str(&dir.join("adapter")),
+                "--out",
+                path_str(out_dir),
+                "--backend",
+                "ndarray",
+            ])
+        };
+        let out = merge_into(merged.path());
         assert!(
             out.status.success(),
             "{}",
@@ -510,17 +513,7 @@ fn merged_folder_loads_and_reproduces_adapter_logits() {
             (dir.join("base"), "model's own folder"),
             (merged.path().to_path_buf(), "--force"),
         ] {
-            let out = peft_cli(&[
-                "merge",
-                "--model",
-                path_str(&dir.join("base")),
-                "--adapter",
-                path_str(&dir.join("adapter")),
-                "--out",
-                path_str(&out_dir),
-                "--backend",
-                "ndarray",
-            ]);
+            let out = merge_into(&out_dir);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success() && stderr.contains(needle), "{stderr}");
         }
