@@ -80,17 +80,6 @@ pub trait Architecture: Module + HasProjections {
     /// The output head: logits are `lm_head(hidden_states)`.
     fn lm_head(&self) -> &Projection;
 
-    /// Logits `[batch, seq, vocab]` from input embeddings, as [`Self::hidden_states`] takes them.
-    fn forward_embeddings(
-        &self,
-        x: Tensor<3>,
-        padding_mask: Option<&Tensor<2, Int>>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        self.lm_head()
-            .forward(self.hidden_states(x, padding_mask, cache))
-    }
-
     /// The token embedding.
     fn token_embedding(&self) -> &Embedding;
 

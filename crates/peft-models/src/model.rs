@@ -22,6 +22,18 @@ impl CausalLm {
         self.forward_embeddings(self.embed(input_ids), padding_mask, cache)
     }
 
+    /// [`CausalLm::forward`] from token embeddings `[batch, seq, hidden]` (what
+    /// [`CausalLm::embed`] gives), e.g. to run the base model on embeddings built elsewhere.
+    pub fn forward_embeddings(
+        &self,
+        x: Tensor<3>,
+        padding_mask: Option<&Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        self.lm_head()
+            .forward(self.hidden_states_of_embeddings(x, padding_mask, cache))
+    }
+
     /// The last hidden states `[batch, seq, hidden]` for `input_ids`, what the output head
     /// ([`CausalLm::lm_head`]) turns into logits; arguments as for [`CausalLm::forward`].
     pub fn hidden_states(

@@ -155,21 +155,8 @@ macro_rules! register_architectures {
         }
 
         impl CausalLm {
-            /// [`CausalLm::forward`] from token embeddings `[batch, seq, hidden]` (what
-            /// [`CausalLm::embed`] gives), e.g. to run the base model on embeddings built elsewhere.
-            pub fn forward_embeddings(
-                &self,
-                x: Tensor<3>,
-                padding_mask: Option<&Tensor<2, Int>>,
-                cache: Option<&mut KvCache>,
-            ) -> Tensor<3> {
-                match self {
-                    $(Self::$variant(m) => m.forward_embeddings(x, padding_mask, cache),)*
-                }
-            }
-
             /// The last hidden states `[batch, seq, hidden]` (what the output head reads) from
-            /// token embeddings, as [`CausalLm::forward_embeddings`] takes them.
+            /// token embeddings `[batch, seq, hidden]` (what [`CausalLm::embed`] gives).
             pub fn hidden_states_of_embeddings(
                 &self,
                 x: Tensor<3>,
