@@ -474,6 +474,102 @@ fn unsupported_tensor_types_and_bad_files_are_refused_by_name() {
     assert!(err.contains("llama.embedding_length"), "{err}");
 }
 
+/// A GGUF v3 header with `kv` metadata entries and `tensors` tensor infos, given as raw
+/// bytes, followed by `data` bytes at the default 32-byte alignment.
+fn raw_gguf(kv: (u64, &[u8]), tensors: (u64, &[u8]), data: usize) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(tensors.0.to_le_bytes());
+    out.extend(kv.0.to_le_bytes());
+    out.extend(kv.1);
+    out.extend(tensors.1);
+    out.resize(out.len().div_ceil(32) * 32 + data, 0);
+    out
+}
+
+/// One tensor info: name, dimensions innermost first, type, offset.
+fn tensor_info(name: &str, dims: &[u64], ty: u32, offset: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_str(&mut out, name);
+    out.extend((dims.len() as u32).to_le_bytes());
+    dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+    out.extend(ty.to_le_bytes());
+    out.extend(offset.to_le_bytes());
+    out
+}
+
+#[test]
+fn forged_headers_are_refused_without_overflow_or_unbounded_recursion() {
+    let dir = tempfile::tempdir().unwrap();
+    // Arrays nested 100,000 deep once overflowed the stack.
+    let mut deep = Vec::new();
+    put_str(&mut deep, "deep");
+    deep.extend(9u32.to_le_bytes());
+    for _ in 0..100_000 {
+        deep.extend(9u32.to_le_bytes());
+        deep.extend(1u64.to_le_bytes());
+    }
+    // An array whose count of u64 items is more than the file could hold.
+    let mut long = Vec::new();
+    put_str(&mut long, "long");
+    long.extend(9u32.to_le_bytes());
+    long.extend(10u32.to_le_bytes());
+    long.extend((1u64 << 40).to_le_bytes());
+    let embd = |offset: u64| tensor_info("token_embd.weight", &[64, 4], F32, offset);
+    let twice = [embd(0), embd(1024)].concat();
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "deep",
+            raw_gguf((1, &deep), (0, &[]), 0),
+            "nested more than",
+        ),
+        (
+            "long",
+            raw_gguf((1, &long), (0, &[]), 64),
+            "longer than the file",
+        ),
+        // An offset that wraps around 2^64 once read the header as weights.
+        (
+            "wrap",
+            raw_gguf((0, &[]), (1, &embd(u64::MAX - 31)), 1024),
+            "lies outside the file",
+        ),
+        (
+            "huge",
+            raw_gguf(
+                (0, &[]),
+                (
+                    1,
+                    &tensor_info(
+                        "token_embd.weight",
+                        &[1 << 32, 1 << 32, 1 << 10, 64],
+                        F32,
+                        0,
+                    ),
+                ),
+                64,
+            ),
+            "overflow",
+        ),
+        (
+            "twice",
+            raw_gguf((0, &[]), (2, &twice), 2048),
+            "listed twice",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = dir.path().join(format!("{name}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        let err = load_model(&path, &ndarray_device())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{name}.gguf")) && err.contains(needle),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_gguf_model_saves_as_a_hugging_face_folder_that_loads_back() {
     let dir = tempfile::tempdir().unwrap();

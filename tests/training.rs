@@ -384,7 +384,7 @@ fn chat_examples_learn_the_assistant_turns_only() {
         ChatMessage::new("user", "again"),
         ChatMessage::new("assistant", "bye"),
     ]);
-    let example = tokenization.example(&record).unwrap();
+    let example = tokenization.example(&record, 1).unwrap();
     let pick = |learned: bool| -> Vec<u32> {
         example
             .ids
@@ -420,7 +420,7 @@ fn chat_examples_learn_the_assistant_turns_only() {
         seq_len: 512,
         vocab_size: usize::MAX,
     }
-    .example(&record)
+    .example(&record, 1)
     .unwrap_err();
     assert!(err.to_string().contains("earlier ones"), "{err}");
 
@@ -431,7 +431,7 @@ fn chat_examples_learn_the_assistant_turns_only() {
         seq_len: 512,
         vocab_size: eos as usize,
     }
-    .example(&record)
+    .example(&record, 1)
     .unwrap_err()
     .to_string();
     assert!(

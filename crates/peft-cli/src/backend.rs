@@ -26,15 +26,21 @@ pub struct SelectedDevice {
     pub description: String,
 }
 
-/// The device for `choice`; an error says how to get a backend that is missing.
+/// The device for `choice`; an error says how to get a backend that is missing. The choice
+/// also becomes Burn's default device, so that nothing Burn creates on its own (an optimizer
+/// state read back for `--resume`) starts another backend.
 pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
-    match choice {
-        BackendChoice::Auto => auto(),
-        BackendChoice::Ndarray => ndarray(),
-        BackendChoice::Flex => flex(),
-        BackendChoice::Wgpu => wgpu(),
-        BackendChoice::Cuda => cuda(),
-    }
+    let (selected, name) = match choice {
+        BackendChoice::Auto => auto()?,
+        BackendChoice::Ndarray => (ndarray()?, "ndarray"),
+        BackendChoice::Flex => (flex()?, "flex"),
+        BackendChoice::Wgpu => (wgpu()?, "wgpu"),
+        BackendChoice::Cuda => (cuda()?, "cuda"),
+    };
+    // Read by `Device::default()` in burn-dispatch. Set while the process has no other
+    // thread that reads the environment (edition 2021: `set_var` is not `unsafe` here).
+    std::env::set_var("BURN_DEVICE", name);
+    Ok(selected)
 }
 
 #[cfg(not(all(
@@ -50,14 +56,28 @@ fn not_built(name: &str, feature: &str) -> anyhow::Error {
     )
 }
 
-fn auto() -> Result<SelectedDevice> {
+/// CUDA, else a GPU through WGPU, else the CPU; the description says why, in one line.
+fn auto() -> Result<(SelectedDevice, &'static str)> {
     if let Ok(selected) = cuda() {
-        return Ok(selected);
+        return Ok((selected, "cuda"));
     }
     if let Some(selected) = wgpu_gpu() {
-        return Ok(selected);
+        return Ok((selected, "wgpu"));
     }
-    flex().or_else(|_| ndarray()).or_else(|_| wgpu())
+    let why = if cfg!(feature = "cuda") {
+        "auto: no CUDA GPU and no GPU through WGPU"
+    } else {
+        "auto: no GPU through WGPU, and CUDA is not built in"
+    };
+    let (mut selected, name) = match flex() {
+        Ok(selected) => (selected, "flex"),
+        Err(_) => match ndarray() {
+            Ok(selected) => (selected, "ndarray"),
+            Err(_) => (wgpu()?, "wgpu"),
+        },
+    };
+    selected.description = format!("{} ({why})", selected.description);
+    Ok((selected, name))
 }
 
 #[cfg(feature = "ndarray")]
@@ -89,7 +109,7 @@ fn flex() -> Result<SelectedDevice> {
     Err(not_built("flex", "flex"))
 }
 
-/// Lists WGPU adapters without letting a missing driver abort the process.
+/// Lists WGPU adapters without letting a missing driver abort the process or print.
 #[cfg(feature = "wgpu")]
 fn wgpu_devices() -> Vec<(Device, String, bool)> {
     use burn::tensor::DeviceType;
@@ -173,12 +193,41 @@ fn cuda() -> Result<SelectedDevice> {
     Err(not_built("cuda", "cuda (or cuda-nvrtc)"))
 }
 
-/// Runs a device probe that may panic inside a driver, without printing the panic.
+/// Runs a device probe that may panic inside a driver, printing neither the panic nor what
+/// the driver writes to stderr.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn quietly<T>(probe: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(probe).ok();
+    let result = stderr_silenced(|| std::panic::catch_unwind(probe).ok());
     std::panic::set_hook(hook);
     result
+}
+
+/// Runs `f` with file descriptor 2 pointed at /dev/null: Vulkan loaders and drivers print
+/// probe failures ("XDG_RUNTIME_DIR is invalid") straight to it, past Rust's stderr.
+#[cfg(all(unix, any(feature = "wgpu", feature = "cuda")))]
+fn stderr_silenced<T>(f: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsRawFd;
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return f();
+    };
+    // SAFETY: plain descriptor calls on descriptors this function owns or restores; fd 2 is
+    // put back before returning.
+    let saved = unsafe { libc::dup(2) };
+    if saved < 0 || unsafe { libc::dup2(null.as_raw_fd(), 2) } < 0 {
+        return f();
+    }
+    let out = f();
+    // SAFETY: `saved` is the duplicate made above.
+    unsafe {
+        libc::dup2(saved, 2);
+        libc::close(saved);
+    }
+    out
+}
+
+#[cfg(all(not(unix), any(feature = "wgpu", feature = "cuda")))]
+fn stderr_silenced<T>(f: impl FnOnce() -> T) -> T {
+    f()
 }

@@ -224,8 +224,17 @@ fn read_tensor(
         key: key.to_string(),
         dtype: format!("{:?}", view.dtype()),
     })?;
-    Ok(HostTensor {
+    let tensor = HostTensor {
         shape: expected.to_vec(),
         data,
-    })
+    };
+    if let Some((index, value)) = tensor.first_non_finite() {
+        return Err(PeftError::NonFinite {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            value,
+            index,
+        });
+    }
+    Ok(tensor)
 }

@@ -91,6 +91,18 @@ pub enum PeftError {
         /// The dtype found.
         dtype: String,
     },
+    /// A tensor of a file holds NaN or an infinity.
+    #[error("{path}: tensor {key:?} holds {value} at flat index {index}; the file is corrupt (or was saved from a run that diverged)")]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// The first non-finite value.
+        value: f32,
+        /// Its row-major index.
+        index: usize,
+    },
     /// An adapter name that the model does not have.
     #[error("no adapter named {name:?}; the model has: {available}")]
     UnknownAdapter {

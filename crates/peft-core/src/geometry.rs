@@ -18,4 +18,7 @@ pub struct ModelGeometry {
     pub head_dim: usize,
     /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// Positions the model was trained for (`n_positions`, `max_position_embeddings`): the
+    /// room virtual tokens and generation share with the input.
+    pub context_length: usize,
 }

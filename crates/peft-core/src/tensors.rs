@@ -20,6 +20,14 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// The first NaN or infinite value and its row-major index, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        self.data
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| (i, self.data[i]))
+    }
+
     /// Reads a tensor back from the device.
     pub fn read<const D: usize>(t: Tensor<D>) -> Result<Self> {
         let shape = t.dims().to_vec();

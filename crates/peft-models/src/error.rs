@@ -15,6 +15,26 @@ pub enum ModelError {
         /// What a valid model folder holds instead.
         expected: &'static str,
     },
+    /// A stored tensor holds NaN or an infinity.
+    #[error("tensor {name:?} in {source_desc} holds {value} at flat index {index}; the weights are corrupt (or were saved from a run that diverged)")]
+    NonFiniteTensor {
+        /// The tensor name.
+        name: String,
+        /// The file(s) read.
+        source_desc: String,
+        /// The first non-finite value.
+        value: f32,
+        /// Its row-major index.
+        index: usize,
+    },
+    /// `--model` names a file that is neither a GGUF nor a model folder.
+    #[error("{path} is not a model: {message}")]
+    NotAModel {
+        /// The path given.
+        path: PathBuf,
+        /// What it is and what to pass instead.
+        message: String,
+    },
     /// A file exists but could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -95,22 +95,21 @@ fn source_config(loaded: &LoadedModel) -> Result<serde_json::Value> {
 /// longer equals the token embedding.
 const HEAD: &str = "lm_head";
 
-/// Every weight under its transformers name and layout. A tensor shared with one already
-/// written (a tied head) is written once, as transformers writes it.
 /// Refuses to write NaN or infinite weights, naming the first tensor that has one: a folder
 /// of them would load and compute garbage without a word.
 fn check_finite(tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
     for (name, tensor) in tensors {
-        if let Some(bad) = tensor.data.iter().position(|v| !v.is_finite()) {
+        if let Some((index, value)) = tensor.first_non_finite() {
             return Err(ModelError::InvalidInput(format!(
-                "tensor {name} holds {} at flat index {bad}; nothing was written",
-                tensor.data[bad]
+                "tensor {name} holds {value} at flat index {index}; nothing was written"
             )));
         }
     }
     Ok(())
 }
 
+/// Every weight under its transformers name and layout. A tensor shared with one already
+/// written (a tied head) is written once, as transformers writes it.
 fn hf_tensors(model: &CausalLm) -> Result<BTreeMap<String, HostTensor>> {
     if let Some(adapter) = model.model_adapters().adapters.first() {
         return Err(ModelError::InvalidInput(format!(

@@ -66,10 +66,7 @@ fn generate_rows(
                 "the prompt is empty: give at least one token".into(),
             ));
         }
-        model.check_input(
-            prompt.iter().map(|&t| t as i64),
-            prompt.len().saturating_add(config.max_new_tokens),
-        )?;
+        model.check_input(prompt.iter().map(|&t| t as i64), prompt.len())?;
     }
     let batch = prompts.len();
     let mut generated = vec![Vec::new(); batch];
@@ -77,6 +74,8 @@ fn generate_rows(
         return Ok(generated);
     }
     let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    // Generation ends at the model's context, whatever `max_new_tokens` asks.
+    let max_new_tokens = model.new_token_room(width, config.max_new_tokens)?;
     // Left padding puts every row's last token in the last column; the padding mask keeps
     // the pads out of attention and numbers each row's positions from its first real token.
     let padded = prompts.iter().any(|p| p.len() < width);
@@ -95,7 +94,7 @@ fn generate_rows(
         .collect();
     let mut running = vec![true; batch];
     let mut cache = model.new_cache();
-    for _ in 0..config.max_new_tokens {
+    for _ in 0..max_new_tokens {
         let hidden = model.hidden_states(input, padding_mask.as_ref(), Some(&mut cache));
         let [_, seq, dim] = hidden.dims();
         // Only the last position's logits are needed.

@@ -44,8 +44,15 @@ impl LoadedModel {
 
 /// Loads a model onto `device`. `path` is a Hugging Face folder or a `.gguf` file.
 pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
-    if path.is_file() && gguf::is_gguf(path) {
-        return load_gguf(path, device);
+    if path.is_file() {
+        let named_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        // A `.gguf` that is truncated or has a wrong magic gets the GGUF reader's own message.
+        if named_gguf || gguf::is_gguf(path) {
+            return load_gguf(path, device);
+        }
+        return Err(not_a_model(path));
     }
     if !path.is_dir() {
         return Err(ModelError::MissingFile {
@@ -102,6 +109,32 @@ fn build(config: &ModelConfig, weights: &dyn WeightSource, device: &Device) -> R
 /// checkpoint, for benchmarks.
 pub fn random_model(config: &ModelConfig, device: &Device) -> Result<CausalLm> {
     config.build(&WeightLoader::random(device).root())
+}
+
+/// The error for a `--model` that is a file but not a GGUF: a file from a model folder names
+/// the folder to pass instead.
+fn not_a_model(path: &Path) -> ModelError {
+    let folder = path
+        .parent()
+        .filter(|dir| dir.join("config.json").is_file());
+    let message = match folder {
+        Some(dir) => format!(
+            "it is a file of a Hugging Face model folder; pass the folder itself: {}",
+            if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }
+            .display()
+        ),
+        None => "it is a file that does not start with the GGUF magic bytes; expected a Hugging \
+                 Face model folder (config.json, model.safetensors) or a .gguf file"
+            .into(),
+    };
+    ModelError::NotAModel {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 fn open_weights(dir: &Path) -> Result<SafetensorsWeights> {

@@ -77,6 +77,26 @@ impl CausalLm {
         Ok(())
     }
 
+    /// Positions the model was trained for (`n_positions`, `max_position_embeddings`).
+    pub fn context_length(&self) -> usize {
+        self.geometry().context_length
+    }
+
+    /// How many new tokens fit in the model's context (`n_positions`,
+    /// `max_position_embeddings`) after `prompt_len` tokens and the active virtual tokens:
+    /// `wanted`, or fewer where the context ends first. An error when the prompt leaves no room.
+    pub fn new_token_room(&self, prompt_len: usize, wanted: usize) -> Result<usize> {
+        let context = self.context_length();
+        let used = prompt_len.saturating_add(self.model_adapters().active_len());
+        if used >= context {
+            return Err(ModelError::InvalidInput(format!(
+                "the prompt's {prompt_len} tokens (with the adapter's virtual ones: {used}) fill \
+                 the model's context of {context} positions; nothing can be generated"
+            )));
+        }
+        Ok(wanted.min(context - used))
+    }
+
     /// An empty key/value cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.num_layers())

@@ -88,6 +88,34 @@ impl ExampleLoader {
         LmBatch::new(&examples, self.pad_id, &self.device)
     }
 
+    /// The data-file lines of the examples at `indices`, sorted, runs joined (`2-4, 9`).
+    pub fn lines_of(&self, indices: &[usize]) -> String {
+        let mut lines: Vec<usize> = indices
+            .iter()
+            .flat_map(|&i| self.examples[i].lines.clone())
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for line in lines {
+            match runs.last_mut() {
+                Some((_, end)) if *end + 1 == line => *end = line,
+                _ => runs.push((line, line)),
+            }
+        }
+        let runs: Vec<String> = runs
+            .into_iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        runs.join(", ")
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.range.len()

@@ -1,11 +1,12 @@
 //! Training data: JSONL records (`{"text"}`, `{"prompt","completion"}` or `{"messages"}`)
 //! tokenized into sequences whose labels cover only what the model should learn to write.
 
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use peft_models::chat::{apply_chat_template, ChatMessage};
 use peft_models::loss::IGNORE_INDEX;
-use peft_models::{LoadedModel, ModelError, TextTokenizer};
+use peft_models::{CausalLm, LoadedModel, ModelError, TextTokenizer};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::Value;
@@ -35,6 +36,8 @@ pub struct Example {
     pub ids: Vec<u32>,
     /// Labels, aligned with `ids` (the loss shifts them).
     pub labels: Vec<i64>,
+    /// The lines of the data file it comes from (more than one when packed), for messages.
+    pub lines: RangeInclusive<usize>,
 }
 
 impl Example {
@@ -149,8 +152,8 @@ pub struct Tokenization<'a> {
 }
 
 impl Tokenization<'_> {
-    /// The example for `record`, truncated to `seq_len`.
-    pub fn example(&self, record: &Record) -> Result<Example> {
+    /// The example for `record` (line `line` of its file), truncated to `seq_len`.
+    pub fn example(&self, record: &Record, line: usize) -> Result<Example> {
         let mut ids = Vec::new();
         let mut labels = Vec::new();
         let mut push = |text: &str, learned: bool, special: bool| -> Result<()> {
@@ -202,7 +205,11 @@ impl Tokenization<'_> {
                 ),
             });
         }
-        Ok(Example { ids, labels })
+        Ok(Example {
+            ids,
+            labels,
+            lines: line..=line,
+        })
     }
 
     /// Examples for every record of `path`, dropping those left with nothing to learn (a prompt
@@ -210,7 +217,7 @@ impl Tokenization<'_> {
     pub fn examples(&self, path: &Path, records: &[Record]) -> Result<Vec<Example>> {
         let mut out = Vec::with_capacity(records.len());
         for (i, record) in records.iter().enumerate() {
-            let example = self.example(record).map_err(|e| TrainError::Data {
+            let example = self.example(record, i + 1).map_err(|e| TrainError::Data {
                 path: path.to_path_buf(),
                 line: i + 1,
                 message: e.to_string(),
@@ -221,6 +228,27 @@ impl Tokenization<'_> {
         }
         Ok(out)
     }
+}
+
+/// Refuses examples longer than `model` can encode with its active virtual tokens (GPT-2's
+/// learned positions end at `n_positions`), naming the file and `data.seq_len`.
+pub fn check_lengths(
+    model: &CausalLm,
+    path: &Path,
+    examples: &[Example],
+    seq_len: usize,
+) -> Result<()> {
+    let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    model
+        .check_input(std::iter::empty(), longest)
+        .map_err(|e| TrainError::InvalidValue {
+            key: "data.seq_len".into(),
+            message: format!(
+                "{}: {e}; examples are cut at data.seq_len = {seq_len} tokens (--seq-len): \
+                 lower it",
+                path.display()
+            ),
+        })
 }
 
 /// What `next` adds after `before`: the text of one more turn. Templates that rewrite earlier
@@ -248,11 +276,18 @@ pub fn pack(examples: &[Example], seq_len: usize) -> Vec<Example> {
         .iter()
         .flat_map(|e| e.labels.iter().copied())
         .collect();
+    // The line of each token, so that a packed row knows which lines it holds.
+    let lines: Vec<usize> = examples
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(*e.lines.start(), e.ids.len()))
+        .collect();
     ids.chunks(seq_len)
         .zip(labels.chunks(seq_len))
-        .map(|(ids, labels)| Example {
+        .zip(lines.chunks(seq_len))
+        .map(|((ids, labels), lines)| Example {
             ids: ids.to_vec(),
             labels: labels.to_vec(),
+            lines: lines[0]..=lines[lines.len() - 1],
         })
         .filter(|e| e.learned_tokens() > 0)
         .collect()
@@ -377,16 +412,21 @@ mod tests {
 
     #[test]
     fn packing_keeps_tokens_and_labels_together() {
-        let e = |ids: &[u32], learned: bool| Example {
+        let e = |ids: &[u32], learned: bool, line: usize| Example {
             ids: ids.to_vec(),
             labels: ids
                 .iter()
                 .map(|&i| if learned { i64::from(i) } else { IGNORE_INDEX })
                 .collect(),
+            lines: line..=line,
         };
-        let packed = pack(&[e(&[1, 2, 3], false), e(&[4, 5, 6, 7], true)], 4);
+        let packed = pack(&[e(&[1, 2, 3], false, 1), e(&[4, 5, 6, 7], true, 2)], 4);
         assert_eq!(packed.len(), 2);
         assert_eq!(packed[0].ids, [1, 2, 3, 4]);
+        assert_eq!(
+            (packed[0].lines.clone(), packed[1].lines.clone()),
+            (1..=2, 2..=2)
+        );
         assert_eq!(
             packed[0].labels,
             [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 4]

@@ -45,13 +45,19 @@ pub enum TrainError {
     /// The model has no parameter that would be trained.
     #[error("no trainable parameter: {0}")]
     NothingToTrain(String),
-    /// The loss became NaN or infinite.
-    #[error("the loss is {loss} at step {step}; {last_good}")]
+    /// The loss or the gradient norm became NaN or infinite.
+    #[error("training diverged at step {step}: loss {loss}, gradient norm {grad_norm}, on {batch}; {weights}; the step was not applied; {last_good}")]
     NonFiniteLoss {
         /// The step whose loss is not finite.
         step: usize,
-        /// The value.
+        /// The loss.
         loss: f32,
+        /// The global gradient norm.
+        grad_norm: f32,
+        /// The data lines of the step's micro-batches.
+        batch: String,
+        /// The first adapter tensor holding NaN/Inf, or that all were finite.
+        weights: String,
         /// Where the last good state is.
         last_good: String,
     },

@@ -13,7 +13,7 @@ use peft_models::{CausalLm, LoadedModel, TextTokenizer};
 use serde::Serialize;
 
 use crate::batch::LmBatch;
-use crate::data::{eos_id, Record, Tokenization};
+use crate::data::{check_lengths, eos_id, Record, Tokenization};
 use crate::error::{Result, TrainError};
 
 /// How an evaluation runs.
@@ -96,6 +96,7 @@ impl Evaluator<'_> {
             vocab_size: self.model.vocab_size(),
         };
         let examples = tokenization.examples(path, records)?;
+        check_lengths(self.model, path, &examples, settings.seq_len)?;
         if examples.is_empty() {
             return Err(TrainError::InvalidValue {
                 key: "data".into(),

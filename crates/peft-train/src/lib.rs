@@ -2,7 +2,7 @@
 //!
 //! [`train`] runs a [`TrainConfig`] in phases (`run`): the output folder, the inputs (model,
 //! data, adapter), the fit (Burn's `SupervisedTraining` with the step-counted loop of
-//! [`strategy`], each step one call of [`step::optimizer_step`]: only adapter tensors get
+//! [`strategy`], each step [`step::step_gradients`] then their application: only adapter tensors get
 //! gradients and optimizer state, gradients are averaged over accumulation and clipped by their
 //! global norm), and the results (`metrics.jsonl`, atomic checkpoints and the final adapter in
 //! PEFT's format).

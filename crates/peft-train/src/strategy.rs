@@ -26,7 +26,7 @@ use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
 use crate::model::{LmOutput, StepStats, TrainableLm};
 use crate::plain::{eval_line, step_line};
-use crate::step::optimizer_step;
+use crate::step::step_gradients;
 
 /// Step counts that shape the loop.
 #[derive(Debug, Clone)]
@@ -86,6 +86,8 @@ pub struct StepStrategy {
     pub device: Device,
     /// Training examples.
     pub train: ExampleLoader,
+    /// The file they come from (for messages).
+    pub data_path: std::path::PathBuf,
     /// Order of the training examples.
     pub plan: BatchPlan,
     /// Validation examples.
@@ -205,31 +207,23 @@ impl Run<'_> {
         if saving {
             self.learner.model().snapshot.request();
         }
-        let batches: Vec<_> = (0..s.grad_accum)
-            .map(|k| {
-                let micro = (step - 1) * s.grad_accum + k;
-                self.strategy.train.batch_of(&self.plan.batch(micro))
-            })
+        let indices: Vec<Vec<usize>> = (0..s.grad_accum)
+            .map(|k| self.plan.batch((step - 1) * s.grad_accum + k))
             .collect();
-        let output = optimizer_step(&mut self.learner, batches, s.max_grad_norm)?;
-        let (loss, lr) = (output.loss, output.lr);
-        // The one read per step: the loss (for the NaN guard and the log) and the norm.
-        let values = Tensor::cat(vec![loss.clone(), output.grad_norm], 0)
+        let batches = indices.iter().map(|i| strategy.train.batch_of(i));
+        let gradients = step_gradients(&mut self.learner, batches, s.max_grad_norm)?;
+        // The one read per step: the loss (for the NaN guard and the log) and the norm, before
+        // the update, so that a non-finite one leaves the adapter as it was.
+        let values = Tensor::cat(vec![gradients.loss.clone(), gradients.grad_norm.clone()], 0)
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| TrainError::Backend(format!("cannot read the loss: {e:?}")))?;
         let (loss_value, norm_value) = (values[0], values[1]);
-        if !loss_value.is_finite() {
-            let last_good = match &self.lock_report().last_checkpoint {
-                Some(dir) => format!("the last good checkpoint is {}", dir.display()),
-                None => "no checkpoint was saved before it".into(),
-            };
-            return Err(TrainError::NonFiniteLoss {
-                step,
-                loss: loss_value,
-                last_good,
-            });
+        if !(loss_value.is_finite() && norm_value.is_finite()) {
+            return Err(self.non_finite(step, loss_value, norm_value, &indices.concat()));
         }
+        let output = gradients.apply(&mut self.learner);
+        let (loss, lr) = (output.loss, output.lr);
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
         let stats = StepStats {
             loss: f64::from(loss_value),
@@ -374,6 +368,47 @@ impl Run<'_> {
 
     fn lock_report(&self) -> std::sync::MutexGuard<'_, LoopReport> {
         self.strategy.lock_report()
+    }
+
+    /// The error for a non-finite loss or gradient norm at `step`: the data lines of its
+    /// micro-batches, the first adapter tensor that holds NaN or an infinity (the update was
+    /// not applied, so this is the state the step started from) and the last good checkpoint.
+    fn non_finite(&self, step: usize, loss: f32, grad_norm: f32, indices: &[usize]) -> TrainError {
+        let (name, _) = &self.strategy.adapter;
+        let weights = match peft_core::adapter_folder::adapter_tensors(
+            &self.learner.model().lm,
+            name,
+            None,
+        ) {
+            Ok(tensors) => match tensors
+                .iter()
+                .find_map(|(key, t)| t.first_non_finite().map(|(i, v)| (key, i, v)))
+            {
+                Some((key, index, value)) => {
+                    format!("adapter tensor {key} already held {value} at flat index {index}")
+                }
+                None => "every adapter tensor was finite: the base model or the batch's \
+                         tokens produced it (or the learning rate is too high)"
+                    .into(),
+            },
+            Err(e) => format!("the adapter tensors could not be read: {e}"),
+        };
+        let last_good = match &self.lock_report().last_checkpoint {
+            Some(dir) => format!("the last good checkpoint is {}", dir.display()),
+            None => "no checkpoint was saved before it".into(),
+        };
+        TrainError::NonFiniteLoss {
+            step,
+            loss,
+            grad_norm,
+            batch: format!(
+                "lines {} of {}",
+                self.strategy.train.lines_of(indices),
+                self.strategy.data_path.display()
+            ),
+            weights,
+            last_good,
+        }
     }
 
     fn emit_train(&mut self, event: LearnerEvent<LmOutput>) -> Result<()> {

@@ -90,9 +90,13 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         eos_token_ids,
     };
+    let room = loaded
+        .model
+        .new_token_room(prompt.len(), args.max_new_tokens)
+        .context("cannot generate")?;
     let mut stream = TokenStream::new(tokenizer);
     let mut stdout = std::io::stdout().lock();
-    generate(&loaded.model, &prompt, &config, &device, |id| {
+    let new_ids = generate(&loaded.model, &prompt, &config, &device, |id| {
         if let Some(chunk) = stream.push(id)? {
             // A closed pipe (e.g. `| head`) ends generation quietly rather than with a panic.
             let _ = write!(stdout, "{chunk}").and_then(|()| stdout.flush());
@@ -101,5 +105,11 @@ pub fn run(args: Args) -> Result<()> {
     })
     .context("generation failed")?;
     writeln!(stdout).ok();
+    if room < args.max_new_tokens && new_ids.len() == room {
+        eprintln!(
+            "stopped after {room} new tokens: the model's context of {} positions is full",
+            loaded.model.context_length()
+        );
+    }
     Ok(())
 }

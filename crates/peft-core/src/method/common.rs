@@ -118,6 +118,19 @@ impl VirtualTokenDims {
     /// Fills what is missing from `model` (for prefix tuning, heads and width are those of the
     /// keys and values) and checks what was given against it, naming the field at fault.
     pub(crate) fn resolve(&mut self, model: &ModelGeometry, prefix: bool) -> Result<()> {
+        // Virtual tokens take positions of the context, before the input's first token.
+        if self.num_virtual_tokens >= model.context_length {
+            return Err(PeftError::Config {
+                field: "num_virtual_tokens".into(),
+                message: format!(
+                    "{} leaves no room for input in the model's context of {} positions; at \
+                     most {}",
+                    self.num_virtual_tokens,
+                    model.context_length,
+                    model.context_length.saturating_sub(1)
+                ),
+            });
+        }
         let (heads, width) = if prefix {
             (model.num_kv_heads, model.num_kv_heads * model.head_dim)
         } else {

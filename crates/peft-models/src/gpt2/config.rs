@@ -107,6 +107,12 @@ impl Gpt2Config {
                 format!("{} does not divide n_embd {}", self.n_head, self.n_embd),
             ));
         }
+        if !(self.layer_norm_epsilon >= 0.0 && self.layer_norm_epsilon.is_finite()) {
+            return Err((
+                "layer_norm_epsilon",
+                format!("{} is not a non-negative number", self.layer_norm_epsilon),
+            ));
+        }
         if !self.tie_word_embeddings {
             return Err((
                 "tie_word_embeddings",

@@ -243,6 +243,7 @@ impl Architecture for Gpt2 {
             num_kv_heads: num_heads,
             head_dim: hidden_size / num_heads,
             vocab_size,
+            context_length: self.transformer.wpe.rows(),
         }
     }
 

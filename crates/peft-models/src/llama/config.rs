@@ -140,6 +140,16 @@ impl LlamaConfig {
                 format!("{} must be even for RoPE", self.head_dim()),
             ));
         }
+        if !(self.rms_norm_eps >= 0.0 && self.rms_norm_eps.is_finite()) {
+            return Err((
+                "rms_norm_eps",
+                format!("{} is not a non-negative number", self.rms_norm_eps),
+            ));
+        }
+        let theta = self.rope_theta();
+        if !(theta > 0.0 && theta.is_finite()) {
+            return Err(("rope_theta", format!("{theta} is not a positive number")));
+        }
         if self.hidden_act != "silu" {
             return Err((
                 "hidden_act",

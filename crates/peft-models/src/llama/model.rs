@@ -157,6 +157,8 @@ pub struct LlamaModel {
     pub norm: RmsNorm,
     /// Rotary position embedding (a constant, not a parameter).
     pub rotary_emb: RotaryEmbedding,
+    /// `max_position_embeddings`: RoPE sets no hard limit, but generation stops here.
+    pub context_length: usize,
 }
 
 has_projections!(LlamaModel: layers);
@@ -204,6 +206,7 @@ impl Llama {
                 layers,
                 norm,
                 rotary_emb,
+                context_length: c.max_position_embeddings,
             },
             lm_head,
             adapters: ModelAdapters::default(),
@@ -268,6 +271,7 @@ impl Architecture for Llama {
             num_kv_heads: attn.map_or(0, |a| a.num_kv_heads),
             head_dim: attn.map_or(0, |a| a.head_dim),
             vocab_size,
+            context_length: self.model.context_length,
         }
     }
 

@@ -55,23 +55,43 @@ impl RopeScaling {
     /// The RoPE variant these parameters ask for; an error names `key` (the section's key in
     /// config.json) when it is one this crate does not implement.
     pub fn kind(&self, key: &'static str) -> Result<RopeKind, (&'static str, String)> {
-        let need = |value: Option<f64>, field: &str| {
-            value.ok_or((key, format!("rope type needs `{field}`")))
+        // A factor of 0, a negative one or NaN would give NaN or infinite frequencies.
+        let need = |value: Option<f64>, field: &str| match value {
+            Some(v) if v > 0.0 && v.is_finite() => Ok(v),
+            Some(v) => Err((key, format!("`{field}` {v} is not a positive number"))),
+            None => Err((key, format!("rope type needs `{field}`"))),
         };
         match self.rope_type.as_deref().unwrap_or("default") {
             "default" => Ok(RopeKind::Default),
             "linear" => Ok(RopeKind::Linear {
                 factor: need(self.factor, "factor")?,
             }),
-            "llama3" => Ok(RopeKind::Llama3 {
-                factor: need(self.factor, "factor")?,
-                low_freq_factor: need(self.low_freq_factor, "low_freq_factor")?,
-                high_freq_factor: need(self.high_freq_factor, "high_freq_factor")?,
-                original_max_position_embeddings: self.original_max_position_embeddings.ok_or((
-                    key,
-                    "rope type needs `original_max_position_embeddings`".into(),
-                ))?,
-            }),
+            "llama3" => {
+                let low_freq_factor = need(self.low_freq_factor, "low_freq_factor")?;
+                let high_freq_factor = need(self.high_freq_factor, "high_freq_factor")?;
+                // The smoothing between the two bands divides by their difference.
+                if high_freq_factor <= low_freq_factor {
+                    return Err((
+                        key,
+                        format!(
+                            "`high_freq_factor` {high_freq_factor} must be greater than \
+                             `low_freq_factor` {low_freq_factor}"
+                        ),
+                    ));
+                }
+                Ok(RopeKind::Llama3 {
+                    factor: need(self.factor, "factor")?,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings: self
+                        .original_max_position_embeddings
+                        .filter(|&n| n > 0)
+                        .ok_or((
+                            key,
+                            "rope type needs `original_max_position_embeddings` (> 0)".into(),
+                        ))?,
+                })
+            }
             other => Err((
                 key,
                 format!("rope_type {other:?} is not supported; expected default, linear or llama3"),

@@ -139,6 +139,15 @@ impl<'a> WeightLoader<'a> {
             });
         }
         let tensor = self.source.read_f32(name)?;
+        // Once per tensor at load: a NaN weight would otherwise reach every logit silently.
+        if let Some((index, value)) = tensor.first_non_finite() {
+            return Err(ModelError::NonFiniteTensor {
+                name: name.to_string(),
+                source_desc: self.source.describe(),
+                value,
+                index,
+            });
+        }
         self.progress.inc(self.source.stored_bytes(name));
         self.used.borrow_mut().insert(name.to_string());
         Ok(tensor)

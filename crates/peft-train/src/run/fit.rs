@@ -52,6 +52,20 @@ pub(super) fn fit(
         valid,
     } = trainee;
     let plan = BatchPlan::new(train.len(), t.batch_size, t.seed);
+    // One optimizer step's micro-batches are gathered before it runs: more than an epoch
+    // holds is a typo (an absurd value would exhaust memory or never finish a step).
+    if t.grad_accum > plan.batches_per_epoch() {
+        return Err(TrainError::InvalidValue {
+            key: "training.grad_accum".into(),
+            message: format!(
+                "{} is more than the {} batches of {} in one epoch of the training data; at most {}",
+                t.grad_accum,
+                plan.batches_per_epoch(),
+                t.batch_size,
+                plan.batches_per_epoch()
+            ),
+        });
+    }
     let start_step = resume_from.as_ref().map_or(0, |(state, _)| state.step);
     let has_valid = !valid.is_empty();
     let settings = loop_settings(t, &plan, has_valid, start_step);
@@ -66,6 +80,7 @@ pub(super) fn fit(
     let strategy = StepStrategy {
         device: device.clone(),
         train: train_loader.clone(),
+        data_path: config.data.train.clone().unwrap_or_default(),
         plan,
         valid: has_valid.then(|| valid_loader.clone()),
         settings: settings.clone(),

@@ -73,6 +73,9 @@ pub(super) fn load(
     };
     let test_before = test.score(config, &lm.valid(), "base model")?;
     let adapter = attach(&mut lm, config, &test.tokenizer, resume_from)?;
+    let valid_path = config.data.valid.as_deref().unwrap_or(&files.train);
+    data::check_lengths(&lm, &files.train, &train, config.data.seq_len)?;
+    data::check_lengths(&lm, valid_path, &valid, config.data.seq_len)?;
     let parameters = ParameterReport::of(&lm);
     if parameters.trainable == 0 {
         return Err(TrainError::NothingToTrain(

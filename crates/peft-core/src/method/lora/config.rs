@@ -181,6 +181,13 @@ impl MethodConfig for LoraConfig {
         if let Some((k, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
             return fail("rank_pattern", format!("rank for {k:?} must be at least 1"));
         }
+        let alphas = std::iter::once(("lora_alpha", &self.lora_alpha))
+            .chain(self.alpha_pattern.values().map(|a| ("alpha_pattern", a)));
+        for (field, alpha) in alphas {
+            if !alpha.is_finite() {
+                return fail(field, format!("{alpha} is not a finite number"));
+            }
+        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return fail(
                 "lora_dropout",

@@ -7,7 +7,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
 
 use super::config::{LoraConfig, LoraInit, LoraShape};
-use crate::error::Result;
+use crate::error::{PeftError, Result};
 use crate::ids::replace_value;
 use crate::method::api::{Merged, ProjectionLayer};
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
@@ -107,9 +107,23 @@ impl ProjectionLayer for LoraLayer {
     type Config = LoraConfig;
 
     fn new(config: &LoraConfig, key: &str, base: &Linear) -> Result<Self> {
+        let shape = config.shape_for(key)?;
+        let [d_in, d_out] = base.weight.dims();
+        // PEFT accepts any rank, but one past the projection's widest side is a typo (or a
+        // forged file) that would try to allocate r × (in + out) values.
+        if shape.rank > d_in.max(d_out) {
+            return Err(PeftError::Config {
+                field: "r".into(),
+                message: format!(
+                    "{} is larger than {key} ([in, out] = [{d_in}, {d_out}]) allows: at most {}",
+                    shape.rank,
+                    d_in.max(d_out)
+                ),
+            });
+        }
         Ok(Self::init(
             base,
-            config.shape_for(key)?,
+            shape,
             config.lora_dropout,
             &config.init_lora_weights,
             config.use_dora,

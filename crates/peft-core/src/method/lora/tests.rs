@@ -103,6 +103,7 @@ fn unset_targets_take_the_architectures_default_and_an_unknown_one_is_refused() 
         num_kv_heads: 1,
         head_dim: 4,
         vocab_size: 8,
+        context_length: 16,
     };
     let mut config = LoraConfig::default();
     config.resolve(&geometry("gpt2")).unwrap();

@@ -82,8 +82,20 @@ impl MethodConfig for PrefixTuningConfig {
     /// Heads and width are those of the keys and values.
     fn resolve(&mut self, model: &ModelGeometry) -> Result<()> {
         self.dims.resolve(model, true)?;
-        if self.encoder_hidden_size.is_none() {
-            self.encoder_hidden_size = self.dims.token_dim;
+        let (layers, _, _) = self.kv_layout();
+        let token_dim = VirtualTokenDims::get(self.dims.token_dim);
+        let encoder = *self.encoder_hidden_size.get_or_insert(token_dim);
+        // The MLP maps each virtual token to every layer's keys and values; a hidden layer
+        // wider than that output is a typo that would allocate hidden × output values.
+        let output = 2 * layers * token_dim;
+        if encoder > output {
+            return Err(PeftError::Config {
+                field: "encoder_hidden_size".into(),
+                message: format!(
+                    "{encoder} is wider than the prefix it produces per token ({output}: 2 × \
+                     {layers} layers × {token_dim}); at most {output}"
+                ),
+            });
         }
         Ok(())
     }

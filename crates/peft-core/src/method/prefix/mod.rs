@@ -31,6 +31,7 @@ mod tests {
             num_kv_heads: KV_HEADS,
             head_dim: HEAD_DIM,
             vocab_size: 10,
+            context_length: 32,
         };
         c.resolve(&model).unwrap();
         c

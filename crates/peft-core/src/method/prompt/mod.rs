@@ -25,6 +25,7 @@ mod tests {
             num_kv_heads: 1,
             head_dim: 3,
             vocab_size: 10,
+            context_length: 32,
         }
     }
 

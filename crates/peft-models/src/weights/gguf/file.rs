@@ -12,6 +12,9 @@ use crate::weights::source::map_file;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Arrays nest at most this deep (llama.cpp writes flat arrays); deeper is a corrupt or
+/// hostile file that would otherwise exhaust the stack.
+const MAX_ARRAY_DEPTH: usize = 8;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,9 +146,15 @@ impl GgufFile {
                 }
             },
         };
-        let data_start = (cursor.pos as u64).div_ceil(alignment) * alignment;
+        let data_start = (cursor.pos as u64)
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or_else(|| bad(format!("general.alignment {alignment} is too large")))?;
         let mut tensors = BTreeMap::new();
         for (name, dims, type_id, offset) in infos {
+            if tensors.contains_key(&name) {
+                return Err(bad(format!("tensor {name:?} is listed twice")));
+            }
             let ggml_type =
                 GgmlType::from_id(type_id).map_err(|dtype| ModelError::UnsupportedDtype {
                     name: name.clone(),
@@ -154,6 +163,11 @@ impl GgufFile {
                     expected: GgmlType::SUPPORTED,
                 })?;
             let shape: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
+            let numel = dims
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| bad(format!("tensor {name:?}: dimensions {dims:?} overflow")))?;
             let row = shape.last().copied().unwrap_or(1);
             if row % ggml_type.block_values() != 0 {
                 return Err(bad(format!(
@@ -162,15 +176,19 @@ impl GgufFile {
                     ggml_type.block_values()
                 )));
             }
-            let numel: usize = shape.iter().product();
-            let len = numel / ggml_type.block_values() * ggml_type.block_bytes();
-            let start = data_start + offset;
-            let end = start.checked_add(len as u64);
-            if start % alignment != 0 || end.is_none_or(|e| e > mmap.len() as u64) {
+            let len = (numel / ggml_type.block_values())
+                .checked_mul(ggml_type.block_bytes())
+                .ok_or_else(|| bad(format!("tensor {name:?}: size overflows")))?;
+            // Offsets are checked, not wrapped: a wrapped one would read the header as weights.
+            let start = data_start.checked_add(offset);
+            let end = start.and_then(|s| s.checked_add(len as u64));
+            let Some(start) =
+                start.filter(|s| s % alignment == 0 && end.is_some_and(|e| e <= mmap.len() as u64))
+            else {
                 return Err(bad(format!(
                     "tensor {name:?} ({len} bytes at offset {offset}) lies outside the file or is misaligned; the file may be truncated"
                 )));
-            }
+            };
             tensors.insert(
                 name,
                 TensorEntry {
@@ -263,7 +281,7 @@ fn parse_header(c: &mut Cursor) -> std::result::Result<Header, String> {
         let key = c.string()?;
         let value_type = c.u32()?;
         let value = c
-            .value(value_type)
+            .value(value_type, 0)
             .map_err(|e| format!("metadata {key:?}: {e}"))?;
         metadata.insert(key, value);
     }
@@ -331,7 +349,8 @@ impl<'a> Cursor<'a> {
             .map_err(|_| format!("string at byte {} is not UTF-8", self.pos - len))
     }
 
-    fn value(&mut self, value_type: u32) -> std::result::Result<MetaValue, String> {
+    /// One value of `value_type`, inside `depth` enclosing arrays.
+    fn value(&mut self, value_type: u32, depth: usize) -> std::result::Result<MetaValue, String> {
         Ok(match value_type {
             0 => MetaValue::Uint(self.array::<1>()?[0] as u64),
             1 => MetaValue::Int(self.array::<1>()?[0] as i8 as i64),
@@ -343,14 +362,21 @@ impl<'a> Cursor<'a> {
             7 => MetaValue::Bool(self.array::<1>()?[0] != 0),
             8 => MetaValue::Str(self.string()?),
             9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(format!(
+                        "arrays nested more than {MAX_ARRAY_DEPTH} deep (the file is corrupt)"
+                    ));
+                }
                 let item_type = self.u32()?;
                 let count = self.u64()?;
-                // Every item takes at least one byte: a count beyond the file is corrupt.
-                if count > (self.bytes.len() - self.pos) as u64 {
+                // A count whose items cannot fit in the rest of the file is corrupt; checking
+                // it first keeps a forged count from reserving memory.
+                let left = (self.bytes.len() - self.pos) as u64;
+                if count.saturating_mul(min_value_bytes(item_type)?) > left {
                     return Err(format!("array of {count} items is longer than the file"));
                 }
                 let items = (0..count)
-                    .map(|_| self.value(item_type))
+                    .map(|_| self.value(item_type, depth + 1))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 MetaValue::Array(items)
             }
@@ -360,6 +386,18 @@ impl<'a> Cursor<'a> {
             other => return Err(format!("unknown metadata value type {other}")),
         })
     }
+}
+
+/// The fewest bytes one value of `value_type` takes (a string or an array: its header).
+fn min_value_bytes(value_type: u32) -> std::result::Result<u64, String> {
+    Ok(match value_type {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        other => return Err(format!("unknown metadata value type {other}")),
+    })
 }
 
 /// An f32 widened to the f64 of its shortest round-tripping decimal (`1e-5f32` → `1e-5`).

@@ -1,0 +1,294 @@
+//! Inputs that once made peft-cli panic, abort, run forever or compute garbage with exit 0: each
+//! is now refused with a message naming the culprit (and nothing is written), or handled as a
+//! user would expect. One test per class of issue 20.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use safetensors::tensor::Dtype;
+
+/// A prompt/completion dataset of `lines` records in `dir`.
+fn data(dir: &Path, lines: usize) -> PathBuf {
+    let path = dir.join("train.jsonl");
+    let records: String = (0..lines)
+        .map(|i| format!("{{\"prompt\":\"say {i} ->\",\"completion\":\" {i} ok\"}}\n"))
+        .collect();
+    std::fs::write(&path, records).unwrap();
+    path
+}
+
+/// `train` on the llama-base fixture for two steps, with `extra` flags.
+fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let data = data(dir, 8);
+    let out = dir.join("run");
+    let base = fixtures().join("llama-base/base");
+    let mut args = vec![
+        "train",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&base),
+        "--data",
+        path_str(&data),
+        "--out",
+        path_str(&out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+    ];
+    args.extend(extra);
+    peft_cli(&args)
+}
+
+/// Asserts that a refused run left no adapter behind.
+fn assert_no_adapter(dir: &Path) {
+    let final_adapter = dir.join("run/final");
+    assert!(
+        !final_adapter.exists(),
+        "{} was written",
+        final_adapter.display()
+    );
+}
+
+#[test]
+fn config_values_that_would_give_nan_logits_are_refused_by_key() {
+    type ConfigEdit = fn(&mut serde_json::Value);
+    let cases: [(&str, ConfigEdit, &str); 4] = [
+        (
+            "llama-base",
+            |c| c["rms_norm_eps"] = (-1.0).into(),
+            "rms_norm_eps",
+        ),
+        (
+            "llama-base",
+            |c| c["rope_parameters"]["rope_theta"] = 0.0.into(),
+            "rope_theta",
+        ),
+        (
+            "llama-base",
+            |c| c["rope_parameters"] = serde_json::json!({"rope_type": "linear", "factor": 0.0}),
+            "factor",
+        ),
+        (
+            "gpt2-base",
+            |c| c["layer_norm_epsilon"] = (-1e-5).into(),
+            "layer_norm_epsilon",
+        ),
+    ];
+    for (case, edit, key) in cases {
+        let dir = copy_base(case);
+        edit_config(dir.path(), edit);
+        assert_fails_with(&inspect(dir.path()), &[key, "config.json"]);
+    }
+}
+
+#[test]
+fn a_nan_weight_is_refused_at_load_naming_the_tensor() {
+    let dir = copy_base("llama-base");
+    let name = "model.layers.1.self_attn.q_proj.weight";
+    edit_weights(dir.path(), |tensors| {
+        let (_, dtype, _, bytes) = tensors.iter_mut().find(|t| t.0 == name).unwrap();
+        assert_eq!(*dtype, Dtype::F32);
+        bytes[20..24].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    assert_fails_with(&inspect(dir.path()), &[name, "NaN", "flat index 5"]);
+}
+
+#[test]
+fn a_file_given_as_the_model_is_named_for_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = fixtures().join("llama-base/base/model.safetensors");
+    let out = peft_cli(&[
+        "inspect",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&weights),
+    ]);
+    assert_fails_with(&out, &["is not a model", "pass the folder itself"]);
+    for (name, bytes, needle) in [
+        ("empty.gguf", &b""[..], "unexpected end of file"),
+        ("three.gguf", &b"GGU"[..], "unexpected end of file"),
+        ("magic.gguf", &[b'X'; 64][..], "not a GGUF file"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = peft_cli(&[
+            "inspect",
+            "--backend",
+            "ndarray",
+            "--model",
+            path_str(&path),
+        ]);
+        assert_fails_with(&out, &[name, needle]);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("not found"));
+    }
+}
+
+#[test]
+fn sizes_past_what_the_model_allows_are_refused_before_allocating() {
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--method", "lora", "--rank", "1000000000000"],
+            &["`r`", "1000000000000", "at most 64"],
+        ),
+        (
+            &["--method", "prompt", "--virtual-tokens", "1000000000000"],
+            &["num_virtual_tokens", "at most 127"],
+        ),
+        (
+            &["--method", "prefix", "--virtual-tokens", "4000000000"],
+            &["num_virtual_tokens", "128 positions"],
+        ),
+        (
+            &[
+                "--method",
+                "prefix",
+                "--prefix-projection",
+                "--encoder-hidden-size",
+                "1000000000000",
+            ],
+            &["encoder_hidden_size", "at most 128"],
+        ),
+        (
+            &["--method", "lora", "--grad-accum", "1000000000000"],
+            &["training.grad_accum", "at most 4"],
+        ),
+    ];
+    for (flags, needles) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        assert_fails_with(&train(dir.path(), flags), needles);
+        assert_no_adapter(dir.path());
+    }
+}
+
+#[test]
+fn a_non_finite_lora_alpha_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails_with(
+        &train(dir.path(), &["--method", "lora", "--alpha", "nan"]),
+        &["lora_alpha", "NaN"],
+    );
+    assert_no_adapter(dir.path());
+}
+
+#[test]
+fn a_diverging_step_names_its_step_data_lines_and_adapter_state() {
+    let dir = tempfile::tempdir().unwrap();
+    // A finite alpha so large that the first update overflows the gradient norm.
+    let out = train(dir.path(), &["--method", "lora", "--alpha", "1e38"]);
+    assert_fails_with(
+        &out,
+        &[
+            "diverged at step 1",
+            "gradient norm inf",
+            "of ",
+            "train.jsonl",
+            "every adapter tensor was finite",
+            "the step was not applied",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lines "), "{stderr}");
+    assert_no_adapter(dir.path());
+}
+
+#[test]
+fn generation_stops_at_the_models_context_with_a_message() {
+    let base = fixtures().join("llama-base/base");
+    for max_new in ["1000000", "18446744073709551615"] {
+        let out = peft_cli(&[
+            "generate",
+            "--backend",
+            "ndarray",
+            "--model",
+            path_str(&base),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            max_new,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("the model's context of 128 positions is full"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn gpt2_examples_longer_than_its_positions_are_refused_naming_seq_len() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("long.jsonl");
+    let (prompt, completion) = ("word ".repeat(30), " done".repeat(40));
+    std::fs::write(
+        &data,
+        format!("{{\"prompt\":\"{prompt}\",\"completion\":\"{completion}\"}}\n").repeat(2),
+    )
+    .unwrap();
+    let base = fixtures().join("gpt2-base/base");
+    let out = peft_cli(&[
+        "eval",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&base),
+        "--data",
+        path_str(&data),
+    ]);
+    assert_fails_with(&out, &["data.seq_len", "long.jsonl", "128 positions"]);
+}
+
+/// `peft-cli` with `XDG_RUNTIME_DIR` unset, where touching Vulkan makes the loader print.
+fn peft_cli_without_xdg(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_peft-cli"))
+        .args(args)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("BURN_DEVICE")
+        .output()
+        .expect("peft-cli runs")
+}
+
+#[test]
+fn resuming_on_ndarray_leaves_other_backends_alone_and_auto_probes_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(dir.path(), &["--method", "lora", "--save-every", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir.path().join("run/final")).unwrap();
+    let run = dir.path().join("run");
+    let resumed = peft_cli_without_xdg(&[
+        "train",
+        "--resume",
+        path_str(&run),
+        "--backend",
+        "ndarray",
+        "--max-steps",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+
+    let base = fixtures().join("llama-base/base");
+    let auto = peft_cli_without_xdg(&["inspect", "--backend", "auto", "--model", path_str(&base)]);
+    let stderr = String::from_utf8_lossy(&auto.stderr);
+    assert!(auto.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("backend: "))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
