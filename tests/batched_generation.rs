@@ -140,3 +140,37 @@ fn wgpu() {
         .into_iter()
         .for_each(|case| check(case, &wgpu_device()));
 }
+
+/// Property (fixed case budget): for any prompts, left padding leaves each row's last logits
+/// as the prompt alone gives them (the padding mask and the positions counted from it), for
+/// every adapter kind on flex.
+#[test]
+fn left_padding_never_changes_a_rows_last_logits() {
+    use proptest::collection::vec;
+    let device = Device::flex();
+    for case in &ADAPTER_CASES {
+        let loaded = case.load(&device);
+        let vocab = loaded.model.vocab_size();
+        let prompts = vec(vec(1..vocab as u32, 1..10), 1..4);
+        fuzz_runner(12)
+            .run(&prompts, |prompts| {
+                let padded = last_logits_padded(&loaded, &prompts, &device);
+                for (row, prompt) in prompts.iter().enumerate() {
+                    let alone = last_logits_alone(&loaded, prompt, &device);
+                    let got = &padded[row * vocab..(row + 1) * vocab];
+                    let diff = got
+                        .iter()
+                        .zip(&alone)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    proptest::prop_assert!(
+                        diff <= LOGITS_TOLERANCE,
+                        "{}: row {row} of {prompts:?} differs by {diff:e}",
+                        case.name()
+                    );
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -570,6 +570,26 @@ fn forged_headers_are_refused_without_overflow_or_unbounded_recursion() {
     }
 }
 
+/// Fuzz target (fixed case budget, see `tests/fuzz.rs`): a valid Q8_0 model with bytes of its
+/// header or data changed, or cut short, loads or is refused; it never panics or aborts.
+#[test]
+fn mutated_gguf_files_load_or_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), Variant::Q8_0);
+    let path = dir.path().join("model.gguf");
+    let original = std::fs::read(&path).unwrap();
+    // The header ends after the last tensor info (name "...weight", type and offset).
+    let header = original.windows(6).rposition(|w| w == b"weight").unwrap() + 18;
+    let device = ndarray_device();
+    fuzz_runner(192)
+        .run(&byte_edits(), |edits| {
+            std::fs::write(&path, mutate(&original, header, &edits)).unwrap();
+            let _ = load_model(&path, &device);
+            Ok(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn a_gguf_model_saves_as_a_hugging_face_folder_that_loads_back() {
     let dir = tempfile::tempdir().unwrap();

@@ -209,3 +209,48 @@ pub const ADAPTER_CASES: [Case; 6] = [
     Case::PromptTuning("gpt2-base"),
     Case::PromptTuning("llama-base"),
 ];
+
+/// A proptest runner for the fuzz and property tests: `default_cases` cases from a fixed seed
+/// (CI runs the same inputs every time), no regression files written into the tree.
+/// `PROPTEST_CASES` and `PROPTEST_RNG_SEED` override both for longer runs by hand.
+pub fn fuzz_runner(default_cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+    let mut config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = default_cases;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(0x5eed_f022);
+    }
+    config.failure_persistence = None;
+    TestRunner::new(config)
+}
+
+/// Up to eight byte edits (position as a fraction of the length, new byte) and maybe a
+/// truncation (as a fraction of the length).
+pub fn byte_edits() -> impl proptest::strategy::Strategy<Value = (Vec<(f64, u8)>, Option<f64>)> {
+    (
+        proptest::collection::vec((0.0..1.0f64, proptest::arbitrary::any::<u8>()), 1..8),
+        proptest::option::weighted(0.2, 0.0..1.0f64),
+    )
+}
+
+/// `bytes` with the edits applied: even-numbered edits land in the first `hot` bytes (the
+/// header, where the structure is; its start more often), odd-numbered ones anywhere.
+pub fn mutate(bytes: &[u8], hot: usize, (edits, cut): &(Vec<(f64, u8)>, Option<f64>)) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for (i, &(at, byte)) in edits.iter().enumerate() {
+        let pos = if i % 2 == 0 {
+            (at * at * hot as f64) as usize
+        } else {
+            (at * out.len() as f64) as usize
+        };
+        if let Some(b) = out.get_mut(pos) {
+            *b = byte;
+        }
+    }
+    if let Some(cut) = cut {
+        out.truncate((cut * out.len() as f64) as usize);
+    }
+    out
+}

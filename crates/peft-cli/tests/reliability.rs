@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use safetensors::tensor::Dtype;
+use safetensors::tensor::{Dtype, TensorView};
 
 /// A prompt/completion dataset of `lines` records in `dir`.
 fn data(dir: &Path, lines: usize) -> PathBuf {
@@ -171,7 +171,7 @@ fn a_non_finite_lora_alpha_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     assert_fails_with(
         &train(dir.path(), &["--method", "lora", "--alpha", "nan"]),
-        &["lora_alpha", "NaN"],
+        &["method.alpha", "NaN"],
     );
     assert_no_adapter(dir.path());
 }
@@ -291,4 +291,84 @@ fn resuming_on_ndarray_leaves_other_backends_alone_and_auto_probes_quietly() {
         1,
         "{stderr}"
     );
+}
+
+#[test]
+fn labels_outside_the_vocabulary_are_refused_before_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.safetensors");
+    let ids: Vec<u8> = [1i64, 2, 3, 4]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let labels: Vec<u8> = [1i64, 2, 99_999, -100]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let views = [
+        (
+            "input_ids",
+            TensorView::new(Dtype::I64, vec![1, 4], &ids).unwrap(),
+        ),
+        (
+            "labels",
+            TensorView::new(Dtype::I64, vec![1, 4], &labels).unwrap(),
+        ),
+    ];
+    safetensors::serialize_to_file(views, None, &input).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let result = peft_cli(&[
+        "logits",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&fixtures().join("llama-base/base")),
+        "--adapter",
+        path_str(&fixtures().join("llama-lora/adapter")),
+        "--grads",
+        "--input",
+        path_str(&input),
+        "--out",
+        path_str(&out),
+    ]);
+    assert_fails_with(&result, &["input.safetensors", "label 99999", "0..384"]);
+    assert!(!out.exists(), "an output file was written");
+}
+
+#[test]
+fn bench_and_eval_refuse_sizes_they_cannot_hold() {
+    let bench = |flags: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--backend",
+            "ndarray",
+            "--model",
+            "tiny",
+            "--steps",
+            "1",
+        ];
+        args.extend(flags);
+        peft_cli(&args)
+    };
+    assert_fails_with(
+        &bench(&["--seq", "100000000000"]),
+        &["--seq 100000000000", "2048 positions"],
+    );
+    assert_fails_with(
+        &bench(&["--batch", "100000000000", "--seq", "8"]),
+        &["--batch 100000000000", "tokens per step"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = peft_cli(&[
+        "eval",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&fixtures().join("llama-base/base")),
+        "--data",
+        path_str(&data(dir.path(), 2)),
+        "--limit",
+        "0",
+    ]);
+    assert_fails_with(&out, &["--limit"]);
 }

@@ -49,8 +49,8 @@ pub fn apply_chat_template(
     );
     env.add_template("chat", template)
         .map_err(|e| ModelError::ChatTemplate(format!("invalid template: {e}")))?;
-    env.get_template("chat")
-        .and_then(|t| {
+    let render = || {
+        env.get_template("chat").and_then(|t| {
             t.render(context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
@@ -58,5 +58,25 @@ pub fn apply_chat_template(
                 eos_token => tokenizer.eos_token.clone().unwrap_or_default(),
             })
         })
+    };
+    without_panicking(render)
+        .ok_or_else(|| {
+            ModelError::ChatTemplate(
+                "rendering failed: the template engine crashed on this template (e.g. minijinja \
+                 2.24 on `''[::-1]`, a reversed empty string)"
+                    .into(),
+            )
+        })?
         .map_err(|e| ModelError::ChatTemplate(format!("rendering failed: {e}")))
+}
+
+/// Runs `f`, turning a panic into `None` without printing it. The template engine panics on
+/// a few inputs (found by `tests/fuzz.rs`); a model's template is user data, so its crash must
+/// be an error, not the process's end.
+fn without_panicking<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    std::panic::set_hook(hook);
+    result
 }

@@ -5,6 +5,9 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
+/// The widest dimension (and the most heads) a `config.json` may give: far past any model,
+/// small enough that the product of two of them cannot overflow.
+pub(crate) const MAX_WIDTH: usize = 1 << 24;
 use crate::error::{ModelError, Result};
 
 /// `eos_token_id` as Hugging Face writes it: absent, one id, or a list.

@@ -49,8 +49,8 @@ pub struct Args {
 
 /// Loads the model and the data, scores it and prints the report.
 pub fn run(args: Args) -> Result<()> {
-    if args.seq_len == 0 || args.batch_size == 0 {
-        anyhow::bail!("--seq-len and --batch-size must be at least 1");
+    if args.seq_len == 0 || args.batch_size == 0 || args.limit == Some(0) {
+        anyhow::bail!("--seq-len, --batch-size and --limit must be at least 1");
     }
     let records = read_jsonl(&args.data)?;
     let (mut loaded, device) = args.model.load(false)?;

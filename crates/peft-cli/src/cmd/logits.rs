@@ -102,6 +102,18 @@ pub fn run(args: Args) -> Result<()> {
     model
         .check_input(ids.values.iter().copied(), ids.shape[1])
         .with_context(|| format!("input file {}", args.input.display()))?;
+    let vocab = model.vocab_size() as i64;
+    if let Some(bad) = labels.as_ref().and_then(|l| {
+        l.values
+            .iter()
+            .find(|&&l| l != IGNORE_INDEX && !(0..vocab).contains(&l))
+    }) {
+        bail!(
+            "input file {}: label {bad} is outside the vocabulary (0..{vocab}) and is not -100 \
+             (ignored)",
+            args.input.display()
+        );
+    }
     let logits = model.forward(
         upload(&ids, &device),
         mask.as_ref().map(|m| upload(m, &device)).as_ref(),

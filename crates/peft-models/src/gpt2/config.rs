@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hf_json::TokenIds;
+use crate::hf_json::{TokenIds, MAX_WIDTH};
 
 /// Hyper-parameters of a GPT-2 model.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -70,7 +70,7 @@ fn default_true() -> bool {
 impl Gpt2Config {
     /// Width of the MLP.
     pub fn inner_dim(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
+        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
     }
 
     /// The activation, or an error naming the unsupported value.
@@ -89,6 +89,13 @@ impl Gpt2Config {
 
     /// Checks the values the model depends on; the error names the key.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
+        // The fused q/k/v projection is 3 × n_embd wide; a width that overflows is no model.
+        if self.n_embd > MAX_WIDTH {
+            return Err((
+                "n_embd",
+                format!("{} is larger than {MAX_WIDTH}", self.n_embd),
+            ));
+        }
         for (key, value) in [
             ("vocab_size", self.vocab_size),
             ("n_embd", self.n_embd),

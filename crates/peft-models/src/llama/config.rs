@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hf_json::TokenIds;
+use crate::hf_json::{TokenIds, MAX_WIDTH};
 use crate::nn::rope::{RopeKind, RopeScaling};
 
 /// Hyper-parameters of a LLaMA-family model.
@@ -122,6 +122,17 @@ impl LlamaConfig {
         for (key, value) in positive {
             if value == 0 {
                 return Err((key, "must be greater than 0".into()));
+            }
+        }
+        // q/k/v widths are heads × head_dim; a width that overflows is no model.
+        for (key, value) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("head_dim", self.head_dim()),
+        ] {
+            if value > MAX_WIDTH {
+                return Err((key, format!("{value} is larger than {MAX_WIDTH}")));
             }
         }
         if self.num_attention_heads % self.kv_heads() != 0 {

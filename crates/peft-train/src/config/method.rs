@@ -196,6 +196,9 @@ impl MethodSection {
                 if !(0.0..1.0).contains(&o.dropout) {
                     return bad("dropout", format!("{} is not in [0, 1)", o.dropout));
                 }
+                if !o.alpha.is_finite() {
+                    return bad("alpha", format!("{} is not a finite number", o.alpha));
+                }
             }
             Self::Prefix(PrefixOptions { virtual_tokens, .. })
             | Self::Prompt(PromptOptions { virtual_tokens, .. })

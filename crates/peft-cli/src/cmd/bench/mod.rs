@@ -30,6 +30,10 @@ use crate::backend::{self, BackendChoice};
 use dtype::Dtype;
 use preset::Preset;
 
+/// Tokens one benchmark step may hold (`--batch` × `--seq`): a bound far past any device's
+/// memory that refuses a typo before it allocates.
+const MAX_TOKENS_PER_STEP: usize = 1 << 24;
+
 /// Options of `bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -174,6 +178,21 @@ pub fn run(args: Args) -> Result<()> {
         parameters.trainable = parameters.total;
     }
     let matmul_params = matmul_parameters(&lm);
+    if args.seq > lm.context_length() {
+        bail!(
+            "--seq {} is longer than the model's context of {} positions",
+            args.seq,
+            lm.context_length()
+        );
+    }
+    if args.batch.saturating_mul(args.seq) > MAX_TOKENS_PER_STEP {
+        bail!(
+            "--batch {} x --seq {} is more than {MAX_TOKENS_PER_STEP} tokens per step; no \
+             device holds the activations of that many",
+            args.batch,
+            args.seq
+        );
+    }
 
     let batch = random_batch(&args, lm.vocab_size(), &train_device)?;
     let model = TrainableLm::new(
@@ -182,10 +201,13 @@ pub fn run(args: Args) -> Result<()> {
             .clone()
             .map(|config| (DEFAULT_ADAPTER.to_string(), config)),
     );
-    let total = args.warmup + args.steps;
+    let total = args
+        .warmup
+        .checked_add(args.steps)
+        .context("--warmup + --steps overflows")?;
     let schedule = WarmupSchedule::new(1e-4, 0, total, Schedule::Constant, 0);
     let mut learner = Learner::new(model, peft_train::adamw(0.0).init(), schedule);
-    let mut step_ms = Vec::with_capacity(args.steps);
+    let mut step_ms = Vec::new();
     let mut device_peak = None;
     for step in 0..total {
         let start = Instant::now();
