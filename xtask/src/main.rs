@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod dataset;
 mod modules;
+mod soak;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -16,7 +17,9 @@ tasks:
   modules   the import graph of every crate's modules (--print to list the edges; a path to
             check another checkout); fails on a loop
   dataset   regenerate datasets/order-extraction (seeded; the shipped files are its output)
-  bench     every backend, model and method side by side (cargo xtask bench --help)";
+  bench     every backend, model and method side by side (cargo xtask bench --help)
+  soak      thousands of steps with memory sampled, then the same run killed (SIGKILL) and
+            resumed again and again: must end bit-identical (cargo xtask soak --help)";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1);
@@ -35,6 +38,10 @@ fn main() -> Result<()> {
         Some("bench") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             bench::run(&workspace_root(), &args)
+        }
+        Some("soak") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            soak::run(&workspace_root(), &args)
         }
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");

@@ -18,8 +18,9 @@ pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub const STATE_FILE: &str = "trainer_state.json";
 /// The run's configuration, saved in the output folder when training starts.
 pub const CONFIG_FILE: &str = "train_config.toml";
-/// Environment variable: milliseconds to pause in the middle of each checkpoint write, so that
-/// tests can kill a run while a checkpoint is half written.
+/// Environment variable: milliseconds to pause in the middle of each checkpoint write and of
+/// the final save, so that tests and `cargo xtask soak` can kill a run while one is half
+/// written.
 pub const WRITE_DELAY_ENV: &str = "PEFT_CHECKPOINT_WRITE_DELAY_MS";
 
 /// Where training stood when a checkpoint was taken.
@@ -131,6 +132,7 @@ pub fn save_adapter_folder<M: ProjectionHost>(
 ) -> Result<()> {
     write_folder(dir, |tmp| {
         peft_core::save_adapter(adapter.model, adapter.name, adapter.config, tmp)?;
+        pause_for_crash_tests();
         Ok(())
     })
 }
