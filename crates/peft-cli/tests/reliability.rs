@@ -372,3 +372,58 @@ fn bench_and_eval_refuse_sizes_they_cannot_hold() {
     ]);
     assert_fails_with(&out, &["--limit"]);
 }
+
+#[test]
+fn a_forged_or_changed_resume_is_refused_naming_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(dir.path(), &["--method", "lora", "--save-every", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.path().join("run");
+    std::fs::remove_dir_all(run.join("final")).unwrap();
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["train", "--resume", path_str(&run), "--backend", "ndarray"];
+        args.extend(extra);
+        peft_cli(&args)
+    };
+    assert_fails_with(
+        &resume(&["--rank", "4"]),
+        &["`method.rank` is 8 in the run, 4 now"],
+    );
+    let state = run.join("checkpoint-2/trainer_state.json");
+    let original = std::fs::read_to_string(&state).unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&original).unwrap();
+    forged["step"] = 1_000_000_000_000_000u64.into();
+    std::fs::write(&state, forged.to_string()).unwrap();
+    assert_fails_with(
+        &resume(&[]),
+        &["trainer_state.json", "checkpoint of step 2"],
+    );
+    forged["step"] = 2.into();
+    forged["micro_batches"] = 1_000_000_000_000_000u64.into();
+    std::fs::write(&state, forged.to_string()).unwrap();
+    assert_fails_with(&resume(&[]), &["trainer_state.json", "`micro_batches`"]);
+    assert_no_adapter(dir.path());
+}
+
+#[test]
+fn a_sharded_index_may_only_name_files_of_the_model_folder() {
+    let dir = copy_base("llama-base");
+    std::fs::rename(
+        dir.path().join("model.safetensors"),
+        dir.path().join("model-00001-of-00001.safetensors"),
+    )
+    .unwrap();
+    let index = dir.path().join("model.safetensors.index.json");
+    let write_index = |shard: &str| {
+        let map = serde_json::json!({"weight_map": {"model.embed_tokens.weight": shard}});
+        std::fs::write(&index, map.to_string()).unwrap();
+    };
+    write_index("../../../etc/passwd");
+    assert_fails_with(&inspect(dir.path()), &["weight_map", "../../../etc/passwd"]);
+    write_index("/etc/passwd");
+    assert_fails_with(&inspect(dir.path()), &["weight_map", "/etc/passwd"]);
+}

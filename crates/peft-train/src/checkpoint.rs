@@ -67,20 +67,31 @@ pub fn latest(out: &Path) -> Result<Option<(TrainerState, PathBuf)>> {
             best = Some((step, dir));
         }
     }
-    best.map(|(_, dir)| Ok((read_state(&dir)?, dir)))
+    best.map(|(step, dir)| Ok((read_state(&dir, step)?, dir)))
         .transpose()
 }
 
-fn read_state(dir: &Path) -> Result<TrainerState> {
+/// The state in `dir`, which must be the checkpoint of `step` (its folder's name).
+fn read_state(dir: &Path, step: usize) -> Result<TrainerState> {
     let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).map_err(|source| TrainError::Io {
         path: path.clone(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Resume {
-        path,
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::Resume {
+        path: path.clone(),
         message: format!("unreadable trainer state: {e}"),
-    })
+    })?;
+    if state.step != step {
+        return Err(TrainError::Resume {
+            path,
+            message: format!(
+                "`step` is {}, but the folder is the checkpoint of step {step}",
+                state.step
+            ),
+        });
+    }
+    Ok(state)
 }
 
 /// Reads the optimizer state of the checkpoint in `dir`.

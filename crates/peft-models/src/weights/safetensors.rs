@@ -77,6 +77,20 @@ impl SafetensorsWeights {
         let mut files: Vec<&String> = index.weight_map.values().collect();
         files.sort();
         files.dedup();
+        // Shards are files of the model folder; a path elsewhere is a corrupt or hostile index.
+        if let Some(bad) = files.iter().find(|f| {
+            let mut parts = Path::new(f.as_str()).components();
+            !matches!(
+                (parts.next(), parts.next()),
+                (Some(std::path::Component::Normal(_)), None)
+            )
+        }) {
+            return Err(ModelError::ConfigValue {
+                path: index_path.to_path_buf(),
+                key: "weight_map".into(),
+                message: format!("shard {bad:?} is not a file name in the model folder"),
+            });
+        }
         let shards = files
             .into_iter()
             .map(|f| Shard::open(&dir.join(f)))

@@ -31,9 +31,21 @@ pub(super) fn prepare(
             return Err(TrainError::Resume {
                 path: out.to_path_buf(),
                 message: format!(
-                    "the adapter settings cannot change on resume: the run has {:?}, this \
-                     configuration {:?}",
-                    saved.method, config.method
+                    "the adapter settings cannot change on resume: {}",
+                    method_changes(&saved, config)
+                ),
+            });
+        }
+        // The data position follows from the step; a state that says otherwise was edited.
+        if Some(state.micro_batches) != state.step.checked_mul(saved.training.grad_accum) {
+            return Err(TrainError::Resume {
+                path: dir.join(checkpoint::STATE_FILE),
+                message: format!(
+                    "`micro_batches` is {}, but {} steps of {} micro-batches make {}",
+                    state.micro_batches,
+                    state.step,
+                    saved.training.grad_accum,
+                    state.step.saturating_mul(saved.training.grad_accum)
                 ),
             });
         }
@@ -56,4 +68,30 @@ pub(super) fn prepare(
         config.to_toml().as_bytes(),
     )?;
     Ok(None)
+}
+
+/// What differs between the run's method section and this configuration's, key by key
+/// (`method.rank` 8 in the run, 4 now).
+fn method_changes(saved: &TrainConfig, now: &TrainConfig) -> String {
+    if saved.method.method() != now.method.method() {
+        return format!(
+            "the run trains {}, this configuration {}",
+            saved.method.method().name(),
+            now.method.method().name()
+        );
+    }
+    let (before, after) = (saved.method.to_table(), now.method.to_table());
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let show = |v: Option<&toml::Value>| v.map_or_else(|| "unset".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| {
+            format!(
+                "`method.{k}` is {} in the run, {} now",
+                show(before.get(k)),
+                show(after.get(k))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
