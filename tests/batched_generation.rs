@@ -62,20 +62,30 @@ fn last_logits_padded(loaded: &LoadedModel, prompts: &[Vec<u32>], device: &Devic
     to_vec(logits.slice([0..batch, seq - 1..seq, 0..vocab]))
 }
 
+/// Largest |difference| between row `row` of the padded batch's last logits and `prompt` alone.
+fn padding_error(
+    loaded: &LoadedModel,
+    padded: &[f32],
+    row: usize,
+    prompt: &[u32],
+    device: &Device,
+) -> f32 {
+    let vocab = loaded.model.vocab_size();
+    let alone = last_logits_alone(loaded, prompt, device);
+    padded[row * vocab..(row + 1) * vocab]
+        .iter()
+        .zip(&alone)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
 fn check(case: &Case, device: &Device) {
     let name = case.name();
     let loaded = case.load(device);
     let prompts = prompts(name);
-    let vocab = loaded.model.vocab_size();
     let padded = last_logits_padded(&loaded, &prompts, device);
     for (row, prompt) in prompts.iter().enumerate() {
-        let alone = last_logits_alone(&loaded, prompt, device);
-        let got = &padded[row * vocab..(row + 1) * vocab];
-        let diff = got
-            .iter()
-            .zip(&alone)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let diff = padding_error(&loaded, &padded, row, prompt, device);
         assert!(
             diff <= LOGITS_TOLERANCE,
             "{name} on {device:?}: row {row} (length {}) left-padded differs by {diff:e}",
@@ -156,13 +166,7 @@ fn left_padding_never_changes_a_rows_last_logits() {
             .run(&prompts, |prompts| {
                 let padded = last_logits_padded(&loaded, &prompts, &device);
                 for (row, prompt) in prompts.iter().enumerate() {
-                    let alone = last_logits_alone(&loaded, prompt, &device);
-                    let got = &padded[row * vocab..(row + 1) * vocab];
-                    let diff = got
-                        .iter()
-                        .zip(&alone)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0f32, f32::max);
+                    let diff = padding_error(&loaded, &padded, row, prompt, &device);
                     proptest::prop_assert!(
                         diff <= LOGITS_TOLERANCE,
                         "{}: row {row} of {prompts:?} differs by {diff:e}",

@@ -565,23 +565,6 @@ const RESUME_FLAGS: [&str; 18] = [
     "6",
 ];
 
-/// `train` on the llama-base fixture with `data`, writing to `out`, plus `extra` flags.
-fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let base = fixtures().join("llama-base/base");
-    let fixed = [
-        "train",
-        "--backend",
-        "ndarray",
-        "--model",
-        path_str(&base),
-        "--data",
-        path_str(data),
-        "--out",
-        path_str(out),
-    ];
-    fixed.iter().chain(extra).map(|s| s.to_string()).collect()
-}
-
 /// Runs [`train_args`].
 fn train_cli(data: &Path, out: &Path, extra: &[&str]) -> Output {
     let args = train_args(data, out, extra);

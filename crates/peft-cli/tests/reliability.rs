@@ -23,25 +23,23 @@ fn data(dir: &Path, lines: usize) -> PathBuf {
 /// `train` on the llama-base fixture for two steps, with `extra` flags.
 fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
     let data = data(dir, 8);
-    let out = dir.join("run");
-    let base = fixtures().join("llama-base/base");
-    let mut args = vec![
-        "train",
-        "--backend",
-        "ndarray",
-        "--model",
-        path_str(&base),
-        "--data",
-        path_str(&data),
-        "--out",
-        path_str(&out),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "2",
-    ];
-    args.extend(extra);
-    peft_cli(&args)
+    let flags = [&["--max-steps", "2", "--batch-size", "2"], extra].concat();
+    let args = train_args(&data, &dir.join("run"), &flags);
+    peft_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// A finished two-step run in `dir/run` with a checkpoint at each step and its final adapter
+/// removed, ready for `--resume`.
+fn resumable_run(dir: &Path) -> PathBuf {
+    let out = train(dir, &["--method", "lora", "--save-every", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.join("run");
+    std::fs::remove_dir_all(run.join("final")).unwrap();
+    run
 }
 
 /// Asserts that a refused run left no adapter behind.
@@ -257,14 +255,7 @@ fn peft_cli_without_xdg(args: &[&str]) -> std::process::Output {
 #[test]
 fn resuming_on_ndarray_leaves_other_backends_alone_and_auto_probes_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let out = train(dir.path(), &["--method", "lora", "--save-every", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(dir.path().join("run/final")).unwrap();
-    let run = dir.path().join("run");
+    let run = resumable_run(dir.path());
     let resumed = peft_cli_without_xdg(&[
         "train",
         "--resume",
@@ -376,14 +367,7 @@ fn bench_and_eval_refuse_sizes_they_cannot_hold() {
 #[test]
 fn a_forged_or_changed_resume_is_refused_naming_the_difference() {
     let dir = tempfile::tempdir().unwrap();
-    let out = train(dir.path(), &["--method", "lora", "--save-every", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run = dir.path().join("run");
-    std::fs::remove_dir_all(run.join("final")).unwrap();
+    let run = resumable_run(dir.path());
     let resume = |extra: &[&str]| {
         let mut args = vec!["train", "--resume", path_str(&run), "--backend", "ndarray"];
         args.extend(extra);

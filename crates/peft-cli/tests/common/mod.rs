@@ -101,3 +101,20 @@ pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 pub fn inspect(dir: &Path) -> Output {
     peft_cli(&["inspect", "--model", path_str(dir), "--backend", "ndarray"])
 }
+
+/// `train` on the llama-base fixture with `data`, writing to `out`, plus `extra` flags.
+pub fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let base = fixtures().join("llama-base/base");
+    let fixed = [
+        "train",
+        "--backend",
+        "ndarray",
+        "--model",
+        path_str(&base),
+        "--data",
+        path_str(data),
+        "--out",
+        path_str(out),
+    ];
+    fixed.iter().chain(extra).map(|s| s.to_string()).collect()
+}
