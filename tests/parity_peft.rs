@@ -1,4 +1,5 @@
-//! Adapters saved by Hugging Face PEFT (LoRA on GPT-2 and LLaMA, IA3, prefix tuning), against
+//! Adapters saved by Hugging Face PEFT (LoRA on GPT-2, LLaMA, Llama 3.1 RoPE, Qwen2, Qwen3,
+//! Mistral and Gemma; IA3, prefix tuning), against
 //! PEFT's own outputs: logits, loss, gradients, greedy decoding, parameter counts, merge,
 //! disable, save/load round trips; on ndarray, flex and wgpu.
 
@@ -15,7 +16,17 @@ use peft_models::loss::causal_lm_loss;
 use peft_models::{load_model, LoadedModel};
 use safetensors::SafeTensors;
 
-const CASES: [&str; 4] = ["gpt2-lora", "llama-lora", "llama-ia3", "llama-prefix"];
+const CASES: [&str; 9] = [
+    "gpt2-lora",
+    "llama-lora",
+    "llama-ia3",
+    "llama-prefix",
+    "qwen2-lora",
+    "qwen3-lora",
+    "mistral-lora",
+    "gemma-lora",
+    "llama31-rope-lora",
+];
 
 /// Prompt learning adds virtual tokens; it cannot be merged into weights (nor in PEFT).
 fn merges(case: &str) -> bool {
@@ -293,6 +304,33 @@ fn check_counts(case: &str, device: &Device) {
         json["all_params"].as_u64().unwrap(),
         "{case}"
     );
+}
+
+/// A LoRA adapter merged into a family's weights and written as a Hugging Face folder reloads
+/// (same `model_type`) to the adapter's logits.
+#[test]
+fn merged_family_folders_reload_to_the_adapter_logits() {
+    let device = Device::flex();
+    for case in [
+        "qwen2-lora",
+        "qwen3-lora",
+        "mistral-lora",
+        "gemma-lora",
+        "llama31-rope-lora",
+    ] {
+        let expected = Expected::load(case);
+        let mut loaded = load_peft(case, &device);
+        peft_core::merge_and_unload(&mut loaded.model, true).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        peft_models::save_hf_folder(&loaded, dir.path()).unwrap();
+        let reloaded = load_model(dir.path(), &device).unwrap();
+        assert_eq!(reloaded.config.model_type(), loaded.config.model_type());
+        let err = logits_error(&reloaded, &expected, "logits_peft", &device);
+        assert!(
+            err <= LOGITS_TOLERANCE,
+            "{case}: merged folder's logits error {err:e}"
+        );
+    }
 }
 
 macro_rules! backend_tests {

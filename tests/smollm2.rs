@@ -81,7 +81,7 @@ fn smollm2_gguf_loads_with_its_config_tokenizer_and_chat_template() {
         (c.num_attention_heads, c.kv_heads(), c.head_dim()),
         (9, 3, 64)
     );
-    assert!(c.tie_word_embeddings, "SmolLM2 has no output.weight");
+    assert!(c.tied(), "SmolLM2 has no output.weight");
     assert_eq!(c.rope_theta(), 100_000.0);
     assert_eq!(c.rms_norm_eps, 1e-5);
     let tokenizer = loaded.tokenizer().unwrap();

@@ -133,7 +133,7 @@ fn lora_training_lowers_the_loss_and_moves_only_the_adapter() {
 }
 
 #[test]
-fn every_method_trains_on_gpt2_and_llama_with_falling_loss() {
+fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
     use peft_train::config::{BottleneckOptions, Ia3Options, Method, PrefixOptions, PromptOptions};
     let device = burn::tensor::Device::flex();
     let methods = [
@@ -145,7 +145,7 @@ fn every_method_trains_on_gpt2_and_llama_with_falling_loss() {
         Method::Houlsby,
         Method::Pfeiffer,
     ];
-    for case in ["gpt2-base", "llama-base"] {
+    for case in ["gpt2-base", "llama-base", "qwen2-lora", "gemma-lora"] {
         for (method, projection) in methods
             .iter()
             .map(|&m| (m, false))
@@ -194,10 +194,15 @@ fn every_method_trains_on_gpt2_and_llama_with_falling_loss() {
             let (first, last) = (losses[0], *losses.last().unwrap());
             // Every step sees the same batch without dropout, so any change of the loss comes
             // from the adapter; prompt learning moves slowest on these tiny random models.
-            assert!(
-                last < 0.985 * first,
-                "{what}: loss went from {first} to {last}"
-            );
+            // Gemma's tied head (its small random embedding) is near uniform: the loss starts
+            // within 1% of ln(vocab), so there it must cover a tenth of the way down to it.
+            let uniform = (summary.model.vocab_size() as f64).ln();
+            let fell = if case.starts_with("gemma") {
+                first - last > 0.1 * (first - uniform)
+            } else {
+                last < 0.985 * first
+            };
+            assert!(fell, "{what}: loss went from {first} to {last}");
 
             let fresh = load_model(&case_dir(case).join("base"), &device).unwrap();
             let base = base_parameters(&fresh.model);

@@ -193,7 +193,11 @@ fn unknown_model_type_is_named() {
     edit_config(dir.path(), |c| c["model_type"] = "bert".into());
     assert_fails_with(
         &inspect(dir.path()),
-        &["\"bert\"", "config.json", "llama, gpt2"],
+        &[
+            "\"bert\"",
+            "config.json",
+            "llama, qwen2, qwen3, mistral, gemma, gpt2",
+        ],
     );
 }
 

@@ -411,3 +411,35 @@ fn a_sharded_index_may_only_name_files_of_the_model_folder() {
     write_index("/etc/passwd");
     assert_fails_with(&inspect(dir.path()), &["weight_map", "/etc/passwd"]);
 }
+
+#[test]
+fn family_settings_the_crate_does_not_implement_are_refused_by_key() {
+    type ConfigEdit = fn(&mut serde_json::Value);
+    let cases: [(&str, ConfigEdit, &[&str]); 4] = [
+        (
+            "qwen2-lora",
+            |c| c["use_sliding_window"] = true.into(),
+            &["use_sliding_window"],
+        ),
+        (
+            "mistral-lora",
+            |c| c["sliding_window"] = 0.into(),
+            &["sliding_window", "at least 1"],
+        ),
+        (
+            "gemma-lora",
+            |c| c["hidden_activation"] = "swiglu_unknown".into(),
+            &["hidden_activation", "swiglu_unknown"],
+        ),
+        (
+            "qwen3-lora",
+            |c| c["rope_parameters"]["rope_type"] = "yarn".into(),
+            &["rope_parameters", "yarn"],
+        ),
+    ];
+    for (case, edit, needles) in cases {
+        let dir = copy_base(case);
+        edit_config(dir.path(), edit);
+        assert_fails_with(&inspect(dir.path()), needles);
+    }
+}

@@ -11,7 +11,7 @@ use crate::arch::{ArchConfig, Architecture};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::hf_json::parse;
-use crate::llama::{Llama, LlamaConfig};
+use crate::llama::{GemmaConfig, Llama, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config};
 use crate::nn::attention::KvCache;
 use crate::nn::embedding::Embedding;
 use crate::nn::projections::HasProjections;
@@ -237,6 +237,10 @@ macro_rules! register_architectures {
 
 register_architectures! {
     Llama: LlamaConfig => Llama,
+    Qwen2: Qwen2Config => Llama,
+    Qwen3: Qwen3Config => Llama,
+    Mistral: MistralConfig => Llama,
+    Gemma: GemmaConfig => Llama,
     Gpt2: Gpt2Config => Gpt2,
 }
 

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hf_json::{TokenIds, MAX_WIDTH};
+use crate::nn::activation::Activation;
 
 /// Hyper-parameters of a GPT-2 model.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -41,19 +42,6 @@ pub struct Gpt2Config {
     pub eos_token_id: TokenIds,
 }
 
-/// The MLP activations transformers' GPT-2 accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
-    GeluTanh,
-    /// `gelu`: the exact erf form.
-    Gelu,
-    /// `relu`.
-    Relu,
-    /// `silu` / `swish`.
-    Silu,
-}
-
 fn default_positions() -> usize {
     1024
 }
@@ -75,16 +63,15 @@ impl Gpt2Config {
 
     /// The activation, or an error naming the unsupported value.
     pub fn activation(&self) -> Result<Activation, (&'static str, String)> {
-        match self.activation_function.as_str() {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
-            "gelu" => Ok(Activation::Gelu),
-            "relu" => Ok(Activation::Relu),
-            "silu" | "swish" => Ok(Activation::Silu),
-            other => Err((
+        Activation::from_hf_name(&self.activation_function).ok_or_else(|| {
+            (
                 "activation_function",
-                format!("{other:?} is not supported; expected gelu_new, gelu_pytorch_tanh, gelu, relu or silu"),
-            )),
-        }
+                format!(
+                    "{:?} is not supported; expected gelu_new, gelu_pytorch_tanh, gelu, relu or silu",
+                    self.activation_function
+                ),
+            )
+        })
     }
 
     /// Checks the values the model depends on; the error names the key.

@@ -7,7 +7,7 @@ use crate::arch::ArchConfig;
 use crate::error::Result;
 use crate::weights::Weights;
 
-pub use config::{Activation, Gpt2Config};
+pub use config::Gpt2Config;
 pub use model::{Gpt2, Gpt2Attention, Gpt2Block, Gpt2Mlp, Gpt2Model};
 
 impl ArchConfig for Gpt2Config {

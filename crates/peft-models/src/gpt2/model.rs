@@ -3,13 +3,13 @@
 //! field is named as the Hugging Face module it holds, and built from the scope of that name.
 
 use burn::module::Module;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use burn::tensor::{Bool, Int, Tensor};
 use peft_core::{ModelAdapters, ModelGeometry, Projection};
 
-use super::config::{Activation, Gpt2Config};
+use super::config::Gpt2Config;
 use crate::arch::{config_error, ArchConfig, Architecture};
 use crate::error::Result;
+use crate::nn::activation::Activation;
 use crate::nn::attention::{attention_mask, scaled_dot_product, KvCache};
 use crate::nn::embedding::Embedding;
 use crate::nn::norm::LayerNorm;
@@ -73,13 +73,7 @@ has_projections!(Gpt2Mlp: c_fc, c_proj);
 impl Gpt2Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.c_fc.forward(x);
-        let h = match self.activation {
-            Activation::GeluTanh => gelu_approximate(h),
-            Activation::Gelu => gelu(h),
-            Activation::Relu => relu(h),
-            Activation::Silu => silu(h),
-        };
-        self.c_proj.forward(h)
+        self.c_proj.forward(self.activation.apply(h))
     }
 }
 
@@ -204,7 +198,7 @@ impl Architecture for Gpt2 {
         let [batch, seq, _] = x.dims();
         let device = x.device();
         let mut x = x + m.wpe.forward(positions);
-        let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), &device);
+        let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), None, &device);
         for (i, block) in m.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = x.clone()

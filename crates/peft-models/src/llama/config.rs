@@ -1,13 +1,49 @@
-//! LLaMA-family configuration, as `config.json` spells it (transformers 4.x and 5.x layouts).
+//! LLaMA-family configuration, as `config.json` spells it (transformers 4.x and 5.x layouts),
+//! for LLaMA and the families that differ from it in a few switches (Qwen2, Qwen3, Mistral,
+//! Gemma): [`Family`] says which, and the getters give each family's defaults.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::hf_json::{TokenIds, MAX_WIDTH};
+use crate::nn::activation::Activation;
 use crate::nn::rope::{RopeKind, RopeScaling};
+
+/// The member of the LLaMA family a config describes: what its transformers class does
+/// differently from `LlamaForCausalLM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// `llama`.
+    #[default]
+    Llama,
+    /// `qwen2` (Qwen2, Qwen2.5): biases on q/k/v, none on o.
+    Qwen2,
+    /// `qwen3`: RMSNorm over each head's queries and keys before RoPE; `head_dim` of its own.
+    Qwen3,
+    /// `mistral`: a sliding attention window.
+    Mistral,
+    /// `gemma`: RMSNorm gains stored minus one, embeddings times sqrt(hidden), GeGLU, tied head.
+    Gemma,
+}
+
+impl Family {
+    /// transformers' `model_type`.
+    pub const fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Mistral => "mistral",
+            Self::Gemma => "gemma",
+        }
+    }
+}
 
 /// Hyper-parameters of a LLaMA-family model.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LlamaConfig {
+    /// Which family member (set by the `model_type` the config was read as).
+    #[serde(skip)]
+    pub family: Family,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Model width.
@@ -21,7 +57,8 @@ pub struct LlamaConfig {
     /// Number of key/value heads (grouped-query attention); defaults to the query heads.
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
-    /// Width of one head; defaults to `hidden_size / num_attention_heads`.
+    /// Width of one head; defaults to `hidden_size / num_attention_heads` (Gemma: 256, Qwen3:
+    /// 128, as their transformers configs do).
     #[serde(default)]
     pub head_dim: Option<usize>,
     /// RMSNorm epsilon.
@@ -39,18 +76,31 @@ pub struct LlamaConfig {
     /// Longest sequence the model was trained for.
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
-    /// Whether the LM head shares the input embedding.
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    /// Whether q/k/v/o projections have a bias.
+    /// Whether the LM head shares the input embedding (default: false; Gemma: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_word_embeddings: Option<bool>,
+    /// Whether q/k/v/o projections have a bias (Qwen2: q/k/v always, o never).
     #[serde(default)]
     pub attention_bias: bool,
     /// Whether the MLP projections have a bias.
     #[serde(default)]
     pub mlp_bias: bool,
-    /// The MLP activation; only `silu` is a LLaMA.
-    #[serde(default = "default_hidden_act")]
-    pub hidden_act: String,
+    /// The MLP activation (default `silu`; Gemma: `gelu_pytorch_tanh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_act: Option<String>,
+    /// Gemma's spelling of the activation, preferred over `hidden_act` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Mistral's attention window: absent means 4096 (transformers' default), null none.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sliding_window: Option<Option<usize>>,
+    /// Qwen's per-layer sliding windows, which this crate does not implement.
+    #[serde(default)]
+    pub use_sliding_window: bool,
     /// End-of-sequence id(s).
     #[serde(default)]
     pub eos_token_id: TokenIds,
@@ -62,9 +112,15 @@ fn default_rms_norm_eps() -> f64 {
 fn default_max_positions() -> usize {
     2048
 }
-fn default_hidden_act() -> String {
-    "silu".into()
+
+/// A key that is present deserialises to `Some` (holding `None` for null), so that absent
+/// and null can differ.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<usize>>, D::Error> {
+    Option::deserialize(d).map(Some)
 }
+
+/// MistralConfig's default `sliding_window`.
+const MISTRAL_WINDOW: usize = 4096;
 
 /// transformers' default RoPE base.
 const DEFAULT_ROPE_THETA: f64 = 10_000.0;
@@ -77,8 +133,78 @@ impl LlamaConfig {
 
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim.unwrap_or(match self.family {
+            Family::Gemma => 256,
+            Family::Qwen3 => 128,
+            _ => self.hidden_size / self.num_attention_heads.max(1),
+        })
+    }
+
+    /// Whether the output head is the token embedding.
+    pub fn tied(&self) -> bool {
+        self.tie_word_embeddings
+            .unwrap_or(self.family == Family::Gemma)
+    }
+
+    /// Whether q, k and v have biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.family == Family::Qwen2 || self.attention_bias
+    }
+
+    /// Whether o has a bias.
+    pub fn o_bias(&self) -> bool {
+        self.family != Family::Qwen2 && self.attention_bias
+    }
+
+    /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.family == Family::Qwen3
+    }
+
+    /// What RMSNorm adds to its stored weights (Gemma stores the gain minus one).
+    pub fn norm_offset(&self) -> f64 {
+        if self.family == Family::Gemma {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// What the input embeddings are multiplied by (Gemma: sqrt(hidden), rounded to f32).
+    pub fn embed_scale(&self) -> Option<f64> {
+        (self.family == Family::Gemma).then(|| f64::from((self.hidden_size as f32).sqrt()))
+    }
+
+    /// The attention window (Mistral), if any.
+    pub fn window(&self) -> Option<usize> {
+        match self.family {
+            Family::Mistral => self.sliding_window.unwrap_or(Some(MISTRAL_WINDOW)),
+            _ => None,
+        }
+    }
+
+    /// The activation's name as the config gives it, and the key it came from.
+    fn activation_name(&self) -> (&'static str, &str) {
+        match (&self.hidden_activation, &self.hidden_act) {
+            (Some(name), _) if self.family == Family::Gemma => ("hidden_activation", name),
+            (_, Some(name)) => ("hidden_act", name),
+            _ if self.family == Family::Gemma => ("hidden_activation", "gelu_pytorch_tanh"),
+            _ => ("hidden_act", "silu"),
+        }
+    }
+
+    /// The MLP activation, or an error naming the key and the value.
+    pub fn activation(&self) -> std::result::Result<Activation, (&'static str, String)> {
+        let (key, name) = self.activation_name();
+        Activation::from_hf_name(name).ok_or_else(|| {
+            (
+                key,
+                format!(
+                    "{name:?} is not supported; expected silu, gelu_pytorch_tanh, gelu_new, gelu \
+                     or relu"
+                ),
+            )
+        })
     }
 
     fn rope_section(&self) -> Option<&RopeScaling> {
@@ -105,6 +231,36 @@ impl LlamaConfig {
             "rope_scaling"
         };
         section.kind(key)
+    }
+
+    /// The values a user wants to see (`inspect`), in order.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut rows = vec![
+            ("layers", self.num_hidden_layers.to_string()),
+            ("hidden size", self.hidden_size.to_string()),
+            ("intermediate size", self.intermediate_size.to_string()),
+            ("attention heads", self.num_attention_heads.to_string()),
+            ("key/value heads", self.kv_heads().to_string()),
+            ("head dim", self.head_dim().to_string()),
+            ("vocabulary", self.vocab_size.to_string()),
+            ("max positions", self.max_position_embeddings.to_string()),
+            ("rope theta", self.rope_theta().to_string()),
+            ("tied embeddings", self.tied().to_string()),
+        ];
+        if let Some(window) = self.window() {
+            rows.push(("sliding window", window.to_string()));
+        }
+        if self.qkv_bias() {
+            rows.push(("q/k/v bias", "yes".into()));
+        }
+        if self.qk_norm() {
+            rows.push(("q/k norm", "per head".into()));
+        }
+        if self.family == Family::Gemma {
+            rows.push(("norms", "1 + weight".into()));
+            rows.push(("embedding scale", "sqrt(hidden)".into()));
+        }
+        rows
     }
 
     /// Checks the values the model depends on; the error names the key.
@@ -161,15 +317,17 @@ impl LlamaConfig {
         if !(theta > 0.0 && theta.is_finite()) {
             return Err(("rope_theta", format!("{theta} is not a positive number")));
         }
-        if self.hidden_act != "silu" {
+        if self.use_sliding_window && matches!(self.family, Family::Qwen2 | Family::Qwen3) {
             return Err((
-                "hidden_act",
-                format!(
-                    "{:?} is not supported; LLaMA uses \"silu\"",
-                    self.hidden_act
-                ),
+                "use_sliding_window",
+                "true is not supported (Qwen's sliding-window layers); only full attention is"
+                    .into(),
             ));
         }
+        if self.window() == Some(0) {
+            return Err(("sliding_window", "must be at least 1".into()));
+        }
+        self.activation()?;
         self.rope_kind().map(|_| ())
     }
 }

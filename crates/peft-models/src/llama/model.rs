@@ -1,16 +1,17 @@
 //! The LLaMA forward pass, readable top to bottom, and its construction from a checkpoint. The
 //! modules mirror transformers' `LlamaForCausalLM` (`model.layers.N.self_attn.q_proj`, ...):
 //! each field is named as the Hugging Face module it holds, and built from the scope of that
-//! name.
+//! name. The family's switches (Qwen2's biases, Qwen3's q/k norms, Mistral's window, Gemma's
+//! norms, embedding scale and activation) come from the config.
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Int, Tensor};
 use peft_core::{ModelAdapters, ModelGeometry, Projection};
 
 use super::config::LlamaConfig;
-use crate::arch::{config_error, ArchConfig, Architecture};
+use crate::arch::{config_error, Architecture};
 use crate::error::Result;
+use crate::nn::activation::Activation;
 use crate::nn::attention::{attention_mask, repeat_kv, scaled_dot_product, KvCache};
 use crate::nn::embedding::Embedding;
 use crate::nn::norm::RmsNorm;
@@ -30,6 +31,10 @@ pub struct LlamaAttention {
     pub v_proj: Projection,
     /// Output projection.
     pub o_proj: Projection,
+    /// Per-head RMSNorm of the queries (Qwen3).
+    pub q_norm: Option<RmsNorm>,
+    /// Per-head RMSNorm of the keys (Qwen3).
+    pub k_norm: Option<RmsNorm>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -45,12 +50,19 @@ impl LlamaAttention {
             c.kv_heads(),
             c.head_dim(),
         );
-        let bias = c.attention_bias;
+        let (bias, o_bias) = (c.qkv_bias(), c.o_bias());
+        let head_norm = |name: &str| {
+            c.qk_norm()
+                .then(|| RmsNorm::load(&vb.pp(name), head_dim, c.rms_norm_eps, c.norm_offset()))
+                .transpose()
+        };
         Ok(Self {
             q_proj: vb.pp("q_proj").linear(hidden, heads * head_dim, bias)?,
             k_proj: vb.pp("k_proj").linear(hidden, kv_heads * head_dim, bias)?,
             v_proj: vb.pp("v_proj").linear(hidden, kv_heads * head_dim, bias)?,
-            o_proj: vb.pp("o_proj").linear(heads * head_dim, hidden, bias)?,
+            o_proj: vb.pp("o_proj").linear(heads * head_dim, hidden, o_bias)?,
+            q_norm: head_norm("q_norm")?,
+            k_norm: head_norm("k_norm")?,
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
@@ -65,10 +77,22 @@ impl LlamaAttention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
-        let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, self.head_dim]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
-        let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let heads = |t: Tensor<3>, n: usize, norm: Option<&RmsNorm>| {
+            let t = t.reshape([b, s, n, self.head_dim]);
+            norm.map_or(t.clone(), |norm| norm.forward(t))
+                .swap_dims(1, 2)
+        };
+        let q = heads(
+            self.q_proj.forward(x.clone()),
+            self.num_heads,
+            self.q_norm.as_ref(),
+        );
+        let k = heads(
+            self.k_proj.forward(x.clone()),
+            self.num_kv_heads,
+            self.k_norm.as_ref(),
+        );
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads, None);
         let (cos, sin) = rope;
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
@@ -86,7 +110,7 @@ impl LlamaAttention {
     }
 }
 
-/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+/// Gated feed-forward: `down(act(gate(x)) * up(x))` (SwiGLU with silu; Gemma's GeGLU).
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
     /// Gate projection.
@@ -95,6 +119,8 @@ pub struct LlamaMlp {
     pub up_proj: Projection,
     /// Down projection.
     pub down_proj: Projection,
+    #[module(skip)]
+    activation: Activation,
 }
 
 has_projections!(LlamaMlp: gate_proj, up_proj, down_proj);
@@ -102,15 +128,20 @@ has_projections!(LlamaMlp: gate_proj, up_proj, down_proj);
 impl LlamaMlp {
     fn load(vb: &Weights, c: &LlamaConfig) -> Result<Self> {
         let (hidden, ffn, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
+        let activation = c
+            .activation()
+            .map_err(|(key, message)| config_error("config.json", key, message))?;
         Ok(Self {
             gate_proj: vb.pp("gate_proj").linear(hidden, ffn, bias)?,
             up_proj: vb.pp("up_proj").linear(hidden, ffn, bias)?,
             down_proj: vb.pp("down_proj").linear(ffn, hidden, bias)?,
+            activation,
         })
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gated = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
+        let gate = self.activation.apply(self.gate_proj.forward(x.clone()));
+        let gated = gate * self.up_proj.forward(x);
         self.down_proj.forward(gated)
     }
 }
@@ -132,16 +163,14 @@ has_projections!(LlamaLayer: self_attn, mlp);
 
 impl LlamaLayer {
     fn load(vb: &Weights, c: &LlamaConfig) -> Result<Self> {
-        let (hidden, eps) = (c.hidden_size, c.rms_norm_eps);
+        let norm = |name: &str| {
+            RmsNorm::load(&vb.pp(name), c.hidden_size, c.rms_norm_eps, c.norm_offset())
+        };
         Ok(Self {
             self_attn: LlamaAttention::load(&vb.pp("self_attn"), c)?,
             mlp: LlamaMlp::load(&vb.pp("mlp"), c)?,
-            input_layernorm: RmsNorm::load(&vb.pp("input_layernorm"), hidden, eps)?,
-            post_attention_layernorm: RmsNorm::load(
-                &vb.pp("post_attention_layernorm"),
-                hidden,
-                eps,
-            )?,
+            input_layernorm: norm("input_layernorm")?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
         })
     }
 }
@@ -159,6 +188,10 @@ pub struct LlamaModel {
     pub rotary_emb: RotaryEmbedding,
     /// `max_position_embeddings`: RoPE sets no hard limit, but generation stops here.
     pub context_length: usize,
+    /// What the input embeddings are multiplied by (Gemma: sqrt(hidden)).
+    pub embed_scale: Option<f64>,
+    /// The sliding attention window (Mistral).
+    pub window: Option<usize>,
 }
 
 has_projections!(LlamaModel: layers);
@@ -172,6 +205,9 @@ pub struct Llama {
     pub lm_head: Projection,
     /// Model-wide adapters (prefix and prompt tuning).
     pub adapters: ModelAdapters,
+    /// transformers' `model_type` of its family (which picks adapters' default targets).
+    #[module(skip)]
+    model_type: &'static str,
 }
 
 has_projections!(Llama: model, lm_head);
@@ -184,8 +220,13 @@ impl Llama {
         let layers = (0..c.num_hidden_layers)
             .map(|i| LlamaLayer::load(&vb.pp("layers").pp(i), c))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(&vb.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
-        let lm_head = match c.tie_word_embeddings {
+        let norm = RmsNorm::load(
+            &vb.pp("norm"),
+            c.hidden_size,
+            c.rms_norm_eps,
+            c.norm_offset(),
+        )?;
+        let lm_head = match c.tied() {
             true => Projection::tied_to(root.pp("lm_head").path(), &embed_tokens.weight),
             false => root
                 .pp("lm_head")
@@ -207,9 +248,12 @@ impl Llama {
                 norm,
                 rotary_emb,
                 context_length: c.max_position_embeddings,
+                embed_scale: c.embed_scale(),
+                window: c.window(),
             },
             lm_head,
             adapters: ModelAdapters::default(),
+            model_type: c.family.model_type(),
         })
     }
 }
@@ -230,10 +274,14 @@ impl Architecture for Llama {
             past,
             positions,
         } = prepare(&self.adapters, x, padding_mask, cache.as_deref_mut());
+        // Gemma scales whatever embeddings reach the model, prompt tuning's virtual ones too.
+        if let Some(scale) = m.embed_scale {
+            x = x.mul_scalar(scale);
+        }
         let [batch, seq, _] = x.dims();
         let device = x.device();
         let rope = m.rotary_emb.cos_sin(positions);
-        let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), &device);
+        let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), m.window, &device);
         for (i, layer) in m.layers.iter().enumerate() {
             let attn_in = layer.input_layernorm.forward(x.clone());
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
@@ -264,7 +312,7 @@ impl Architecture for Llama {
         let [vocab_size, hidden_size] = self.model.embed_tokens.weight.dims();
         let attn = self.model.layers.first().map(|l| &l.self_attn);
         ModelGeometry {
-            model_type: LlamaConfig::MODEL_TYPE.into(),
+            model_type: self.model_type.into(),
             num_layers: self.model.layers.len(),
             hidden_size,
             num_heads: attn.map_or(0, |a| a.num_heads),

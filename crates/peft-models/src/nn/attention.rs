@@ -6,15 +6,18 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 /// The mask `[batch, 1, q_len, past_len + q_len]` (`true` = may not attend): causal, plus
-/// padded keys where `padding_mask` (`[batch, past_len + q_len]`, 1 = real token) is 0. A
-/// query always sees its own key, so that a padding query at the start of a left-padded row has
-/// something to attend to (a row of nothing but masked scores would be NaN, and its NaN values
-/// would reach real tokens through their zero attention weights).
+/// padded keys where `padding_mask` (`[batch, past_len + q_len]`, 1 = real token) is 0, plus,
+/// with a sliding `window` (Mistral), keys `window` or more columns before the query (a query
+/// sees itself and the `window - 1` keys before it, as transformers' `sliding_window_overlay`).
+/// A query always sees its own key, so that a padding query at the start of a left-padded row
+/// has something to attend to (a row of nothing but masked scores would be NaN, and its NaN
+/// values would reach real tokens through their zero attention weights).
 pub fn attention_mask(
     batch: usize,
     q_len: usize,
     past_len: usize,
     padding_mask: Option<&Tensor<2, Int>>,
+    window: Option<usize>,
     device: &Device,
 ) -> Tensor<4, Bool> {
     let total = past_len + q_len;
@@ -28,8 +31,11 @@ pub fn attention_mask(
         .clone()
         .equal(rows.clone())
         .reshape([1, 1, q_len, total]);
-    let causal = cols
-        .greater(rows)
+    let mut causal = cols.clone().greater(rows.clone());
+    if let Some(window) = window {
+        causal = causal.bool_or(cols.add_scalar(window as i64).lower_equal(rows));
+    }
+    let causal = causal
         .reshape([1, 1, q_len, total])
         .expand([batch, 1, q_len, total]);
     match padding_mask {
@@ -141,25 +147,46 @@ mod tests {
         let device = Device::flex();
         // One query after two cached positions sees all three keys.
         assert_eq!(
-            bools(attention_mask(1, 1, 2, None, &device)),
+            bools(attention_mask(1, 1, 2, None, None, &device)),
             vec![false, false, false]
         );
         // Two queries, no past: the first may not see the second.
         assert_eq!(
-            bools(attention_mask(1, 2, 0, None, &device)),
+            bools(attention_mask(1, 2, 0, None, None, &device)),
             vec![false, true, false, false]
         );
         // A padded last key is hidden from every other query.
         let padding = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 0], [1, 2]), &device);
         assert_eq!(
-            bools(attention_mask(1, 2, 0, Some(&padding), &device)),
+            bools(attention_mask(1, 2, 0, Some(&padding), None, &device)),
             vec![false, true, false, false]
         );
         // Left padding: the padded first query sees only itself; the real one skips the pad.
         let padding = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 2]), &device);
         assert_eq!(
-            bools(attention_mask(1, 2, 0, Some(&padding), &device)),
+            bools(attention_mask(1, 2, 0, Some(&padding), None, &device)),
             vec![false, true, true, false]
+        );
+    }
+
+    #[test]
+    fn a_sliding_window_hides_keys_window_or_more_columns_back() {
+        let device = Device::flex();
+        // Four queries, window 2: each sees itself and the one key before it.
+        let expected = [
+            [false, true, true, true],
+            [false, false, true, true],
+            [true, false, false, true],
+            [true, true, false, false],
+        ];
+        assert_eq!(
+            bools(attention_mask(1, 4, 0, None, Some(2), &device)),
+            expected.concat()
+        );
+        // One new query after three cached positions, window 2: only the last cached key.
+        assert_eq!(
+            bools(attention_mask(1, 1, 3, None, Some(2), &device)),
+            vec![true, true, false, false]
         );
     }
 

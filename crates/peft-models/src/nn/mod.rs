@@ -1,8 +1,9 @@
-//! Parts every architecture shares, below the architectures: attention pieces (masks,
+//! Parts every architecture shares, below the architectures: MLP activations, attention pieces (masks,
 //! grouped-query heads, the fused call, the key/value cache), rotary position embeddings,
 //! normalisation, token embeddings, the walk over a model's projections, and the model-wide
 //! adapters' virtual tokens in front of the input.
 
+pub mod activation;
 pub mod attention;
 pub mod embedding;
 pub mod norm;

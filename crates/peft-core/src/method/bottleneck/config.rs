@@ -12,12 +12,22 @@ use crate::target::DefaultTargets;
 /// The blocks' output projections, after attention and the MLP (Houlsby et al.).
 pub const HOULSBY_TARGETS: &DefaultTargets = &[
     ("llama", &["o_proj", "down_proj"]),
+    ("qwen2", &["o_proj", "down_proj"]),
+    ("qwen3", &["o_proj", "down_proj"]),
+    ("mistral", &["o_proj", "down_proj"]),
+    ("gemma", &["o_proj", "down_proj"]),
     ("gpt2", &["attn.c_proj", "mlp.c_proj"]),
 ];
 
 /// The MLP's output projection only (Pfeiffer et al.).
-pub const PFEIFFER_TARGETS: &DefaultTargets =
-    &[("llama", &["down_proj"]), ("gpt2", &["mlp.c_proj"])];
+pub const PFEIFFER_TARGETS: &DefaultTargets = &[
+    ("llama", &["down_proj"]),
+    ("qwen2", &["down_proj"]),
+    ("qwen3", &["down_proj"]),
+    ("mistral", &["down_proj"]),
+    ("gemma", &["down_proj"]),
+    ("gpt2", &["mlp.c_proj"]),
+];
 
 /// Where the adapters go by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

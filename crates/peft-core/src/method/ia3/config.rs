@@ -12,12 +12,22 @@ use crate::target::{default_targets, DefaultTargets, TargetMatcher, TargetModule
 /// PEFT's `TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`.
 pub const DEFAULT_TARGETS: &DefaultTargets = &[
     ("llama", &["k_proj", "v_proj", "down_proj"]),
+    ("qwen2", &["q_proj", "v_proj", "down_proj"]),
+    ("qwen3", &["q_proj", "v_proj", "down_proj"]),
+    ("mistral", &["k_proj", "v_proj", "down_proj"]),
+    ("gemma", &["q_proj", "v_proj", "down_proj"]),
     ("gpt2", &["c_attn", "mlp.c_proj"]),
 ];
 
 /// PEFT's `TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING`.
-pub const DEFAULT_FEEDFORWARD: &DefaultTargets =
-    &[("llama", &["down_proj"]), ("gpt2", &["mlp.c_proj"])];
+pub const DEFAULT_FEEDFORWARD: &DefaultTargets = &[
+    ("llama", &["down_proj"]),
+    ("qwen2", &["down_proj"]),
+    ("qwen3", &["down_proj"]),
+    ("mistral", &["down_proj"]),
+    ("gemma", &["down_proj"]),
+    ("gpt2", &["mlp.c_proj"]),
+];
 
 /// An IA3 configuration, as `adapter_config.json` spells it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,8 +13,14 @@ use crate::method::common::{check_group, PeftFields, TargetFields};
 use crate::target::{pattern_for, DefaultTargets, LayerIndices, LayersPattern, TargetMatcher};
 
 /// PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`.
-pub const DEFAULT_TARGETS: &DefaultTargets =
-    &[("llama", &["q_proj", "v_proj"]), ("gpt2", &["c_attn"])];
+pub const DEFAULT_TARGETS: &DefaultTargets = &[
+    ("llama", &["q_proj", "v_proj"]),
+    ("qwen2", &["q_proj", "v_proj"]),
+    ("qwen3", &["q_proj", "v_proj"]),
+    ("mistral", &["q_proj", "v_proj"]),
+    ("gemma", &["q_proj", "v_proj"]),
+    ("gpt2", &["c_attn"]),
+];
 
 /// Fields PEFT writes that this implementation cannot honour unless they hold their defaults
 /// (null, false, empty). Any other unknown field is ignored, as PEFT ignores them.
