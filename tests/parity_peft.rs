@@ -16,7 +16,7 @@ use peft_models::loss::causal_lm_loss;
 use peft_models::{load_model, LoadedModel};
 use safetensors::SafeTensors;
 
-const CASES: [&str; 9] = [
+const CASES: [&str; 10] = [
     "gpt2-lora",
     "llama-lora",
     "llama-ia3",
@@ -25,6 +25,7 @@ const CASES: [&str; 9] = [
     "qwen3-lora",
     "mistral-lora",
     "gemma-lora",
+    "phi3-lora",
     "llama31-rope-lora",
 ];
 
@@ -316,6 +317,7 @@ fn merged_family_folders_reload_to_the_adapter_logits() {
         "qwen3-lora",
         "mistral-lora",
         "gemma-lora",
+        "phi3-lora",
         "llama31-rope-lora",
     ] {
         let expected = Expected::load(case);

@@ -196,7 +196,7 @@ fn unknown_model_type_is_named() {
         &[
             "\"bert\"",
             "config.json",
-            "llama, qwen2, qwen3, mistral, gemma, gpt2",
+            "llama, qwen2, qwen3, mistral, gemma, phi3, gpt2",
         ],
     );
 }

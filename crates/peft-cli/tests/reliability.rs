@@ -415,7 +415,12 @@ fn a_sharded_index_may_only_name_files_of_the_model_folder() {
 #[test]
 fn family_settings_the_crate_does_not_implement_are_refused_by_key() {
     type ConfigEdit = fn(&mut serde_json::Value);
-    let cases: [(&str, ConfigEdit, &[&str]); 4] = [
+    let cases: [(&str, ConfigEdit, &[&str]); 5] = [
+        (
+            "phi3-lora",
+            |c| c["rope_parameters"]["partial_rotary_factor"] = 0.5.into(),
+            &["partial_rotary_factor", "0.5"],
+        ),
         (
             "qwen2-lora",
             |c| c["use_sliding_window"] = true.into(),

@@ -11,7 +11,9 @@ use crate::arch::{ArchConfig, Architecture};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::hf_json::parse;
-use crate::llama::{GemmaConfig, Llama, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config};
+use crate::llama::{
+    GemmaConfig, Llama, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config,
+};
 use crate::nn::attention::KvCache;
 use crate::nn::embedding::Embedding;
 use crate::nn::projections::HasProjections;
@@ -241,6 +243,7 @@ register_architectures! {
     Qwen3: Qwen3Config => Llama,
     Mistral: MistralConfig => Llama,
     Gemma: GemmaConfig => Llama,
+    Phi3: Phi3Config => Llama,
     Gpt2: Gpt2Config => Gpt2,
 }
 

@@ -23,6 +23,8 @@ pub enum Family {
     Mistral,
     /// `gemma`: RMSNorm gains stored minus one, embeddings times sqrt(hidden), GeGLU, tied head.
     Gemma,
+    /// `phi3`: fused `qkv_proj` and `gate_up_proj`.
+    Phi3,
 }
 
 impl Family {
@@ -34,6 +36,7 @@ impl Family {
             Self::Qwen3 => "qwen3",
             Self::Mistral => "mistral",
             Self::Gemma => "gemma",
+            Self::Phi3 => "phi3",
         }
     }
 }
@@ -98,6 +101,9 @@ pub struct LlamaConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub sliding_window: Option<Option<usize>>,
+    /// The share of each head that is rotated (Phi-3, 4.x layout); only 1 is implemented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
     /// Qwen's per-layer sliding windows, which this crate does not implement.
     #[serde(default)]
     pub use_sliding_window: bool,
@@ -154,6 +160,11 @@ impl LlamaConfig {
     /// Whether o has a bias.
     pub fn o_bias(&self) -> bool {
         self.family != Family::Qwen2 && self.attention_bias
+    }
+
+    /// Whether q/k/v and gate/up are each one fused projection (Phi-3).
+    pub fn fused_projections(&self) -> bool {
+        self.family == Family::Phi3
     }
 
     /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3).
@@ -256,6 +267,9 @@ impl LlamaConfig {
         if self.qk_norm() {
             rows.push(("q/k norm", "per head".into()));
         }
+        if self.fused_projections() {
+            rows.push(("fused projections", "qkv_proj, gate_up_proj".into()));
+        }
         if self.family == Family::Gemma {
             rows.push(("norms", "1 + weight".into()));
             rows.push(("embedding scale", "sqrt(hidden)".into()));
@@ -322,6 +336,16 @@ impl LlamaConfig {
                 "use_sliding_window",
                 "true is not supported (Qwen's sliding-window layers); only full attention is"
                     .into(),
+            ));
+        }
+        let partial = self
+            .rope_section()
+            .and_then(|r| r.partial_rotary_factor)
+            .or(self.partial_rotary_factor);
+        if let Some(factor) = partial.filter(|&f| f != 1.0) {
+            return Err((
+                "partial_rotary_factor",
+                format!("{factor} is not supported; only 1 (every dimension rotated) is"),
             ));
         }
         if self.window() == Some(0) {

@@ -1,5 +1,5 @@
 //! The LLaMA family: RoPE, grouped/multi-query attention, RMSNorm, gated MLP, tied or untied
-//! head; from Hugging Face folders and llama.cpp's GGUF files. Qwen2, Qwen3, Mistral and Gemma
+//! head; from Hugging Face folders and llama.cpp's GGUF files. Qwen2, Qwen3, Mistral, Gemma and Phi-3
 //! are the same model with a few switches ([`Family`]); each is its own `model_type`, read into
 //! a [`LlamaConfig`] that knows its family.
 
@@ -15,7 +15,10 @@ use crate::weights::gguf::{GgufFile, HfName};
 use crate::weights::Weights;
 
 pub use config::{Family, LlamaConfig};
-pub use model::{Llama, LlamaAttention, LlamaLayer, LlamaMlp, LlamaModel};
+pub use model::{
+    GateUpProjections, Llama, LlamaAttention, LlamaLayer, LlamaMlp, LlamaModel, QkvProjections,
+    SeparateGateUp, SeparateQkv,
+};
 
 /// Implements [`ArchConfig`] for `$config`, whose [`LlamaConfig`] `$inner` gives, for the
 /// family `$family` (transformers class `$class`); `$extra` adds what only some have (GGUF).
@@ -118,4 +121,8 @@ family_config!(
 family_config!(
     /// Gemma (`gemma`).
     GemmaConfig: Family::Gemma, "GemmaForCausalLM"
+);
+family_config!(
+    /// Phi-3 (`phi3`).
+    Phi3Config: Family::Phi3, "Phi3ForCausalLM"
 );

@@ -15,20 +15,81 @@ use crate::nn::activation::Activation;
 use crate::nn::attention::{attention_mask, repeat_kv, scaled_dot_product, KvCache};
 use crate::nn::embedding::Embedding;
 use crate::nn::norm::RmsNorm;
-use crate::nn::projections::has_projections;
+use crate::nn::projections::{has_projections, HasProjections};
 use crate::nn::rope::{apply_rotary, RotaryEmbedding};
 use crate::nn::virtual_input::{cache_for_prefix, prepare, Prepared};
 use crate::weights::Weights;
 
-/// Self-attention with RoPE and grouped-query key/value heads.
+/// The query, key and value projections of an attention block.
 #[derive(Module, Debug)]
-pub struct LlamaAttention {
+// One per layer, never moved in a hot path: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum QkvProjections {
+    /// `q_proj`, `k_proj`, `v_proj` (LLaMA and most of the family).
+    Separate(SeparateQkv),
+    /// One `qkv_proj` whose output is the queries, then the keys, then the values (Phi-3).
+    Fused(Projection),
+}
+
+/// Three projections, one each for queries, keys and values.
+#[derive(Module, Debug)]
+pub struct SeparateQkv {
     /// Query projection.
     pub q_proj: Projection,
     /// Key projection.
     pub k_proj: Projection,
     /// Value projection.
     pub v_proj: Projection,
+}
+
+has_projections!(SeparateQkv: q_proj, k_proj, v_proj);
+
+impl HasProjections for QkvProjections {
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Projection>) {
+        match self {
+            Self::Separate(p) => p.collect(out),
+            Self::Fused(p) => p.collect(out),
+        }
+    }
+    fn collect_mut<'a>(&'a mut self, out: &mut Vec<&'a mut Projection>) {
+        match self {
+            Self::Separate(p) => p.collect_mut(out),
+            Self::Fused(p) => p.collect_mut(out),
+        }
+    }
+}
+
+impl QkvProjections {
+    /// Queries, keys and values `[b, s, width]` of `x`, `q_width` and `kv_width` wide.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        q_width: usize,
+        kv_width: usize,
+    ) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+        match self {
+            Self::Separate(p) => (
+                p.q_proj.forward(x.clone()),
+                p.k_proj.forward(x.clone()),
+                p.v_proj.forward(x),
+            ),
+            Self::Fused(qkv) => {
+                let all = qkv.forward(x);
+                (
+                    all.clone().narrow(2, 0, q_width),
+                    all.clone().narrow(2, q_width, kv_width),
+                    all.narrow(2, q_width + kv_width, kv_width),
+                )
+            }
+        }
+    }
+}
+
+/// Self-attention with RoPE and grouped-query key/value heads.
+#[derive(Module, Debug)]
+pub struct LlamaAttention {
+    /// Query, key and value projections.
+    pub qkv: QkvProjections,
     /// Output projection.
     pub o_proj: Projection,
     /// Per-head RMSNorm of the queries (Qwen3).
@@ -40,7 +101,7 @@ pub struct LlamaAttention {
     head_dim: usize,
 }
 
-has_projections!(LlamaAttention: q_proj, k_proj, v_proj, o_proj);
+has_projections!(LlamaAttention: qkv, o_proj);
 
 impl LlamaAttention {
     fn load(vb: &Weights, c: &LlamaConfig) -> Result<Self> {
@@ -56,10 +117,21 @@ impl LlamaAttention {
                 .then(|| RmsNorm::load(&vb.pp(name), head_dim, c.rms_norm_eps, c.norm_offset()))
                 .transpose()
         };
+        let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+        let qkv = if c.fused_projections() {
+            QkvProjections::Fused(
+                vb.pp("qkv_proj")
+                    .linear(hidden, q_width + 2 * kv_width, bias)?,
+            )
+        } else {
+            QkvProjections::Separate(SeparateQkv {
+                q_proj: vb.pp("q_proj").linear(hidden, q_width, bias)?,
+                k_proj: vb.pp("k_proj").linear(hidden, kv_width, bias)?,
+                v_proj: vb.pp("v_proj").linear(hidden, kv_width, bias)?,
+            })
+        };
         Ok(Self {
-            q_proj: vb.pp("q_proj").linear(hidden, heads * head_dim, bias)?,
-            k_proj: vb.pp("k_proj").linear(hidden, kv_heads * head_dim, bias)?,
-            v_proj: vb.pp("v_proj").linear(hidden, kv_heads * head_dim, bias)?,
+            qkv,
             o_proj: vb.pp("o_proj").linear(heads * head_dim, hidden, o_bias)?,
             q_norm: head_norm("q_norm")?,
             k_norm: head_norm("k_norm")?,
@@ -79,20 +151,20 @@ impl LlamaAttention {
         let [b, s, _] = x.dims();
         let heads = |t: Tensor<3>, n: usize, norm: Option<&RmsNorm>| {
             let t = t.reshape([b, s, n, self.head_dim]);
-            norm.map_or(t.clone(), |norm| norm.forward(t))
-                .swap_dims(1, 2)
+            match norm {
+                Some(norm) => norm.forward(t),
+                None => t,
+            }
+            .swap_dims(1, 2)
         };
-        let q = heads(
-            self.q_proj.forward(x.clone()),
-            self.num_heads,
-            self.q_norm.as_ref(),
+        let (q_width, kv_width) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
         );
-        let k = heads(
-            self.k_proj.forward(x.clone()),
-            self.num_kv_heads,
-            self.k_norm.as_ref(),
-        );
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads, None);
+        let (q, k, v) = self.qkv.forward(x, q_width, kv_width);
+        let q = heads(q, self.num_heads, self.q_norm.as_ref());
+        let k = heads(k, self.num_kv_heads, self.k_norm.as_ref());
+        let v = heads(v, self.num_kv_heads, None);
         let (cos, sin) = rope;
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
@@ -110,20 +182,69 @@ impl LlamaAttention {
     }
 }
 
-/// Gated feed-forward: `down(act(gate(x)) * up(x))` (SwiGLU with silu; Gemma's GeGLU).
+/// The gate and up projections of a gated feed-forward.
 #[derive(Module, Debug)]
-pub struct LlamaMlp {
+// One per layer, never moved in a hot path: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum GateUpProjections {
+    /// `gate_proj` and `up_proj` (LLaMA and most of the family).
+    Separate(SeparateGateUp),
+    /// One `gate_up_proj` whose output is the gate, then the up half (Phi-3).
+    Fused(Projection),
+}
+
+/// Two projections, the gate and the up one.
+#[derive(Module, Debug)]
+pub struct SeparateGateUp {
     /// Gate projection.
     pub gate_proj: Projection,
     /// Up projection.
     pub up_proj: Projection,
+}
+
+has_projections!(SeparateGateUp: gate_proj, up_proj);
+
+impl HasProjections for GateUpProjections {
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Projection>) {
+        match self {
+            Self::Separate(p) => p.collect(out),
+            Self::Fused(p) => p.collect(out),
+        }
+    }
+    fn collect_mut<'a>(&'a mut self, out: &mut Vec<&'a mut Projection>) {
+        match self {
+            Self::Separate(p) => p.collect_mut(out),
+            Self::Fused(p) => p.collect_mut(out),
+        }
+    }
+}
+
+impl GateUpProjections {
+    /// The gate and up outputs `[b, s, ffn]` of `x`.
+    fn forward(&self, x: Tensor<3>, ffn: usize) -> (Tensor<3>, Tensor<3>) {
+        match self {
+            Self::Separate(p) => (p.gate_proj.forward(x.clone()), p.up_proj.forward(x)),
+            Self::Fused(gate_up) => {
+                let both = gate_up.forward(x);
+                (both.clone().narrow(2, 0, ffn), both.narrow(2, ffn, ffn))
+            }
+        }
+    }
+}
+
+/// Gated feed-forward: `down(act(gate(x)) * up(x))` (SwiGLU with silu; Gemma's GeGLU).
+#[derive(Module, Debug)]
+pub struct LlamaMlp {
+    /// Gate and up projections.
+    pub gate_up: GateUpProjections,
     /// Down projection.
     pub down_proj: Projection,
     #[module(skip)]
     activation: Activation,
+    ffn: usize,
 }
 
-has_projections!(LlamaMlp: gate_proj, up_proj, down_proj);
+has_projections!(LlamaMlp: gate_up, down_proj);
 
 impl LlamaMlp {
     fn load(vb: &Weights, c: &LlamaConfig) -> Result<Self> {
@@ -131,18 +252,25 @@ impl LlamaMlp {
         let activation = c
             .activation()
             .map_err(|(key, message)| config_error("config.json", key, message))?;
+        let gate_up = if c.fused_projections() {
+            GateUpProjections::Fused(vb.pp("gate_up_proj").linear(hidden, 2 * ffn, bias)?)
+        } else {
+            GateUpProjections::Separate(SeparateGateUp {
+                gate_proj: vb.pp("gate_proj").linear(hidden, ffn, bias)?,
+                up_proj: vb.pp("up_proj").linear(hidden, ffn, bias)?,
+            })
+        };
         Ok(Self {
-            gate_proj: vb.pp("gate_proj").linear(hidden, ffn, bias)?,
-            up_proj: vb.pp("up_proj").linear(hidden, ffn, bias)?,
+            gate_up,
             down_proj: vb.pp("down_proj").linear(ffn, hidden, bias)?,
             activation,
+            ffn,
         })
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.activation.apply(self.gate_proj.forward(x.clone()));
-        let gated = gate * self.up_proj.forward(x);
-        self.down_proj.forward(gated)
+        let (gate, up) = self.gate_up.forward(x, self.ffn);
+        self.down_proj.forward(self.activation.apply(gate) * up)
     }
 }
 

@@ -17,6 +17,9 @@ pub struct RopeScaling {
     /// Scaling factor (`linear`, `llama3`).
     #[serde(default)]
     pub factor: Option<f64>,
+    /// The share of each head that is rotated (Phi-3, 5.x layout); only 1 is implemented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
     /// Llama-3 low-frequency factor.
     #[serde(default)]
     pub low_freq_factor: Option<f64>,

@@ -16,6 +16,7 @@ pub const HOULSBY_TARGETS: &DefaultTargets = &[
     ("qwen3", &["o_proj", "down_proj"]),
     ("mistral", &["o_proj", "down_proj"]),
     ("gemma", &["o_proj", "down_proj"]),
+    ("phi3", &["o_proj", "down_proj"]),
     ("gpt2", &["attn.c_proj", "mlp.c_proj"]),
 ];
 
@@ -26,6 +27,7 @@ pub const PFEIFFER_TARGETS: &DefaultTargets = &[
     ("qwen3", &["down_proj"]),
     ("mistral", &["down_proj"]),
     ("gemma", &["down_proj"]),
+    ("phi3", &["down_proj"]),
     ("gpt2", &["mlp.c_proj"]),
 ];
 
