@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 const USAGE: &str = "usage: cargo xtask bench [options]
 
   --backends LIST   ndarray,flex,wgpu,cuda                 [default: ndarray,flex,wgpu]
-  --models LIST     tiny,gpt2-124m,smollm2-135m,llama-1b   [default: tiny,smollm2-135m]
+  --models LIST     tiny,gpt2-124m,smollm2-135m,qwen2.5-0.5b,llama-1b
+                    [default: tiny,smollm2-135m]
   --methods LIST    full,lora,dora,prefix,prompt,ia3,houlsby,pfeiffer [default: full,lora]
   --batch B         sequences per step                     [default: 4]
   --seq T           tokens per sequence                    [default: 128]

@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
     /// Model shape (random weights, nothing is downloaded): tiny (the test fixtures' LLaMA),
-    /// gpt2-124m, smollm2-135m, llama-1b (Llama 3.2 1B).
+    /// gpt2-124m, smollm2-135m, qwen2.5-0.5b, llama-1b (Llama 3.2 1B).
     #[arg(long, value_enum, default_value_t = Preset::Tiny)]
     model: Preset,
     /// `full` fine-tuning (every weight trained), or a PEFT method (lora, dora, prefix, prompt,

@@ -16,6 +16,11 @@ pub enum Preset {
     #[value(name = "smollm2-135m")]
     #[serde(rename = "smollm2-135m")]
     Smollm2_135m,
+    /// Qwen2.5-0.5B: Qwen2 (q/k/v biases), 24 layers, hidden 896, GQA 14/2, vocabulary
+    /// 151936, tied.
+    #[value(name = "qwen2.5-0.5b")]
+    #[serde(rename = "qwen2.5-0.5b")]
+    Qwen25_05b,
     /// Llama 3.2 1B: 16 layers, hidden 2048, GQA 32/8, vocabulary 128256, tied.
     #[value(name = "llama-1b")]
     #[serde(rename = "llama-1b")]
@@ -41,6 +46,13 @@ impl Preset {
                 "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,
                 "vocab_size":49152,"max_position_embeddings":8192,"rms_norm_eps":1e-5,
                 "rope_theta":100000,"tie_word_embeddings":true}"#
+            }
+            Self::Qwen25_05b => {
+                r#"{"model_type":"qwen2","hidden_size":896,"intermediate_size":4864,
+                "num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,
+                "vocab_size":151936,"max_position_embeddings":32768,"rms_norm_eps":1e-6,
+                "rope_theta":1000000.0,"tie_word_embeddings":true,"sliding_window":32768,
+                "use_sliding_window":false}"#
             }
             Self::Llama1b => {
                 r#"{"model_type":"llama","hidden_size":2048,"intermediate_size":8192,
