@@ -156,7 +156,7 @@ fn gguf_name(hf: &str) -> String {
     }
     let rest = hf.strip_prefix("model.layers.").expect("layer tensor");
     let (layer, module) = rest.split_once('.').expect("layer index");
-    let module = module.trim_end_matches(".weight");
+    let (module, suffix) = module.rsplit_once('.').expect("weight or bias");
     let g = match module {
         "input_layernorm" => "attn_norm",
         "post_attention_layernorm" => "ffn_norm",
@@ -167,9 +167,11 @@ fn gguf_name(hf: &str) -> String {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         other => panic!("unexpected tensor {other}"),
     };
-    format!("blk.{layer}.{g}.weight")
+    format!("blk.{layer}.{g}.{suffix}")
 }
 
 struct Tensor2 {
@@ -177,8 +179,8 @@ struct Tensor2 {
     values: Vec<f32>,
 }
 
-fn read_fixture_weights() -> BTreeMap<String, Tensor2> {
-    let path = case_dir("llama-base").join("base/model.safetensors");
+fn read_fixture_weights(case: &str) -> BTreeMap<String, Tensor2> {
+    let path = case_dir(case).join("base/model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
@@ -238,7 +240,7 @@ fn write_case(dir: &Path, variant: Variant) {
     add_tokenizer(&mut gguf);
 
     let mut hf_tensors: BTreeMap<String, Tensor2> = BTreeMap::new();
-    for (name, t) in read_fixture_weights() {
+    for (name, t) in read_fixture_weights("llama-base") {
         if variant == Variant::Tied && name == "lm_head.weight" {
             continue;
         }
@@ -388,6 +390,68 @@ fn f32_gguf_gives_the_logits_of_the_same_weights_in_safetensors() {
     let gguf = logits_of(&dir.path().join("model.gguf"));
     let err = max_abs_diff_masked(&gguf, &reference.values, &mask.values, 384);
     assert!(err <= LOGITS_TOLERANCE, "GGUF vs transformers: {err:e}");
+}
+
+/// The Qwen families as llama.cpp's converter writes them (`qwen2.*` / `qwen3.*` metadata, q/k
+/// rows in transformers' order, biases and per-head norms under their GGUF names) give
+/// transformers' logits of the fixture.
+#[test]
+fn qwen_family_ggufs_give_transformers_logits() {
+    for (case, arch) in [("qwen2-lora", "qwen2"), ("qwen3-lora", "qwen3")] {
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(case_dir(case).join("base/config.json")).unwrap(),
+        )
+        .unwrap();
+        let mut gguf = GgufWriter::default();
+        gguf.meta("general.architecture", Meta::Str(arch.into()));
+        for (key, value) in [
+            ("block_count", "num_hidden_layers"),
+            ("context_length", "max_position_embeddings"),
+            ("embedding_length", "hidden_size"),
+            ("feed_forward_length", "intermediate_size"),
+            ("attention.head_count", "num_attention_heads"),
+            ("attention.head_count_kv", "num_key_value_heads"),
+        ] {
+            let v = config[value].as_u64().unwrap() as u32;
+            gguf.meta(&format!("{arch}.{key}"), Meta::U32(v));
+        }
+        if let Some(head_dim) = config["head_dim"].as_u64() {
+            gguf.meta(
+                &format!("{arch}.attention.key_length"),
+                Meta::U32(head_dim as u32),
+            );
+        }
+        gguf.meta(&format!("{arch}.rope.freq_base"), Meta::F32(10_000.0));
+        gguf.meta(
+            &format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Meta::F32(1e-5),
+        );
+        add_tokenizer(&mut gguf);
+        for (name, t) in read_fixture_weights(case) {
+            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+            gguf.tensors.push((gguf_name(&name), dims, F32, bytes));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.gguf");
+        std::fs::write(&path, gguf.bytes()).unwrap();
+        let device = ndarray_device();
+        let loaded = load_model(&path, &device).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(loaded.config.model_type(), arch);
+        let expected = Expected::load(case);
+        let (ids, mask) = (expected.i64("input_ids"), expected.i64("attention_mask"));
+        let logits = to_vec(loaded.model.forward(
+            int_tensor(&ids, &device),
+            Some(&int_tensor(&mask, &device)),
+            None,
+        ));
+        let reference = expected.f32("logits_base");
+        let err = max_abs_diff_masked(&logits, &reference.values, &mask.values, 384);
+        assert!(
+            err <= LOGITS_TOLERANCE,
+            "{case} GGUF vs transformers: {err:e}"
+        );
+    }
 }
 
 #[test]

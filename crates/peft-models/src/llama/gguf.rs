@@ -1,19 +1,21 @@
-//! A LLaMA-architecture GGUF seen as a Hugging Face checkpoint: `llama.*` metadata to
-//! [`LlamaConfig`], llama.cpp's tensor names to transformers'.
+//! A LLaMA-family GGUF seen as a Hugging Face checkpoint: `<arch>.*` metadata (`llama`,
+//! `qwen2`, `qwen3`) to [`LlamaConfig`], llama.cpp's tensor names to transformers'.
 
 use serde_json::{json, Map, Value};
 
-use super::config::LlamaConfig;
+use super::config::{Family, LlamaConfig};
 use crate::error::{ModelError, Result};
 use crate::weights::gguf::{GgufFile, HfName};
 
-/// The model configuration from a LLaMA GGUF's `llama.*` metadata.
-pub(super) fn config(file: &GgufFile) -> Result<LlamaConfig> {
-    let int = |key: &str| file.meta_u64(&format!("llama.{key}"));
+/// The model configuration of `family` from a GGUF's `<arch>.*` metadata, `<arch>` being the
+/// family's `model_type` (llama.cpp's `general.architecture`).
+pub(super) fn config(file: &GgufFile, family: Family) -> Result<LlamaConfig> {
+    let arch = family.model_type();
+    let int = |key: &str| file.meta_u64(&format!("{arch}.{key}"));
     let hidden = int("embedding_length")?;
     let heads = int("attention.head_count")?;
     let mut c = Map::new();
-    c.insert("model_type".into(), json!("llama"));
+    c.insert("model_type".into(), json!(arch));
     c.insert("hidden_size".into(), json!(hidden));
     c.insert(
         "intermediate_size".into(),
@@ -25,7 +27,7 @@ pub(super) fn config(file: &GgufFile) -> Result<LlamaConfig> {
         "max_position_embeddings".into(),
         json!(int("context_length")?),
     );
-    let optional = |key: &str| file.metadata.get(&format!("llama.{key}"));
+    let optional = |key: &str| file.metadata.get(&format!("{arch}.{key}"));
     if let Some(kv) = optional("attention.head_count_kv").and_then(|v| v.as_u64()) {
         c.insert("num_key_value_heads".into(), json!(kv));
     }
@@ -51,7 +53,7 @@ pub(super) fn config(file: &GgufFile) -> Result<LlamaConfig> {
             }
             other => {
                 return Err(file.config_error(
-                    "llama.rope.scaling.type",
+                    &format!("{arch}.rope.scaling.type"),
                     format!("{other:?} is not supported; expected none or linear"),
                 ))
             }
@@ -85,16 +87,22 @@ pub(super) fn config(file: &GgufFile) -> Result<LlamaConfig> {
     {
         c.insert("eos_token_id".into(), json!(eos));
     }
-    let config: LlamaConfig = serde_json::from_value(Value::Object(c))
-        .map_err(|e| file.config_error("llama.*", format!("unusable model metadata: {e}")))?;
+    let mut config: LlamaConfig = serde_json::from_value(Value::Object(c)).map_err(|e| {
+        file.config_error(
+            &format!("{arch}.*"),
+            format!("unusable model metadata: {e}"),
+        )
+    })?;
+    config.family = family;
     config
         .check()
         .map_err(|(key, message)| file.config_error(key, message))?;
     Ok(config)
 }
 
-/// The transformers name of llama.cpp's LLaMA tensor `gguf` (`convert_hf_to_gguf.py`'s
-/// table), with the heads of the q/k rows it permuted.
+/// The transformers name of llama.cpp's LLaMA-family tensor `gguf` (`convert_hf_to_gguf.py`'s
+/// table), with the heads of the q/k rows it permuted (LLaMA only: the Qwen converters keep
+/// transformers' row order).
 pub(super) fn hf_name(config: &LlamaConfig, gguf: &str) -> Option<HfName> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
@@ -112,11 +120,14 @@ pub(super) fn hf_name(config: &LlamaConfig, gguf: &str) -> Option<HfName> {
     let (layer, tensor) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, suffix) = tensor.rsplit_once('.')?;
+    let permuted = |heads: usize| (config.family == Family::Llama).then_some(heads);
     let (hf_module, permuted_heads) = match module {
         "attn_norm" => ("input_layernorm", None),
         "ffn_norm" => ("post_attention_layernorm", None),
-        "attn_q" => ("self_attn.q_proj", Some(config.num_attention_heads)),
-        "attn_k" => ("self_attn.k_proj", Some(config.kv_heads())),
+        "attn_q" => ("self_attn.q_proj", permuted(config.num_attention_heads)),
+        "attn_k" => ("self_attn.k_proj", permuted(config.kv_heads())),
+        "attn_q_norm" => ("self_attn.q_norm", None),
+        "attn_k_norm" => ("self_attn.k_norm", None),
         "attn_v" => ("self_attn.v_proj", None),
         "attn_output" => ("self_attn.o_proj", None),
         "ffn_gate" => ("mlp.gate_proj", None),

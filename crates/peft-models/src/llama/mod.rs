@@ -78,7 +78,7 @@ llama_family! {
     const GGUF_ARCHITECTURE: Option<&'static str> = Some("llama");
 
     fn from_gguf(file: &GgufFile) -> Result<Self> {
-        gguf::config(file)
+        gguf::config(file, Family::Llama)
     }
 
     fn gguf_name(&self, name: &str) -> Option<HfName> {
@@ -86,9 +86,10 @@ llama_family! {
     }
 }
 
-/// Declares the config type of a family member: a [`LlamaConfig`] read with its family set.
+/// Declares the config type of a family member: a [`LlamaConfig`] read with its family set;
+/// with `gguf`, also read from llama.cpp's GGUF files of that `general.architecture`.
 macro_rules! family_config {
-    ($(#[$doc:meta])* $name:ident: $family:expr, $class:literal) => {
+    ($(#[$doc:meta])* $name:ident: $family:expr, $class:literal $(, $gguf:ident)?) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Serialize)]
         #[serde(transparent)]
@@ -102,17 +103,28 @@ macro_rules! family_config {
             }
         }
 
-        llama_family! { $name, |c| &c.0, $family, $class, }
+        llama_family! { $name, |c| &c.0, $family, $class, $(family_config!(@$gguf $family);)? }
+    };
+    (@gguf $family:expr) => {
+        const GGUF_ARCHITECTURE: Option<&'static str> = Some($family.model_type());
+
+        fn from_gguf(file: &GgufFile) -> Result<Self> {
+            gguf::config(file, $family).map(Self)
+        }
+
+        fn gguf_name(&self, name: &str) -> Option<HfName> {
+            gguf::hf_name(&self.0, name)
+        }
     };
 }
 
 family_config!(
     /// Qwen2 and Qwen2.5 (`qwen2`).
-    Qwen2Config: Family::Qwen2, "Qwen2ForCausalLM"
+    Qwen2Config: Family::Qwen2, "Qwen2ForCausalLM", gguf
 );
 family_config!(
     /// Qwen3 (`qwen3`).
-    Qwen3Config: Family::Qwen3, "Qwen3ForCausalLM"
+    Qwen3Config: Family::Qwen3, "Qwen3ForCausalLM", gguf
 );
 family_config!(
     /// Mistral (`mistral`).
