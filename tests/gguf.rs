@@ -212,6 +212,33 @@ enum Variant {
     Tied,
 }
 
+/// A GGUF of architecture `arch` with the model metadata of `config` (a fixture's
+/// `config.json`, RoPE base 10000, epsilon 1e-5) and the fixture tokenizer, without tensors.
+fn model_gguf(config: &serde_json::Value, arch: &str) -> GgufWriter {
+    let mut gguf = GgufWriter::default();
+    gguf.meta("general.architecture", Meta::Str(arch.into()));
+    for (key, value) in [
+        ("block_count", "num_hidden_layers"),
+        ("context_length", "max_position_embeddings"),
+        ("embedding_length", "hidden_size"),
+        ("feed_forward_length", "intermediate_size"),
+        ("attention.head_count", "num_attention_heads"),
+        ("attention.head_count_kv", "num_key_value_heads"),
+    ] {
+        let v = config[value].as_u64().unwrap() as u32;
+        gguf.meta(&format!("{arch}.{key}"), Meta::U32(v));
+    }
+    if let Some(head_dim) = config["head_dim"].as_u64() {
+        let key = format!("{arch}.attention.key_length");
+        gguf.meta(&key, Meta::U32(head_dim as u32));
+    }
+    gguf.meta(&format!("{arch}.rope.freq_base"), Meta::F32(10_000.0));
+    let key = format!("{arch}.attention.layer_norm_rms_epsilon");
+    gguf.meta(&key, Meta::F32(1e-5));
+    add_tokenizer(&mut gguf);
+    gguf
+}
+
 /// Writes the fixture's LLaMA as GGUF in `dir/model.gguf`, and the weights the GGUF holds
 /// (after quantization) as a Hugging Face folder `dir/hf`.
 fn write_case(dir: &Path, variant: Variant) {
@@ -222,22 +249,7 @@ fn write_case(dir: &Path, variant: Variant) {
     let (heads, kv_heads) = (4usize, 2usize);
     assert_eq!(config["num_attention_heads"], heads);
     assert_eq!(config["num_key_value_heads"], kv_heads);
-    let mut gguf = GgufWriter::default();
-    gguf.meta("general.architecture", Meta::Str("llama".into()));
-    for (key, value) in [
-        ("block_count", "num_hidden_layers"),
-        ("context_length", "max_position_embeddings"),
-        ("embedding_length", "hidden_size"),
-        ("feed_forward_length", "intermediate_size"),
-        ("attention.head_count", "num_attention_heads"),
-        ("attention.head_count_kv", "num_key_value_heads"),
-    ] {
-        let v = config[value].as_u64().unwrap() as u32;
-        gguf.meta(&format!("llama.{key}"), Meta::U32(v));
-    }
-    gguf.meta("llama.rope.freq_base", Meta::F32(10_000.0));
-    gguf.meta("llama.attention.layer_norm_rms_epsilon", Meta::F32(1e-5));
-    add_tokenizer(&mut gguf);
+    let mut gguf = model_gguf(&config, "llama");
 
     let mut hf_tensors: BTreeMap<String, Tensor2> = BTreeMap::new();
     for (name, t) in read_fixture_weights("llama-base") {
@@ -402,31 +414,7 @@ fn qwen_family_ggufs_give_transformers_logits() {
             &std::fs::read_to_string(case_dir(case).join("base/config.json")).unwrap(),
         )
         .unwrap();
-        let mut gguf = GgufWriter::default();
-        gguf.meta("general.architecture", Meta::Str(arch.into()));
-        for (key, value) in [
-            ("block_count", "num_hidden_layers"),
-            ("context_length", "max_position_embeddings"),
-            ("embedding_length", "hidden_size"),
-            ("feed_forward_length", "intermediate_size"),
-            ("attention.head_count", "num_attention_heads"),
-            ("attention.head_count_kv", "num_key_value_heads"),
-        ] {
-            let v = config[value].as_u64().unwrap() as u32;
-            gguf.meta(&format!("{arch}.{key}"), Meta::U32(v));
-        }
-        if let Some(head_dim) = config["head_dim"].as_u64() {
-            gguf.meta(
-                &format!("{arch}.attention.key_length"),
-                Meta::U32(head_dim as u32),
-            );
-        }
-        gguf.meta(&format!("{arch}.rope.freq_base"), Meta::F32(10_000.0));
-        gguf.meta(
-            &format!("{arch}.attention.layer_norm_rms_epsilon"),
-            Meta::F32(1e-5),
-        );
-        add_tokenizer(&mut gguf);
+        let mut gguf = model_gguf(&config, arch);
         for (name, t) in read_fixture_weights(case) {
             let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();

@@ -15,7 +15,7 @@ use crate::nn::activation::Activation;
 use crate::nn::attention::{attention_mask, repeat_kv, scaled_dot_product, KvCache};
 use crate::nn::embedding::Embedding;
 use crate::nn::norm::RmsNorm;
-use crate::nn::projections::{has_projections, HasProjections};
+use crate::nn::projections::{has_projections, has_projections_enum};
 use crate::nn::rope::{apply_rotary, RotaryEmbedding};
 use crate::nn::virtual_input::{cache_for_prefix, prepare, Prepared};
 use crate::weights::Weights;
@@ -44,20 +44,7 @@ pub struct SeparateQkv {
 
 has_projections!(SeparateQkv: q_proj, k_proj, v_proj);
 
-impl HasProjections for QkvProjections {
-    fn collect<'a>(&'a self, out: &mut Vec<&'a Projection>) {
-        match self {
-            Self::Separate(p) => p.collect(out),
-            Self::Fused(p) => p.collect(out),
-        }
-    }
-    fn collect_mut<'a>(&'a mut self, out: &mut Vec<&'a mut Projection>) {
-        match self {
-            Self::Separate(p) => p.collect_mut(out),
-            Self::Fused(p) => p.collect_mut(out),
-        }
-    }
-}
+has_projections_enum!(QkvProjections: Separate, Fused);
 
 impl QkvProjections {
     /// Queries, keys and values `[b, s, width]` of `x`, `q_width` and `kv_width` wide.
@@ -204,20 +191,7 @@ pub struct SeparateGateUp {
 
 has_projections!(SeparateGateUp: gate_proj, up_proj);
 
-impl HasProjections for GateUpProjections {
-    fn collect<'a>(&'a self, out: &mut Vec<&'a Projection>) {
-        match self {
-            Self::Separate(p) => p.collect(out),
-            Self::Fused(p) => p.collect(out),
-        }
-    }
-    fn collect_mut<'a>(&'a mut self, out: &mut Vec<&'a mut Projection>) {
-        match self {
-            Self::Separate(p) => p.collect_mut(out),
-            Self::Fused(p) => p.collect_mut(out),
-        }
-    }
-}
+has_projections_enum!(GateUpProjections: Separate, Fused);
 
 impl GateUpProjections {
     /// The gate and up outputs `[b, s, ffn]` of `x`.

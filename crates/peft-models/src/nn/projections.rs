@@ -57,4 +57,27 @@ macro_rules! has_projections {
         }
     };
 }
+/// Implements [`HasProjections`] for an enum whose variants each hold one value that has
+/// projections: `has_projections_enum!(QkvProjections: Separate, Fused);`.
+macro_rules! has_projections_enum {
+    ($ty:ident: $($variant:ident),+ $(,)?) => {
+        impl $crate::nn::projections::HasProjections for $ty {
+            fn collect<'a>(&'a self, out: &mut Vec<&'a peft_core::Projection>) {
+                match self {
+                    $(Self::$variant(inner) => {
+                        $crate::nn::projections::HasProjections::collect(inner, out)
+                    })+
+                }
+            }
+            fn collect_mut<'a>(&'a mut self, out: &mut Vec<&'a mut peft_core::Projection>) {
+                match self {
+                    $(Self::$variant(inner) => {
+                        $crate::nn::projections::HasProjections::collect_mut(inner, out)
+                    })+
+                }
+            }
+        }
+    };
+}
 pub(crate) use has_projections;
+pub(crate) use has_projections_enum;
