@@ -404,19 +404,33 @@ fn f32_gguf_gives_the_logits_of_the_same_weights_in_safetensors() {
     assert!(err <= LOGITS_TOLERANCE, "GGUF vs transformers: {err:e}");
 }
 
-/// The Qwen families as llama.cpp's converter writes them (`qwen2.*` / `qwen3.*` metadata, q/k
-/// rows in transformers' order, biases and per-head norms under their GGUF names) give
-/// transformers' logits of the fixture.
+/// Qwen2, Qwen3 and Gemma as llama.cpp's converter writes them (`<arch>.*` metadata, q/k rows in
+/// transformers' order, biases and per-head norms under their GGUF names, Gemma's norm gains
+/// plus one and no `output.weight`) give transformers' logits of the fixture.
 #[test]
-fn qwen_family_ggufs_give_transformers_logits() {
-    for (case, arch) in [("qwen2-lora", "qwen2"), ("qwen3-lora", "qwen3")] {
+fn qwen_and_gemma_ggufs_give_transformers_logits() {
+    for (case, arch) in [
+        ("qwen2-lora", "qwen2"),
+        ("qwen3-lora", "qwen3"),
+        ("gemma-lora", "gemma"),
+    ] {
         let config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(case_dir(case).join("base/config.json")).unwrap(),
         )
         .unwrap();
         let mut gguf = model_gguf(&config, arch);
         for (name, t) in read_fixture_weights(case) {
-            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            // llama.cpp's Gemma converter stores RMSNorm gains plus one.
+            let plus = if arch == "gemma" && name.ends_with("norm.weight") {
+                1.0
+            } else {
+                0.0
+            };
+            let bytes = t
+                .values
+                .iter()
+                .flat_map(|v| (v + plus).to_le_bytes())
+                .collect();
             let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
             gguf.tensors.push((gguf_name(&name), dims, F32, bytes));
         }

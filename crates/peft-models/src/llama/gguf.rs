@@ -1,5 +1,5 @@
 //! A LLaMA-family GGUF seen as a Hugging Face checkpoint: `<arch>.*` metadata (`llama`,
-//! `qwen2`, `qwen3`) to [`LlamaConfig`], llama.cpp's tensor names to transformers'.
+//! `qwen2`, `qwen3`, `gemma`) to [`LlamaConfig`], llama.cpp's tensor names to transformers'.
 
 use serde_json::{json, Map, Value};
 
@@ -114,6 +114,7 @@ pub(super) fn hf_name(config: &LlamaConfig, gguf: &str) -> Option<HfName> {
         return Some(HfName {
             name: name.to_string(),
             permuted_heads: None,
+            plus_one: gguf == "output_norm.weight" && config.family == Family::Gemma,
         });
     }
     let rest = gguf.strip_prefix("blk.")?;
@@ -135,8 +136,11 @@ pub(super) fn hf_name(config: &LlamaConfig, gguf: &str) -> Option<HfName> {
         "ffn_down" => ("mlp.down_proj", None),
         _ => return None,
     };
+    // llama.cpp's Gemma converter adds one to every RMSNorm gain.
+    let plus_one = config.family == Family::Gemma && module.ends_with("norm");
     Some(HfName {
         name: format!("model.layers.{layer}.{hf_module}.{suffix}"),
         permuted_heads,
+        plus_one,
     })
 }

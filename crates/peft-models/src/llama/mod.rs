@@ -132,7 +132,7 @@ family_config!(
 );
 family_config!(
     /// Gemma (`gemma`).
-    GemmaConfig: Family::Gemma, "GemmaForCausalLM"
+    GemmaConfig: Family::Gemma, "GemmaForCausalLM", gguf
 );
 family_config!(
     /// Phi-3 (`phi3`).

@@ -16,12 +16,16 @@ pub struct HfName {
     pub name: String,
     /// Heads whose rows llama.cpp's converter interleaved for its RoPE kernel (q and k).
     pub permuted_heads: Option<usize>,
+    /// Whether llama.cpp's converter stored the values plus one (Gemma's RMSNorm gains, which
+    /// transformers stores minus one).
+    pub plus_one: bool,
 }
 
 /// The tensors of a GGUF file under their transformers names.
 pub struct GgufWeights {
     file: GgufFile,
-    by_hf_name: BTreeMap<String, (String, Option<usize>)>,
+    /// Transformers name → GGUF name and how it was stored.
+    by_hf_name: BTreeMap<String, (String, HfName)>,
 }
 
 impl GgufWeights {
@@ -31,9 +35,13 @@ impl GgufWeights {
         let by_hf_name = file
             .tensors
             .keys()
-            .map(|gguf| match naming(gguf) {
-                Some(hf) => (hf.name, (gguf.clone(), hf.permuted_heads)),
-                None => (gguf.clone(), (gguf.clone(), None)),
+            .map(|gguf| {
+                let hf = naming(gguf).unwrap_or_else(|| HfName {
+                    name: gguf.clone(),
+                    permuted_heads: None,
+                    plus_one: false,
+                });
+                (hf.name.clone(), (gguf.clone(), hf))
             })
             .collect();
         Self { file, by_hf_name }
@@ -85,7 +93,7 @@ impl WeightSource for GgufWeights {
     }
 
     fn read_f32(&self, name: &str) -> Result<HostTensor> {
-        let (gguf, permuted_heads) =
+        let (gguf, stored) =
             self.by_hf_name
                 .get(name)
                 .ok_or_else(|| ModelError::MissingTensor {
@@ -94,7 +102,10 @@ impl WeightSource for GgufWeights {
                 })?;
         let entry = &self.file.tensors[gguf];
         let mut data = self.file.read_f32(gguf)?;
-        if let Some(heads) = *permuted_heads {
+        if stored.plus_one {
+            data.iter_mut().for_each(|v| *v -= 1.0);
+        }
+        if let Some(heads) = stored.permuted_heads {
             let rows = entry.shape[0];
             let cols = entry.numel() / rows.max(1);
             if heads == 0 || rows % (2 * heads) != 0 {
