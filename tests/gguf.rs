@@ -167,6 +167,8 @@ fn gguf_name(hf: &str) -> String {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "mlp.gate_up_proj" => "ffn_up",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
         other => panic!("unexpected tensor {other}"),
@@ -404,15 +406,17 @@ fn f32_gguf_gives_the_logits_of_the_same_weights_in_safetensors() {
     assert!(err <= LOGITS_TOLERANCE, "GGUF vs transformers: {err:e}");
 }
 
-/// Qwen2, Qwen3 and Gemma as llama.cpp's converter writes them (`<arch>.*` metadata, q/k rows in
-/// transformers' order, biases and per-head norms under their GGUF names, Gemma's norm gains
-/// plus one and no `output.weight`) give transformers' logits of the fixture.
+/// Qwen2, Qwen3, Gemma and Phi-3 as llama.cpp's converter writes them (`<arch>.*` metadata, q/k
+/// rows in transformers' order, biases and per-head norms under their GGUF names, Gemma's norm
+/// gains plus one and no `output.weight`, Phi-3's fused `attn_qkv` and `ffn_up`) give
+/// transformers' logits of the fixture.
 #[test]
-fn qwen_and_gemma_ggufs_give_transformers_logits() {
+fn family_ggufs_give_transformers_logits() {
     for (case, arch) in [
         ("qwen2-lora", "qwen2"),
         ("qwen3-lora", "qwen3"),
         ("gemma-lora", "gemma"),
+        ("phi3-lora", "phi3"),
     ] {
         let config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(case_dir(case).join("base/config.json")).unwrap(),

@@ -25,7 +25,7 @@ pub struct Args {
     /// Compute backend [default: the configuration's `model.backend`, else auto].
     #[arg(long, value_enum)]
     pub backend: Option<BackendChoice>,
-    /// Base model: a Hugging Face folder, a .gguf file (llama, qwen2, qwen3, gemma), or
+    /// Base model: a Hugging Face folder, a .gguf file (llama, qwen2, qwen3, gemma, phi3), or
     /// `smollm2-135m-instruct` (see `peft-cli inspect --help` for what each reads).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,

@@ -1,5 +1,6 @@
 //! A LLaMA-family GGUF seen as a Hugging Face checkpoint: `<arch>.*` metadata (`llama`,
-//! `qwen2`, `qwen3`, `gemma`) to [`LlamaConfig`], llama.cpp's tensor names to transformers'.
+//! `qwen2`, `qwen3`, `gemma`, `phi3`) to [`LlamaConfig`], llama.cpp's tensor names to
+//! transformers'.
 
 use serde_json::{json, Map, Value};
 
@@ -32,8 +33,20 @@ pub(super) fn config(file: &GgufFile, family: Family) -> Result<LlamaConfig> {
         c.insert("num_key_value_heads".into(), json!(kv));
     }
     // `attention.key_length` is the head width when it is not hidden / heads.
-    if let Some(head_dim) = optional("attention.key_length").and_then(|v| v.as_u64()) {
+    let key_length = optional("attention.key_length").and_then(|v| v.as_u64());
+    if let Some(head_dim) = key_length {
         c.insert("head_dim".into(), json!(head_dim));
+    }
+    // `rope.dimension_count` below the head width is partial RoPE, which the config check
+    // refuses by name rather than rotating every dimension.
+    let head_dim = key_length.unwrap_or(hidden / heads.max(1));
+    if let Some(rotated) = optional("rope.dimension_count").and_then(|v| v.as_u64()) {
+        if rotated != head_dim && head_dim > 0 {
+            c.insert(
+                "partial_rotary_factor".into(),
+                json!(rotated as f64 / head_dim as f64),
+            );
+        }
     }
     if let Some(eps) = optional("attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()) {
         c.insert("rms_norm_eps".into(), json!(eps));
@@ -130,6 +143,9 @@ pub(super) fn hf_name(config: &LlamaConfig, gguf: &str) -> Option<HfName> {
         "attn_q_norm" => ("self_attn.q_norm", None),
         "attn_k_norm" => ("self_attn.k_norm", None),
         "attn_v" => ("self_attn.v_proj", None),
+        "attn_qkv" if config.fused_projections() => ("self_attn.qkv_proj", None),
+        // Phi-3's fused gate and up halves are llama.cpp's `ffn_up`.
+        "ffn_up" if config.fused_projections() => ("mlp.gate_up_proj", None),
         "attn_output" => ("self_attn.o_proj", None),
         "ffn_gate" => ("mlp.gate_proj", None),
         "ffn_up" => ("mlp.up_proj", None),

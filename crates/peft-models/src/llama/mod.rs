@@ -136,5 +136,5 @@ family_config!(
 );
 family_config!(
     /// Phi-3 (`phi3`).
-    Phi3Config: Family::Phi3, "Phi3ForCausalLM"
+    Phi3Config: Family::Phi3, "Phi3ForCausalLM", gguf
 );
