@@ -569,12 +569,6 @@ const RESUME_FLAGS: [&str; 18] = [
     "6",
 ];
 
-/// Runs [`train_args`].
-fn train_cli(data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let args = train_args(data, out, extra);
-    peft_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 /// `logits` of the llama-base fixture's batch with `adapter`, read back.
 fn fixture_logits(adapter: &Path, dir: &Path) -> Vec<f32> {
     let out = dir.join("logits.safetensors");
@@ -736,20 +730,8 @@ fn an_option_of_another_method_is_refused_by_name() {
     let data = training_data(dir.path());
     let config = dir.path().join("prefix.toml");
     std::fs::write(&config, "[method]\nname = \"prefix\"\nrank = 4\n").unwrap();
-    let base = fixtures().join("llama-base/base");
     let out = dir.path().join("run");
-    let common = [
-        "train",
-        "--backend",
-        "ndarray",
-        "--model",
-        path_str(&base),
-        "--data",
-        path_str(&data),
-        "--out",
-        path_str(&out),
-    ];
-    let with = |extra: &[&str]| peft_cli(&[&common[..], extra].concat());
+    let with = |extra: &[&str]| train_cli(&data, &out, extra);
     assert_fails_with(
         &with(&["--config", path_str(&config)]),
         &["prefix.toml", "`method.rank`", "prefix", "virtual_tokens"],

@@ -24,8 +24,7 @@ fn data(dir: &Path, lines: usize) -> PathBuf {
 fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
     let data = data(dir, 8);
     let flags = [&["--max-steps", "2", "--batch-size", "2"], extra].concat();
-    let args = train_args(&data, &dir.join("run"), &flags);
-    peft_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    train_cli(&data, &dir.join("run"), &flags)
 }
 
 /// A finished two-step run in `dir/run` with a checkpoint at each step and its final adapter

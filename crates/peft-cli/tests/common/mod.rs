@@ -118,3 +118,9 @@ pub fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     ];
     fixed.iter().chain(extra).map(|s| s.to_string()).collect()
 }
+
+/// Runs [`train_args`].
+pub fn train_cli(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let args = train_args(data, out, extra);
+    peft_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}

@@ -1,6 +1,6 @@
 //! LLaMA-family configuration, as `config.json` spells it (transformers 4.x and 5.x layouts),
 //! for LLaMA and the families that differ from it in a few switches (Qwen2, Qwen3, Mistral,
-//! Gemma): [`Family`] says which, and the getters give each family's defaults.
+//! Gemma, Phi-3): [`Family`] says which, and the getters give each family's defaults.
 
 use serde::{Deserialize, Deserializer, Serialize};
 

@@ -1,7 +1,7 @@
 //! The LLaMA family: RoPE, grouped/multi-query attention, RMSNorm, gated MLP, tied or untied
-//! head; from Hugging Face folders and llama.cpp's GGUF files. Qwen2, Qwen3, Mistral, Gemma and Phi-3
-//! are the same model with a few switches ([`Family`]); each is its own `model_type`, read into
-//! a [`LlamaConfig`] that knows its family.
+//! head; from Hugging Face folders and llama.cpp's GGUF files. Qwen2, Qwen3, Mistral, Gemma
+//! and Phi-3 are the same model with a few switches ([`Family`]); each is its own
+//! `model_type`, read into a [`LlamaConfig`] that knows its family.
 
 mod config;
 mod gguf;
