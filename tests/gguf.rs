@@ -1,8 +1,10 @@
 //! GGUF import: a tiny LLaMA written by this test as GGUF (F32, and Q8_0 quantized here) loads
 //! to the same logits as the same weights in a safetensors folder; q/k rows permuted the way
 //! llama.cpp's converter stores them are undone; a GGUF without `output.weight` ties the head;
-//! the tokenizer rebuilt from `tokenizer.ggml.*` encodes like the `tokenizer.json` it came from;
-//! unsupported tensor types are refused by name.
+//! the tokenizer rebuilt from `tokenizer.ggml.*` (byte-level BPE and SentencePiece) encodes like
+//! the `tokenizer.json` it came from; each family (Qwen2, Qwen3, Gemma, Phi-3, Llama 3.1 RoPE)
+//! gives transformers' logits; unsupported tensor types, tokenizers and forged headers are
+//! refused by name.
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::path::Path;
 
 use common::*;
 use half::f16;
+use peft_models::weights::gguf::{tokenizer, GgufFile};
 use peft_models::{load_model, TextTokenizer};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -27,6 +30,7 @@ enum Meta {
     Str(String),
     Strs(Vec<String>),
     I32s(Vec<i32>),
+    F32s(Vec<f32>),
 }
 
 /// A GGUF v3 file written from scratch, following the specification in ggml's docs/gguf.md.
@@ -43,7 +47,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 impl GgufWriter {
+    /// Sets `key` (replacing an earlier value).
     fn meta(&mut self, key: &str, value: Meta) {
+        self.metadata.retain(|(k, _)| k != key);
         self.metadata.push((key.to_string(), value));
     }
 
@@ -81,6 +87,12 @@ impl GgufWriter {
                 Meta::I32s(items) => {
                     out.extend(9u32.to_le_bytes());
                     out.extend(5u32.to_le_bytes());
+                    out.extend((items.len() as u64).to_le_bytes());
+                    items.iter().for_each(|v| out.extend(v.to_le_bytes()));
+                }
+                Meta::F32s(items) => {
+                    out.extend(9u32.to_le_bytes());
+                    out.extend(6u32.to_le_bytes());
                     out.extend((items.len() as u64).to_le_bytes());
                     items.iter().for_each(|v| out.extend(v.to_le_bytes()));
                 }
@@ -215,7 +227,7 @@ enum Variant {
 }
 
 /// A GGUF of architecture `arch` with the model metadata of `config` (a fixture's
-/// `config.json`, RoPE base 10000, epsilon 1e-5) and the fixture tokenizer, without tensors.
+/// `config.json`, epsilon 1e-5) and the fixture tokenizer, without tensors.
 fn model_gguf(config: &serde_json::Value, arch: &str) -> GgufWriter {
     let mut gguf = GgufWriter::default();
     gguf.meta("general.architecture", Meta::Str(arch.into()));
@@ -234,7 +246,8 @@ fn model_gguf(config: &serde_json::Value, arch: &str) -> GgufWriter {
         let key = format!("{arch}.attention.key_length");
         gguf.meta(&key, Meta::U32(head_dim as u32));
     }
-    gguf.meta(&format!("{arch}.rope.freq_base"), Meta::F32(10_000.0));
+    let theta = config["rope_parameters"]["rope_theta"].as_f64().unwrap();
+    gguf.meta(&format!("{arch}.rope.freq_base"), Meta::F32(theta as f32));
     let key = format!("{arch}.attention.layer_norm_rms_epsilon");
     gguf.meta(&key, Meta::F32(1e-5));
     add_tokenizer(&mut gguf);
@@ -406,10 +419,36 @@ fn f32_gguf_gives_the_logits_of_the_same_weights_in_safetensors() {
     assert!(err <= LOGITS_TOLERANCE, "GGUF vs transformers: {err:e}");
 }
 
-/// Qwen2, Qwen3, Gemma and Phi-3 as llama.cpp's converter writes them (`<arch>.*` metadata, q/k
-/// rows in transformers' order, biases and per-head norms under their GGUF names, Gemma's norm
-/// gains plus one and no `output.weight`, Phi-3's fused `attn_qkv` and `ffn_up`) give
-/// transformers' logits of the fixture.
+/// The `rope_freqs` tensor `convert_hf_to_gguf.py` writes for Llama 3.1 scaling: per inverse
+/// frequency, 1 where it is kept, `factor` where divided, a smooth blend between.
+fn converter_rope_freqs(config: &serde_json::Value) -> Vec<f32> {
+    let rope = &config["rope_parameters"];
+    let value = |key: &str| rope[key].as_f64().unwrap();
+    let (base, factor) = (value("rope_theta"), value("factor"));
+    let (low, high) = (value("low_freq_factor"), value("high_freq_factor"));
+    let old_context = value("original_max_position_embeddings");
+    let dim = config["head_dim"].as_u64().unwrap() as usize;
+    (0..dim)
+        .step_by(2)
+        .map(|i| {
+            let wavelength = 2.0 * std::f64::consts::PI * base.powf(i as f64 / dim as f64);
+            if wavelength < old_context / high {
+                1.0
+            } else if wavelength > old_context / low {
+                factor as f32
+            } else {
+                let smooth = (old_context / wavelength - low) / (high - low);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect()
+}
+
+/// Qwen2, Qwen3, Gemma, Phi-3 and Llama 3.1 as llama.cpp's converter writes them (`<arch>.*`
+/// metadata, q/k rows permuted for LLaMA only, biases and per-head norms under their GGUF
+/// names, Gemma's norm gains plus one and no `output.weight`, Phi-3's fused `attn_qkv` and
+/// `ffn_up`, Llama 3.1's RoPE scaling as a `rope_freqs` tensor) give transformers' logits of
+/// the fixture, and the Hugging Face folder saved from each gives them again.
 #[test]
 fn family_ggufs_give_transformers_logits() {
     for (case, arch) in [
@@ -417,12 +456,14 @@ fn family_ggufs_give_transformers_logits() {
         ("qwen3-lora", "qwen3"),
         ("gemma-lora", "gemma"),
         ("phi3-lora", "phi3"),
+        ("llama31-rope-lora", "llama"),
     ] {
         let config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(case_dir(case).join("base/config.json")).unwrap(),
         )
         .unwrap();
         let mut gguf = model_gguf(&config, arch);
+        let heads = |key: &str| config[key].as_u64().unwrap() as usize;
         for (name, t) in read_fixture_weights(case) {
             // llama.cpp's Gemma converter stores RMSNorm gains plus one.
             let plus = if arch == "gemma" && name.ends_with("norm.weight") {
@@ -430,13 +471,27 @@ fn family_ggufs_give_transformers_logits() {
             } else {
                 0.0
             };
-            let bytes = t
-                .values
-                .iter()
-                .flat_map(|v| (v + plus).to_le_bytes())
-                .collect();
+            let values: Vec<f32> = t.values.iter().map(|v| v + plus).collect();
+            let permuted_heads = match name.as_str() {
+                _ if arch != "llama" => None,
+                n if n.ends_with("q_proj.weight") => Some(heads("num_attention_heads")),
+                n if n.ends_with("k_proj.weight") => Some(heads("num_key_value_heads")),
+                _ => None,
+            };
+            let values = match permuted_heads {
+                Some(h) => permute_rows(&values, t.shape[0], t.shape[1], h),
+                None => values,
+            };
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
             gguf.tensors.push((gguf_name(&name), dims, F32, bytes));
+        }
+        if config["rope_parameters"]["rope_type"] == "llama3" {
+            let factors = converter_rope_freqs(&config);
+            let dims = vec![factors.len() as u64];
+            let bytes = factors.iter().flat_map(|v| v.to_le_bytes()).collect();
+            gguf.tensors
+                .push(("rope_freqs.weight".into(), dims, F32, bytes));
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.gguf");
@@ -444,19 +499,26 @@ fn family_ggufs_give_transformers_logits() {
         let device = ndarray_device();
         let loaded = load_model(&path, &device).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(loaded.config.model_type(), arch);
+        let hf = dir.path().join("hf");
+        peft_models::save_hf_folder(&loaded, &hf).unwrap();
         let expected = Expected::load(case);
         let (ids, mask) = (expected.i64("input_ids"), expected.i64("attention_mask"));
-        let logits = to_vec(loaded.model.forward(
-            int_tensor(&ids, &device),
-            Some(&int_tensor(&mask, &device)),
-            None,
-        ));
         let reference = expected.f32("logits_base");
-        let err = max_abs_diff_masked(&logits, &reference.values, &mask.values, 384);
-        assert!(
-            err <= LOGITS_TOLERANCE,
-            "{case} GGUF vs transformers: {err:e}"
-        );
+        for (what, loaded) in [
+            ("GGUF", loaded),
+            ("its HF folder", load_model(&hf, &device).unwrap()),
+        ] {
+            let logits = to_vec(loaded.model.forward(
+                int_tensor(&ids, &device),
+                Some(&int_tensor(&mask, &device)),
+                None,
+            ));
+            let err = max_abs_diff_masked(&logits, &reference.values, &mask.values, 384);
+            assert!(
+                err <= LOGITS_TOLERANCE,
+                "{case} {what} vs transformers: {err:e}"
+            );
+        }
     }
 }
 
@@ -499,6 +561,130 @@ fn tokenizer_rebuilt_from_gguf_metadata_encodes_like_tokenizer_json() {
         from_gguf.chat_template.as_deref(),
         Some("{{ messages[0]['content'] }}")
     );
+}
+
+/// `tests/data/spm` (written by its `make.py`): a SentencePiece BPE model with byte fallback as
+/// a Llama-style `tokenizer.json` and as llama.cpp's converter puts it in `tokenizer.ggml.*`.
+fn spm_data() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spm")
+}
+
+/// A GGUF holding only the SentencePiece tokenizer of `tests/data/spm`, as llama.cpp's
+/// `_set_vocab_sentencepiece` writes it.
+fn sentencepiece_gguf() -> GgufWriter {
+    let vocab: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(spm_data().join("gguf_vocab.json")).unwrap())
+            .unwrap();
+    let strings = |key: &str| -> Vec<String> {
+        let items = vocab[key].as_array().unwrap();
+        items
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let id = |key: &str| Meta::U32(vocab[key].as_u64().unwrap() as u32);
+    let mut gguf = GgufWriter::default();
+    gguf.meta("general.architecture", Meta::Str("llama".into()));
+    gguf.meta("tokenizer.ggml.model", Meta::Str("llama".into()));
+    gguf.meta("tokenizer.ggml.pre", Meta::Str("default".into()));
+    gguf.meta("tokenizer.ggml.tokens", Meta::Strs(strings("tokens")));
+    let scores = vocab["scores"].as_array().unwrap();
+    let scores = scores.iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    gguf.meta("tokenizer.ggml.scores", Meta::F32s(scores));
+    let types = vocab["token_type"].as_array().unwrap();
+    let types = types.iter().map(|v| v.as_i64().unwrap() as i32).collect();
+    gguf.meta("tokenizer.ggml.token_type", Meta::I32s(types));
+    gguf.meta("tokenizer.ggml.bos_token_id", id("bos_token_id"));
+    gguf.meta("tokenizer.ggml.eos_token_id", id("eos_token_id"));
+    gguf.meta("tokenizer.ggml.unknown_token_id", id("unknown_token_id"));
+    gguf
+}
+
+fn gguf_tokenizer(gguf: &GgufWriter) -> peft_models::Result<TextTokenizer> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.gguf");
+    std::fs::write(&path, gguf.bytes()).unwrap();
+    let file = GgufFile::open(&path)?;
+    Ok(tokenizer(&file)?.expect("the file has a tokenizer"))
+}
+
+/// SentencePiece GGUFs (`tokenizer.ggml.model` `llama`: Llama 2, Mistral, Gemma) encode and
+/// decode like the `tokenizers` crate on the Llama-style `tokenizer.json` of the same model:
+/// spaces, leading and repeated spaces, newlines, digits, accents, and byte fallback for what
+/// the vocabulary lacks.
+#[test]
+fn sentencepiece_gguf_tokenizer_encodes_like_a_llama_tokenizer_json() {
+    let reference = tokenizers::Tokenizer::from_file(spm_data().join("tokenizer.json")).unwrap();
+    let from_gguf = gguf_tokenizer(&sentencepiece_gguf()).unwrap();
+    let texts = [
+        "Ship to: Fatima Haddad, Dublin. Items: 8 purple backpacks.",
+        " leading space, two  spaces, trailing ",
+        "lines\nand\ttabs\n\n",
+        "digits 20261206 and 3.14159",
+        "Café crème à Genève, Grüße aus München",
+        "bytes: 日本語 ✓ 🚀 ½",
+        "<s>special</s> tokens",
+        "",
+    ];
+    for text in texts {
+        for special in [false, true] {
+            let want = reference.encode(text, special).unwrap().get_ids().to_vec();
+            assert_eq!(from_gguf.encode(text, special).unwrap(), want, "{text:?}");
+        }
+        let ids = from_gguf.encode(text, false).unwrap();
+        assert_eq!(
+            from_gguf.decode(&ids, false).unwrap(),
+            reference.decode(&ids, false).unwrap(),
+            "{text:?}"
+        );
+    }
+    // Byte fallback is what encodes characters no vocabulary has (Egyptian hieroglyphs, four
+    // UTF-8 bytes each): <0xXX> pieces that decode back to the text.
+    let ids = from_gguf.encode("𓀀𓀁", false).unwrap();
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&id| reference.id_to_token(id).unwrap())
+        .collect();
+    assert_eq!(
+        pieces.iter().filter(|p| p.starts_with("<0x")).count(),
+        8,
+        "{pieces:?}"
+    );
+    assert_eq!(from_gguf.decode(&ids, false).unwrap(), "𓀀𓀁");
+    // BOS is added by default, as llama.cpp adds it for SentencePiece vocabularies.
+    assert_eq!(from_gguf.encode("x", true).unwrap()[0], 1);
+    assert_eq!(from_gguf.eos_token.as_deref(), Some("</s>"));
+}
+
+/// Tokenizer families and pre-tokenizers this crate cannot rebuild, and SentencePiece files
+/// without usable scores, are refused naming the key and the value.
+#[test]
+fn unknown_tokenizer_families_are_refused_by_key() {
+    let mut unknown_model = sentencepiece_gguf();
+    unknown_model.meta("tokenizer.ggml.model", Meta::Str("t5".into()));
+    let mut unknown_pre = GgufWriter::default();
+    add_tokenizer(&mut unknown_pre);
+    unknown_pre.meta("tokenizer.ggml.pre", Meta::Str("chatglm-bpe".into()));
+    let mut no_scores = sentencepiece_gguf();
+    no_scores
+        .metadata
+        .retain(|(k, _)| k != "tokenizer.ggml.scores");
+    let mut short_scores = sentencepiece_gguf();
+    short_scores.meta("tokenizer.ggml.scores", Meta::F32s(vec![0.0; 3]));
+    for (gguf, needles) in [
+        (unknown_model, ["tokenizer.ggml.model", "t5"]),
+        (unknown_pre, ["tokenizer.ggml.pre", "chatglm-bpe"]),
+        (no_scores, ["tokenizer.ggml.scores", "missing"]),
+        (short_scores, ["tokenizer.ggml.scores", "3 entries"]),
+    ] {
+        let Err(err) = gguf_tokenizer(&gguf) else {
+            panic!("{needles:?}: accepted")
+        };
+        let err = err.to_string();
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} not in: {err}");
+        }
+    }
 }
 
 #[test]

@@ -328,6 +328,101 @@ fn merged_folders_reload_to_the_adapter_logits() {
     }
 }
 
+/// The fixture's base folder with `config.json` rewritten by `edit`.
+fn base_with_config(case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let base = case_dir(case).join("base");
+    std::fs::copy(
+        base.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// Moves `rope_parameters` to the layout checkpoints saved before transformers 5 carry: a
+/// top-level `rope_theta` and, for scaled RoPE, a `rope_scaling` section whose type is under
+/// `keys` (`type`, `rope_type` or both).
+fn older_rope_spelling(config: &mut serde_json::Value, keys: &[&str]) {
+    let mut section = config["rope_parameters"].take();
+    let section = section.as_object_mut().unwrap();
+    config["rope_theta"] = section.remove("rope_theta").unwrap();
+    let rope_type = section.remove("rope_type").unwrap();
+    config.as_object_mut().unwrap().remove("rope_parameters");
+    if let Some(factor) = section.remove("partial_rotary_factor") {
+        config["partial_rotary_factor"] = factor;
+    }
+    if rope_type != "default" {
+        for key in keys {
+            section.insert(key.to_string(), rope_type.clone());
+        }
+        config["rope_scaling"] = serde_json::Value::Object(section.clone());
+    }
+}
+
+/// Checkpoints written before transformers 5 (`rope_theta` + `rope_scaling` with `type` or
+/// `rope_type`, Llama 3's context at the top level as Phi-3 keeps it, Gemma's legacy
+/// `hidden_act: "gelu"` without `hidden_activation`) give the same logits as the fixtures.
+#[test]
+fn older_config_spellings_give_the_same_logits() {
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "llama31-rope-lora",
+            Box::new(|c| older_rope_spelling(c, &["type"])),
+        ),
+        (
+            "llama31-rope-lora",
+            Box::new(|c| older_rope_spelling(c, &["rope_type", "type"])),
+        ),
+        (
+            "llama31-rope-lora",
+            Box::new(|c| {
+                older_rope_spelling(c, &["rope_type"]);
+                let context = c["rope_scaling"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("original_max_position_embeddings")
+                    .unwrap();
+                c["original_max_position_embeddings"] = context;
+            }),
+        ),
+        ("qwen2-lora", Box::new(|c| older_rope_spelling(c, &[]))),
+        ("qwen3-lora", Box::new(|c| older_rope_spelling(c, &[]))),
+        ("mistral-lora", Box::new(|c| older_rope_spelling(c, &[]))),
+        ("phi3-lora", Box::new(|c| older_rope_spelling(c, &[]))),
+        (
+            "gemma-lora",
+            Box::new(|c| {
+                older_rope_spelling(c, &[]);
+                c["hidden_act"] = "gelu".into();
+                c.as_object_mut().unwrap().remove("hidden_activation");
+            }),
+        ),
+    ];
+    let device = ndarray_device();
+    for (case, edit) in cases {
+        let dir = base_with_config(case, edit);
+        let mut loaded = load_model(dir.path(), &device)
+            .unwrap_or_else(|e| panic!("{case} in the older spelling: {e}"));
+        load_adapter(
+            &mut loaded.model,
+            "default",
+            &case_dir(case).join("adapter"),
+        )
+        .unwrap();
+        let err = logits_error(&loaded, &Expected::load(case), "logits_peft", &device);
+        assert!(
+            err <= LOGITS_TOLERANCE,
+            "{case} in the older spelling: logits error {err:e}"
+        );
+    }
+}
+
 macro_rules! backend_tests {
     ($backend:ident, $device:expr) => {
         mod $backend {

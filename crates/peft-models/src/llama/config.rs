@@ -76,6 +76,10 @@ pub struct LlamaConfig {
     /// RoPE base and scaling together (transformers 5.x layout).
     #[serde(default)]
     pub rope_parameters: Option<RopeScaling>,
+    /// Llama 3's pre-training context outside the RoPE section (Phi-3 keeps it here); it takes
+    /// precedence over the section's, as in transformers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<usize>,
     /// Longest sequence the model was trained for.
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
@@ -91,7 +95,8 @@ pub struct LlamaConfig {
     /// The MLP activation (default `silu`; Gemma: `gelu_pytorch_tanh`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_act: Option<String>,
-    /// Gemma's spelling of the activation, preferred over `hidden_act` there.
+    /// Gemma's activation in transformers 4.x configs; kept so that a saved config still has
+    /// it, not read (transformers 5 reads `hidden_act`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_activation: Option<String>,
     /// Mistral's attention window: absent means 4096 (transformers' default), null none.
@@ -129,7 +134,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<usize>>, D::
 const MISTRAL_WINDOW: usize = 4096;
 
 /// transformers' default RoPE base.
-const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+pub(super) const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 impl LlamaConfig {
     /// Number of key/value heads.
@@ -194,13 +199,16 @@ impl LlamaConfig {
         }
     }
 
-    /// The activation's name as the config gives it, and the key it came from.
+    /// The activation's name and the key it came from. Gemma reads `hidden_act` as transformers
+    /// 5 does: absent or the legacy `"gelu"` of the official releases means the tanh
+    /// approximation, and `hidden_activation` (transformers 4.x) is not read.
     fn activation_name(&self) -> (&'static str, &str) {
-        match (&self.hidden_activation, &self.hidden_act) {
-            (Some(name), _) if self.family == Family::Gemma => ("hidden_activation", name),
-            (_, Some(name)) => ("hidden_act", name),
-            _ if self.family == Family::Gemma => ("hidden_activation", "gelu_pytorch_tanh"),
-            _ => ("hidden_act", "silu"),
+        match self.hidden_act.as_deref() {
+            None | Some("gelu") if self.family == Family::Gemma => {
+                ("hidden_act", "gelu_pytorch_tanh")
+            }
+            Some(name) => ("hidden_act", name),
+            None => ("hidden_act", "silu"),
         }
     }
 
@@ -218,30 +226,34 @@ impl LlamaConfig {
         })
     }
 
-    fn rope_section(&self) -> Option<&RopeScaling> {
-        self.rope_parameters.as_ref().or(self.rope_scaling.as_ref())
+    /// The RoPE section and its key: `rope_scaling` when it says anything (transformers lets it
+    /// override `rope_parameters`, as older checkpoints carry it), else `rope_parameters`.
+    fn rope_section(&self) -> Option<(&'static str, &RopeScaling)> {
+        match (&self.rope_scaling, &self.rope_parameters) {
+            (Some(section), _) if !section.is_empty() => Some(("rope_scaling", section)),
+            (_, Some(section)) => Some(("rope_parameters", section)),
+            _ => None,
+        }
     }
 
-    /// The RoPE base, from `rope_parameters.rope_theta` or `rope_theta`.
+    /// The RoPE base: the RoPE section's `rope_theta`, else the top-level one.
     pub fn rope_theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_theta)
+        self.rope_section()
+            .and_then(|(_, r)| r.rope_theta)
             .or(self.rope_theta)
             .unwrap_or(DEFAULT_ROPE_THETA)
     }
 
     /// The RoPE variant; an error names the key when it is one this crate does not implement.
     pub fn rope_kind(&self) -> std::result::Result<RopeKind, (&'static str, String)> {
-        let Some(section) = self.rope_section() else {
+        let Some((key, section)) = self.rope_section() else {
             return Ok(RopeKind::Default);
         };
-        let key = if self.rope_parameters.is_some() {
-            "rope_parameters"
-        } else {
-            "rope_scaling"
-        };
-        section.kind(key)
+        section.kind(
+            key,
+            self.original_max_position_embeddings,
+            self.max_position_embeddings,
+        )
     }
 
     /// The values a user wants to see (`inspect`), in order.
@@ -340,7 +352,7 @@ impl LlamaConfig {
         }
         let partial = self
             .rope_section()
-            .and_then(|r| r.partial_rotary_factor)
+            .and_then(|(_, r)| r.partial_rotary_factor)
             .or(self.partial_rotary_factor);
         if let Some(factor) = partial.filter(|&f| f != 1.0) {
             return Err((

@@ -4,9 +4,13 @@
 
 use serde_json::{json, Map, Value};
 
-use super::config::{Family, LlamaConfig};
+use super::config::{Family, LlamaConfig, DEFAULT_ROPE_THETA};
 use crate::error::{ModelError, Result};
+use crate::nn::rope::RopeKind;
 use crate::weights::gguf::{GgufFile, HfName};
+
+/// llama.cpp's tensor of Llama 3.1 RoPE scaling: one divisor per inverse frequency.
+pub(super) const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// The model configuration of `family` from a GGUF's `<arch>.*` metadata, `<arch>` being the
 /// family's `model_type` (llama.cpp's `general.architecture`).
@@ -51,7 +55,8 @@ pub(super) fn config(file: &GgufFile, family: Family) -> Result<LlamaConfig> {
     if let Some(eps) = optional("attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()) {
         c.insert("rms_norm_eps".into(), json!(eps));
     }
-    if let Some(theta) = optional("rope.freq_base").and_then(|v| v.as_f64()) {
+    let theta = optional("rope.freq_base").and_then(|v| v.as_f64());
+    if let Some(theta) = theta {
         c.insert("rope_theta".into(), json!(theta));
     }
     if let Some(kind) = optional("rope.scaling.type").and_then(|v| v.as_str()) {
@@ -72,10 +77,29 @@ pub(super) fn config(file: &GgufFile, family: Family) -> Result<LlamaConfig> {
             }
         }
     }
-    if file.tensors.contains_key("rope_freqs.weight") {
-        return Err(file.config_error("rope_freqs.weight",
-            "per-frequency RoPE factors (Llama 3.1 scaling) are not supported from GGUF; load the Hugging Face folder instead".into(),
-        ));
+    if file.tensors.contains_key(ROPE_FREQS) {
+        if c.contains_key("rope_scaling") {
+            return Err(file.config_error(
+                ROPE_FREQS,
+                format!("per-frequency factors next to {arch}.rope.scaling.type are not supported"),
+            ));
+        }
+        let theta = theta.unwrap_or(DEFAULT_ROPE_THETA);
+        let kind =
+            RopeKind::from_frequency_factors(&file.read_f32(ROPE_FREQS)?, head_dim as usize, theta)
+                .ok_or_else(|| {
+                    file.config_error(
+                        ROPE_FREQS,
+                        format!(
+                            "expected {} per-frequency divisors of Llama 3.1's shape (1, then a \
+                         smooth rise to one factor), as llama.cpp's converter writes them",
+                            head_dim / 2
+                        ),
+                    )
+                })?;
+        if let Some(section) = kind.to_json() {
+            c.insert("rope_scaling".into(), section);
+        }
     }
     let vocab = match optional("vocab_size").and_then(|v| v.as_u64()) {
         Some(v) => v,

@@ -52,8 +52,10 @@ macro_rules! llama_family {
 
             fn is_ignorable_tensor(name: &str) -> bool {
                 // Old checkpoints saved RoPE's inverse frequencies; tied checkpoints may repeat
-                // the head.
-                name.ends_with(".rotary_emb.inv_freq") || name == "lm_head.weight"
+                // the head; a GGUF's RoPE factors are read into the config.
+                name.ends_with(".rotary_emb.inv_freq")
+                    || name == "lm_head.weight"
+                    || name == gguf::ROPE_FREQS
             }
 
             fn check_untied_head(&self) -> std::result::Result<(), String> {

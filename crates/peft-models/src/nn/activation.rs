@@ -1,5 +1,4 @@
-//! The MLP activations transformers' configs name (`activation_function`, `hidden_act`,
-//! `hidden_activation`).
+//! The MLP activations transformers' configs name (`activation_function`, `hidden_act`).
 
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use burn::tensor::Tensor;
