@@ -608,14 +608,10 @@ fn gguf_tokenizer(gguf: &GgufWriter) -> peft_models::Result<TextTokenizer> {
     Ok(tokenizer(&file)?.expect("the file has a tokenizer"))
 }
 
-/// SentencePiece GGUFs (`tokenizer.ggml.model` `llama`: Llama 2, Mistral, Gemma) encode and
-/// decode like the `tokenizers` crate on the Llama-style `tokenizer.json` of the same model:
-/// spaces, leading and repeated spaces, newlines, digits, accents, and byte fallback for what
-/// the vocabulary lacks.
-#[test]
-fn sentencepiece_gguf_tokenizer_encodes_like_a_llama_tokenizer_json() {
-    let reference = tokenizers::Tokenizer::from_file(spm_data().join("tokenizer.json")).unwrap();
-    let from_gguf = gguf_tokenizer(&sentencepiece_gguf()).unwrap();
+/// `ours` encodes (with and without special tokens) and decodes like `reference` on text with
+/// spaces (leading, repeated, trailing), newlines and tabs, digits, accents, other scripts and
+/// emoji, special tokens in the text, and the empty text.
+fn assert_same_encoding(ours: &TextTokenizer, reference: &tokenizers::Tokenizer) {
     let texts = [
         "Ship to: Fatima Haddad, Dublin. Items: 8 purple backpacks.",
         " leading space, two  spaces, trailing ",
@@ -629,15 +625,25 @@ fn sentencepiece_gguf_tokenizer_encodes_like_a_llama_tokenizer_json() {
     for text in texts {
         for special in [false, true] {
             let want = reference.encode(text, special).unwrap().get_ids().to_vec();
-            assert_eq!(from_gguf.encode(text, special).unwrap(), want, "{text:?}");
+            assert_eq!(ours.encode(text, special).unwrap(), want, "{text:?}");
         }
-        let ids = from_gguf.encode(text, false).unwrap();
+        let ids = ours.encode(text, false).unwrap();
         assert_eq!(
-            from_gguf.decode(&ids, false).unwrap(),
+            ours.decode(&ids, false).unwrap(),
             reference.decode(&ids, false).unwrap(),
             "{text:?}"
         );
     }
+}
+
+/// SentencePiece GGUFs (`tokenizer.ggml.model` `llama`: Llama 2, Mistral, Gemma) encode and
+/// decode like the `tokenizers` crate on the Llama-style `tokenizer.json` of the same model,
+/// byte fallback included.
+#[test]
+fn sentencepiece_gguf_tokenizer_encodes_like_a_llama_tokenizer_json() {
+    let reference = tokenizers::Tokenizer::from_file(spm_data().join("tokenizer.json")).unwrap();
+    let from_gguf = gguf_tokenizer(&sentencepiece_gguf()).unwrap();
+    assert_same_encoding(&from_gguf, &reference);
     // Byte fallback is what encodes characters no vocabulary has (Egyptian hieroglyphs, four
     // UTF-8 bytes each): <0xXX> pieces that decode back to the text.
     let ids = from_gguf.encode("𓀀𓀁", false).unwrap();
@@ -654,6 +660,31 @@ fn sentencepiece_gguf_tokenizer_encodes_like_a_llama_tokenizer_json() {
     // BOS is added by default, as llama.cpp adds it for SentencePiece vocabularies.
     assert_eq!(from_gguf.encode("x", true).unwrap()[0], 1);
     assert_eq!(from_gguf.eos_token.as_deref(), Some("</s>"));
+}
+
+/// Gemma's SentencePiece GGUFs say `tokenizer.ggml.add_space_prefix = false`: no `▁` is
+/// prepended, as in Gemma's `tokenizer.json` (the Llama one without `Prepend` and `Strip`).
+#[test]
+fn sentencepiece_gguf_without_space_prefix_encodes_like_gemmas_tokenizer_json() {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(spm_data().join("tokenizer.json")).unwrap()).unwrap();
+    let normalizers = json["normalizer"]["normalizers"].as_array_mut().unwrap();
+    normalizers.retain(|n| n["type"] != "Prepend");
+    let decoders = json["decoder"]["decoders"].as_array_mut().unwrap();
+    decoders.retain(|d| d["type"] != "Strip");
+    let reference: tokenizers::Tokenizer = json.to_string().parse().unwrap();
+    let mut gguf = sentencepiece_gguf();
+    gguf.meta("tokenizer.ggml.add_space_prefix", Meta::Bool(false));
+    let from_gguf = gguf_tokenizer(&gguf).unwrap();
+    assert_same_encoding(&from_gguf, &reference);
+    assert_ne!(
+        from_gguf.encode("hello", false).unwrap(),
+        gguf_tokenizer(&sentencepiece_gguf())
+            .unwrap()
+            .encode("hello", false)
+            .unwrap(),
+        "the space prefix changes the first piece"
+    );
 }
 
 /// Tokenizer families and pre-tokenizers this crate cannot rebuild, and SentencePiece files
