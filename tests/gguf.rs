@@ -493,12 +493,25 @@ fn family_ggufs_give_transformers_logits() {
             gguf.tensors
                 .push(("rope_freqs.weight".into(), dims, F32, bytes));
         }
+        if arch == "phi3" {
+            // Phi-3's window, here as long as the input (the fixture has none).
+            gguf.meta("phi3.attention.sliding_window", Meta::U32(16));
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.gguf");
         std::fs::write(&path, gguf.bytes()).unwrap();
         let device = ndarray_device();
         let loaded = load_model(&path, &device).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(loaded.config.model_type(), arch);
+        let window = loaded
+            .config
+            .describe()
+            .into_iter()
+            .find(|(k, _)| *k == "sliding window");
+        assert_eq!(
+            window.map(|(_, v)| v),
+            (arch == "phi3").then(|| "16".to_string())
+        );
         let hf = dir.path().join("hf");
         peft_models::save_hf_folder(&loaded, &hf).unwrap();
         let expected = Expected::load(case);

@@ -423,6 +423,59 @@ fn older_config_spellings_give_the_same_logits() {
     }
 }
 
+/// Phi-3 applies its `sliding_window` as transformers' Phi-3 does (with Mistral's mask, which
+/// the mistral fixture checks): a window as long as the input changes nothing, a shorter one
+/// changes the logits, and cached greedy decoding agrees with full passes under it.
+#[test]
+fn phi3_applies_its_sliding_window() {
+    let device = ndarray_device();
+    let expected = Expected::load("phi3-lora");
+    let windowed = |window: usize| {
+        let dir = base_with_config("phi3-lora", |c| c["sliding_window"] = window.into());
+        let loaded = load_model(dir.path(), &device).unwrap();
+        assert_eq!(
+            loaded
+                .config
+                .describe()
+                .iter()
+                .find(|(k, _)| *k == "sliding window")
+                .map(|(_, v)| v.clone()),
+            Some(window.to_string())
+        );
+        loaded
+    };
+    let err = logits_error(&windowed(16), &expected, "logits_base", &device);
+    assert!(
+        err <= LOGITS_TOLERANCE,
+        "a window of the whole input: {err:e}"
+    );
+    let short = windowed(4);
+    let err = logits_error(&short, &expected, "logits_base", &device);
+    assert!(
+        err > 1e-2,
+        "a window of 4 over 16 positions changes the logits ({err:e})"
+    );
+    let prompt: Vec<u32> = expected.i64("input_ids").values[..8]
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    let config = SamplingConfig {
+        max_new_tokens: 8,
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: 0,
+        eos_token_ids: vec![],
+    };
+    check_cached_greedy_is_argmax(
+        "phi3-lora with a window of 4",
+        &short,
+        &prompt,
+        &config,
+        &device,
+    );
+}
+
 macro_rules! backend_tests {
     ($backend:ident, $device:expr) => {
         mod $backend {

@@ -99,7 +99,8 @@ pub struct LlamaConfig {
     /// it, not read (transformers 5 reads `hidden_act`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_activation: Option<String>,
-    /// Mistral's attention window: absent means 4096 (transformers' default), null none.
+    /// Mistral's and Phi-3's attention window: null means none, absent 4096 for Mistral
+    /// (transformers' default) and none for Phi-3.
     #[serde(
         default,
         deserialize_with = "present",
@@ -191,10 +192,12 @@ impl LlamaConfig {
         (self.family == Family::Gemma).then(|| f64::from((self.hidden_size as f32).sqrt()))
     }
 
-    /// The attention window (Mistral), if any.
+    /// The attention window, if any: Mistral's (4096 when absent) and Phi-3's (none when
+    /// absent; Phi-3-mini's configs say 2047), as their transformers classes apply them.
     pub fn window(&self) -> Option<usize> {
         match self.family {
             Family::Mistral => self.sliding_window.unwrap_or(Some(MISTRAL_WINDOW)),
+            Family::Phi3 => self.sliding_window.flatten(),
             _ => None,
         }
     }

@@ -52,6 +52,10 @@ pub(super) fn config(file: &GgufFile, family: Family) -> Result<LlamaConfig> {
             );
         }
     }
+    // Phi-3's window (the families without one ignore it).
+    if let Some(window) = optional("attention.sliding_window").and_then(|v| v.as_u64()) {
+        c.insert("sliding_window".into(), json!(window));
+    }
     if let Some(eps) = optional("attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()) {
         c.insert("rms_norm_eps".into(), json!(eps));
     }

@@ -292,7 +292,7 @@ pub struct LlamaModel {
     pub context_length: usize,
     /// What the input embeddings are multiplied by (Gemma: sqrt(hidden)).
     pub embed_scale: Option<f64>,
-    /// The sliding attention window (Mistral).
+    /// The sliding attention window (Mistral, Phi-3).
     pub window: Option<usize>,
 }
 
