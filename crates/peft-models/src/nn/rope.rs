@@ -198,6 +198,11 @@ fn inverse_frequencies(head_dim: usize, theta: f64, kind: &RopeKind) -> Vec<f32>
 /// How closely a RoPE variant must reproduce stored per-frequency factors (relative).
 const FACTOR_TOLERANCE: f32 = 1e-5;
 
+/// Whether a stored factor `f` is `to`, within [`FACTOR_TOLERANCE`].
+fn near(f: f32, to: f64) -> bool {
+    (f as f64 - to).abs() <= FACTOR_TOLERANCE as f64 * to
+}
+
 impl RopeKind {
     /// The `rope_scaling` section of a config.json that asks for this variant (`None`: plain).
     pub fn to_json(&self) -> Option<serde_json::Value> {
@@ -235,7 +240,6 @@ impl RopeKind {
             return None;
         }
         let factor = factors.iter().copied().fold(1.0f32, f32::max) as f64;
-        let near = |f: f32, to: f64| (f as f64 - to).abs() <= FACTOR_TOLERANCE as f64 * to;
         let candidate = if factors.iter().all(|&f| near(f, 1.0)) {
             RopeKind::Default
         } else if factors.iter().all(|&f| near(f, factor)) {
@@ -257,7 +261,6 @@ impl RopeKind {
 /// smoothing `s = (C/λ − l) / (h − l)` is linear in 1/λ: two blended frequencies give C and h;
 /// with fewer, the thresholds go into the gaps between the wavelengths present.
 fn llama3_candidate(factors: &[f32], plain: &[f32], factor: f64) -> Option<RopeKind> {
-    let near = |f: f32, to: f64| (f as f64 - to).abs() <= FACTOR_TOLERANCE as f64 * to;
     let wavelength = |i: usize| 2.0 * std::f64::consts::PI / plain[i] as f64;
     // The smoothing each blended frequency implies: 1/f = (1 − s)/factor + s.
     let blended: Vec<(f64, f64)> = (0..factors.len())
