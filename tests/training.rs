@@ -15,13 +15,14 @@ use burn::train::Learner;
 use common::*;
 use peft_core::adapter_folder::adapter_tensors;
 use peft_core::load_adapter;
-use peft_models::loss::HostLabels;
+use peft_models::loss::{HostLabels, IGNORE_INDEX};
 use peft_models::{load_model, CausalLm};
 use peft_train::batch::LmBatch;
 use peft_train::config::{LoraOptions, MethodSection, Schedule};
+use peft_train::data::Example;
 use peft_train::model::TrainableLm;
 use peft_train::schedule::WarmupSchedule;
-use peft_train::step::optimizer_step;
+use peft_train::step::{optimizer_step, step_gradients};
 use peft_train::{adamw, train, TrainConfig};
 
 /// Bits of every parameter outside the adapters, by module path.
@@ -294,6 +295,7 @@ fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
         labels,
         learned_tokens: 0,
         tokens: 0,
+        loss_weight: 1.0,
     };
     let (lr, wd) = (1e-3, 0.01);
     let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
@@ -335,6 +337,91 @@ fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
             want.len()
         );
     }
+}
+
+/// An example of `len` tokens whose last `learned` positions carry a label.
+fn example(len: usize, learned: usize, first_id: u32) -> Example {
+    let ids: Vec<u32> = (0..len as u32).map(|i| (first_id + 7 * i) % 384).collect();
+    let labels = ids
+        .iter()
+        .enumerate()
+        .map(|(t, &id)| {
+            if t + learned >= len {
+                i64::from(id)
+            } else {
+                IGNORE_INDEX
+            }
+        })
+        .collect();
+    Example {
+        ids,
+        labels,
+        lines: 1..=1,
+    }
+}
+
+/// One optimizer step of the llama-lora fixture over `micro_batches`: the loss, the gradient
+/// norm and the adapter after the step.
+fn step_over(micro_batches: &[Vec<&Example>]) -> (f32, f32, BTreeMap<String, Vec<f32>>) {
+    let device = ndarray_device().autodiff();
+    let case = "llama-lora";
+    let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
+    let config = load_adapter(
+        &mut loaded.model,
+        "default",
+        &case_dir(case).join("adapter"),
+    )
+    .unwrap();
+    let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
+    let schedule = WarmupSchedule::new(1e-3, 0, 1, Schedule::Constant, 0);
+    let mut learner = Learner::new(model, adamw(0.0).init(), schedule);
+    let batches = micro_batches.iter().map(|b| LmBatch::new(b, 0, &device));
+    let gradients = step_gradients(&mut learner, batches, 0.0).unwrap();
+    let (loss, norm) = (
+        to_vec(gradients.loss.clone())[0],
+        to_vec(gradients.grad_norm.clone())[0],
+    );
+    gradients.apply(&mut learner);
+    let after = adapter_tensors(&learner.model().lm, "default", None).unwrap();
+    (
+        loss,
+        norm,
+        after.into_iter().map(|(k, t)| (k, t.data)).collect(),
+    )
+}
+
+/// Gradient accumulation as transformers' `Trainer` (≥ 4.46) has it: micro-batches of uneven
+/// lengths and labelled-token counts give the loss, gradient and update of one batch holding
+/// them all (the mean over the step's labelled tokens), not the mean of per-batch means.
+#[test]
+fn accumulated_micro_batches_of_uneven_lengths_equal_one_batch_of_them_all() {
+    let (short, long, tiny) = (example(6, 3, 5), example(14, 11, 40), example(4, 1, 90));
+    let (loss_one, norm_one, one) = step_over(&[vec![&short, &long, &tiny]]);
+    let (loss_acc, norm_acc, accumulated) = step_over(&[vec![&short], vec![&long, &tiny]]);
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs();
+    assert!(close(loss_acc, loss_one), "loss {loss_acc} vs {loss_one}");
+    assert!(
+        close(norm_acc, norm_one),
+        "gradient norm {norm_acc} vs {norm_one}"
+    );
+    for (key, want) in &one {
+        let worst = want
+            .iter()
+            .zip(&accumulated[key])
+            .map(|(w, g)| (w - g).abs())
+            .fold(0.0, f32::max);
+        // AdamW's first step is about ±lr (1e-3) per element: rounding shows only where a
+        // gradient is near epsilon.
+        assert!(worst <= 1e-5, "{key}: the updates differ by {worst:e}");
+    }
+    // The mean of the two micro-batches' means is another loss: what the weighting fixes.
+    let (loss_short, _, _) = step_over(&[vec![&short]]);
+    let (loss_rest, _, _) = step_over(&[vec![&long, &tiny]]);
+    let mean_of_means = (loss_short + loss_rest) / 2.0;
+    assert!(
+        !close(mean_of_means, loss_one),
+        "{mean_of_means} vs {loss_one}"
+    );
 }
 
 #[test]

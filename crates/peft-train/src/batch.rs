@@ -23,6 +23,9 @@ pub struct LmBatch {
     pub learned_tokens: usize,
     /// Real (non-padding) tokens.
     pub tokens: usize,
+    /// What the batch's mean loss is multiplied by in training: its share of the optimizer
+    /// step's labelled tokens (set by [`crate::step::step_gradients`]; 1 for a lone batch).
+    pub loss_weight: f32,
 }
 
 impl LmBatch {
@@ -48,6 +51,7 @@ impl LmBatch {
             labels: HostLabels::new(labels, seq),
             learned_tokens: examples.iter().map(|e| e.learned_tokens()).sum(),
             tokens: examples.iter().map(|e| e.ids.len()).sum(),
+            loss_weight: 1.0,
         }
     }
 }

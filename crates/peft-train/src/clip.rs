@@ -1,5 +1,5 @@
-//! Averaging accumulated gradients and clipping them by their global norm, as
-//! `torch.nn.utils.clip_grad_norm_` does; Burn's own clipping works per tensor.
+//! Clipping gradients by their global norm, as `torch.nn.utils.clip_grad_norm_` does; Burn's
+//! own clipping works per tensor.
 
 use std::collections::HashSet;
 
@@ -7,14 +7,12 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
-/// Divides `grads` (a sum over `micro_batches`) by `micro_batches`, then scales them by
-/// `min(1, max_norm / (norm + 1e-6))` where `norm` is the global L2 norm of the averaged
-/// gradients (no clipping when `max_norm` is 0). Returns the gradients and `norm` `[1]`; all on
-/// the device, nothing is read back.
-pub fn average_and_clip<M: Module>(
+/// Scales `grads` by `min(1, max_norm / (norm + 1e-6))` where `norm` is their global L2 norm
+/// (no clipping when `max_norm` is 0). Returns the gradients and `norm` `[1]`, or no norm when
+/// no parameter of `model` has a gradient; all on the device, nothing is read back.
+pub fn clip_by_global_norm<M: Module>(
     model: &M,
     grads: GradientsParams,
-    micro_batches: usize,
     max_norm: f64,
 ) -> (GradientsParams, Option<Tensor<1>>) {
     let mut squares = SquaredNorms {
@@ -26,16 +24,11 @@ pub fn average_and_clip<M: Module>(
     if squares.parts.is_empty() {
         return (grads, None);
     }
-    let inverse = 1.0 / micro_batches as f64;
-    let norm = Tensor::cat(squares.parts, 0).sum().sqrt() * inverse;
-    let factor = if max_norm > 0.0 {
-        (norm.clone().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0) * inverse
-    } else if micro_batches == 1 {
-        // Nothing to scale: skip a pass over every gradient.
+    let norm = Tensor::cat(squares.parts, 0).sum().sqrt();
+    if max_norm <= 0.0 {
         return (grads, Some(norm));
-    } else {
-        norm.zeros_like().add_scalar(inverse)
-    };
+    }
+    let factor = (norm.clone().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0);
     let mut scale = Scale {
         grads,
         factor,

@@ -336,11 +336,43 @@ impl BatchPlan {
         self.len.div_ceil(self.batch_size)
     }
 
-    /// Example indices of global micro-batch `index` (counting across epochs from 0).
-    pub fn batch(&mut self, index: usize) -> Vec<usize> {
-        let per_epoch = self.batches_per_epoch();
-        let epoch = index / per_epoch;
-        let start = (index % per_epoch) * self.batch_size;
+    /// Optimizer steps in one pass over the data with `grad_accum` micro-batches per step: the
+    /// last step of an epoch takes the micro-batches left, as transformers' `Trainer` does.
+    pub fn steps_per_epoch(&self, grad_accum: usize) -> usize {
+        self.batches_per_epoch().div_ceil(grad_accum.max(1))
+    }
+
+    /// Example indices of each micro-batch of optimizer step `step` (from 1).
+    pub fn step_batches(&mut self, step: usize, grad_accum: usize) -> Vec<Vec<usize>> {
+        let (epoch, first, end) = self.step_span(step, grad_accum);
+        (first..end).map(|m| self.batch(epoch, m)).collect()
+    }
+
+    /// Micro-batches consumed by the first `steps` optimizer steps (the data position).
+    pub fn micro_batches_through(&self, steps: usize, grad_accum: usize) -> usize {
+        if steps == 0 {
+            return 0;
+        }
+        let (epoch, _, end) = self.step_span(steps, grad_accum);
+        epoch * self.batches_per_epoch() + end
+    }
+
+    /// The epoch of step `step` (from 1) and the range of its micro-batches within it.
+    fn step_span(&self, step: usize, grad_accum: usize) -> (usize, usize, usize) {
+        let grad_accum = grad_accum.max(1);
+        let per_epoch = self.steps_per_epoch(grad_accum);
+        let (epoch, within) = ((step - 1) / per_epoch, (step - 1) % per_epoch);
+        let first = within * grad_accum;
+        (
+            epoch,
+            first,
+            (first + grad_accum).min(self.batches_per_epoch()),
+        )
+    }
+
+    /// Example indices of micro-batch `index` of epoch `epoch`.
+    fn batch(&mut self, epoch: usize, index: usize) -> Vec<usize> {
+        let start = index * self.batch_size;
         let end = (start + self.batch_size).min(self.len);
         let order = match &mut self.current {
             Some((cached, order)) if *cached == epoch => order,
@@ -398,16 +430,43 @@ mod tests {
     fn every_example_is_visited_once_per_epoch_in_a_seeded_order() {
         let mut plan = BatchPlan::new(10, 4, 7);
         assert_eq!(plan.batches_per_epoch(), 3);
-        let mut first: Vec<usize> = (0..3).flat_map(|b| plan.batch(b)).collect();
-        let second: Vec<usize> = (3..6).flat_map(|b| plan.batch(b)).collect();
+        let epoch = |plan: &mut BatchPlan, steps: std::ops::Range<usize>| -> Vec<usize> {
+            steps
+                .flat_map(|s| plan.step_batches(s, 1))
+                .flatten()
+                .collect()
+        };
+        let mut first = epoch(&mut plan, 1..4);
+        let second = epoch(&mut plan, 4..7);
         assert_ne!(first, second, "each epoch reshuffles");
         assert_eq!(
-            plan.batch(4),
-            BatchPlan::new(10, 4, 7).batch(4),
+            plan.step_batches(5, 1),
+            BatchPlan::new(10, 4, 7).step_batches(5, 1),
             "no state but the seed"
         );
         first.sort();
         assert_eq!(first, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_epochs_last_step_takes_the_micro_batches_left() {
+        // 5 micro-batches per epoch, 2 per step: steps of 2, 2 and 1, then the next epoch.
+        let mut plan = BatchPlan::new(10, 2, 3);
+        assert_eq!(plan.steps_per_epoch(2), 3);
+        let sizes: Vec<usize> = (1..=6).map(|s| plan.step_batches(s, 2).len()).collect();
+        assert_eq!(sizes, [2, 2, 1, 2, 2, 1]);
+        let mut epoch: Vec<usize> = (1..=3)
+            .flat_map(|s| plan.step_batches(s, 2))
+            .flatten()
+            .collect();
+        epoch.sort();
+        assert_eq!(
+            epoch,
+            (0..10).collect::<Vec<_>>(),
+            "one epoch, each example once"
+        );
+        let consumed: Vec<usize> = (0..=4).map(|s| plan.micro_batches_through(s, 2)).collect();
+        assert_eq!(consumed, [0, 2, 4, 5, 7]);
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl TrainStep for TrainableLm {
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
-        let loss = self.loss(&batch);
+        let loss = self.loss(&batch).mul_scalar(batch.loss_weight);
         let grads = loss.backward();
         let output = self.output(&batch, loss.detach());
         TrainOutput::new(self, grads, output)

@@ -1,5 +1,7 @@
 //! One optimizer step, as the trainer and `peft-cli bench` both take it: forward and backward
-//! over each micro-batch (Burn's Learner), gradients summed, averaged and clipped by their
+//! over each micro-batch (Burn's Learner), each micro-batch's loss weighted by its share of the
+//! step's labelled tokens (transformers' `Trainer` ≥ 4.46 divides every micro-batch's summed
+//! token losses by the labelled tokens of the whole step), gradients summed and clipped by their
 //! global norm, the schedule advanced, the optimizer applied. Nothing is read back from the
 //! device: the loss and the norm stay tensors for the caller to read once (the trainer reads
 //! them between the gradients and their application).
@@ -10,13 +12,13 @@ use burn::tensor::Tensor;
 use burn::train::Learner;
 
 use crate::batch::LmBatch;
-use crate::clip::average_and_clip;
+use crate::clip::clip_by_global_norm;
 use crate::error::{Result, TrainError};
 use crate::model::TrainableLm;
 
 /// What one optimizer step computed.
 pub struct StepOutput {
-    /// Mean loss of the micro-batches, `[1]`.
+    /// Mean loss over the step's labelled tokens, `[1]`.
     pub loss: Tensor<1>,
     /// Global gradient norm before clipping, `[1]`.
     pub grad_norm: Tensor<1>,
@@ -28,11 +30,11 @@ pub struct StepOutput {
     pub lr: ModuleLearningRate,
 }
 
-/// One optimizer step's gradients, averaged and clipped but not applied yet: the trainer reads
-/// the loss and norm first, so that a NaN leaves the weights as they were.
+/// One optimizer step's gradients, clipped but not applied yet: the trainer reads the loss and
+/// norm first, so that a NaN leaves the weights as they were.
 pub struct StepGradients {
     grads: GradientsParams,
-    /// Mean loss of the micro-batches, `[1]`.
+    /// Mean loss over the step's labelled tokens, `[1]`.
     pub loss: Tensor<1>,
     /// Global gradient norm before clipping, `[1]`.
     pub grad_norm: Tensor<1>,
@@ -68,24 +70,37 @@ pub fn optimizer_step(
     Ok(step_gradients(learner, batches, max_grad_norm)?.apply(learner))
 }
 
-/// Forward and backward over the micro-batches `batches`: their gradients summed, averaged
-/// and clipped to `max_grad_norm` (0: no clipping), not applied.
+/// Forward and backward over the micro-batches `batches`, each loss weighted by the batch's
+/// share of the step's labelled tokens, gradients summed and clipped to `max_grad_norm` (0: no
+/// clipping), not applied. A micro-batch without labelled tokens adds nothing (as in `Trainer`)
+/// and is skipped, unless no micro-batch has any: then each weighs the same, and the loss is
+/// transformers' NaN.
 pub fn step_gradients(
     learner: &mut Learner<TrainableLm>,
     batches: impl IntoIterator<Item = LmBatch>,
     max_grad_norm: f64,
 ) -> Result<StepGradients> {
+    let mut batches: Vec<LmBatch> = batches.into_iter().collect();
+    let learned: usize = batches.iter().map(|b| b.learned_tokens).sum();
+    if learned > 0 {
+        batches.retain(|b| b.learned_tokens > 0);
+    }
+    let count = batches.len();
     let mut accumulator = GradientsAccumulator::new();
-    let (mut losses, mut tokens, mut learned_tokens) = (Vec::new(), 0, 0);
-    for batch in batches {
+    let (mut losses, mut tokens) = (Vec::new(), 0);
+    for mut batch in batches {
+        batch.loss_weight = if learned > 0 {
+            batch.learned_tokens as f32 / learned as f32
+        } else {
+            1.0 / count as f32
+        };
         let output = learner.train_step(batch);
         accumulator.accumulate(&learner.model(), output.grads);
         losses.push(output.item.loss);
         tokens += output.item.tokens;
-        learned_tokens += output.item.learned_tokens;
     }
     let model = learner.model();
-    let (grads, norm) = average_and_clip(&model, accumulator.grads(), losses.len(), max_grad_norm);
+    let (grads, norm) = clip_by_global_norm(&model, accumulator.grads(), max_grad_norm);
     let grad_norm = norm.ok_or_else(|| {
         TrainError::NothingToTrain(
             "the loss has no gradient with respect to any adapter tensor".into(),
@@ -93,10 +108,10 @@ pub fn step_gradients(
     })?;
     Ok(StepGradients {
         grads,
-        loss: Tensor::cat(losses, 0).mean(),
+        loss: Tensor::cat(losses, 0).sum(),
         grad_norm,
         tokens,
-        learned_tokens,
+        learned_tokens: learned,
     })
 }
 

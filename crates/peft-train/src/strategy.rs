@@ -1,5 +1,5 @@
 //! The training loop, as a custom learning strategy of Burn's `SupervisedTraining`: counted in
-//! optimizer steps rather than epochs, with gradient averaging, global-norm clipping,
+//! optimizer steps rather than epochs, with token-weighted gradient accumulation, global-norm clipping,
 //! evaluation, checkpoints and guards. Burn's `Learner` runs the forward/backward passes and the
 //! optimizer; Burn's event processor drives the dashboard.
 //!
@@ -207,9 +207,7 @@ impl Run<'_> {
         if saving {
             self.learner.model().snapshot.request();
         }
-        let indices: Vec<Vec<usize>> = (0..s.grad_accum)
-            .map(|k| self.plan.batch((step - 1) * s.grad_accum + k))
-            .collect();
+        let indices = self.plan.step_batches(step, s.grad_accum);
         let batches = indices.iter().map(|i| strategy.train.batch_of(i));
         let gradients = step_gradients(&mut self.learner, batches, s.max_grad_norm)?;
         // The one read per step: the loss (for the NaN guard and the log) and the norm, before
@@ -322,7 +320,9 @@ impl Run<'_> {
         let (name, config) = &self.strategy.adapter;
         let state = TrainerState {
             step,
-            micro_batches: step * self.strategy.settings.grad_accum,
+            micro_batches: self
+                .plan
+                .micro_batches_through(step, self.strategy.settings.grad_accum),
             seed: self.strategy.settings.seed,
         };
         let dir = checkpoint::save(

@@ -51,7 +51,9 @@ pub struct Args {
     /// Sequences per micro-batch [default: 4].
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step; their gradients are averaged [default: 1].
+    /// Micro-batches per optimizer step: the loss is the mean over all their labelled tokens,
+    /// as in transformers' Trainer; an epoch's last step takes the micro-batches left
+    /// [default: 1].
     #[arg(long, value_name = "K")]
     pub grad_accum: Option<usize>,
     /// Optimizer steps to run (takes precedence over --epochs).

@@ -66,6 +66,20 @@ pub(super) fn fit(
             ),
         });
     }
+    // The data position follows from the step; a state that says otherwise was edited.
+    if let Some((state, dir)) = &resume_from {
+        let expected = plan.micro_batches_through(state.step, t.grad_accum);
+        if state.micro_batches != expected {
+            return Err(TrainError::Resume {
+                path: dir.join(checkpoint::STATE_FILE),
+                message: format!(
+                    "`micro_batches` is {}, but {} steps of {} micro-batches over this data \
+                     make {expected}",
+                    state.micro_batches, state.step, t.grad_accum
+                ),
+            });
+        }
+    }
     let start_step = resume_from.as_ref().map_or(0, |(state, _)| state.step);
     let has_valid = !valid.is_empty();
     let settings = loop_settings(t, &plan, has_valid, start_step);
@@ -170,7 +184,7 @@ fn loop_settings(
 ) -> LoopSettings {
     let max_steps = t
         .max_steps
-        .unwrap_or_else(|| t.epochs.unwrap_or(1) * plan.batches_per_epoch().div_ceil(t.grad_accum));
+        .unwrap_or_else(|| t.epochs.unwrap_or(1) * plan.steps_per_epoch(t.grad_accum));
     LoopSettings {
         grad_accum: t.grad_accum,
         max_steps,

@@ -36,19 +36,6 @@ pub(super) fn prepare(
                 ),
             });
         }
-        // The data position follows from the step; a state that says otherwise was edited.
-        if Some(state.micro_batches) != state.step.checked_mul(saved.training.grad_accum) {
-            return Err(TrainError::Resume {
-                path: dir.join(checkpoint::STATE_FILE),
-                message: format!(
-                    "`micro_batches` is {}, but {} steps of {} micro-batches make {}",
-                    state.micro_batches,
-                    state.step,
-                    saved.training.grad_accum,
-                    state.step.saturating_mul(saved.training.grad_accum)
-                ),
-            });
-        }
         checkpoint::truncate_metrics(out, state.step)?;
         return Ok(Some((state, dir)));
     }

@@ -333,6 +333,7 @@ fn random_batch(args: &Args, vocab: usize, device: &Device) -> Result<LmBatch> {
         labels: HostLabels::new(labels, args.seq),
         learned_tokens: args.batch * (args.seq - 1),
         tokens: args.batch * args.seq,
+        loss_weight: 1.0,
     })
 }
 
