@@ -21,7 +21,7 @@ use peft_train::batch::LmBatch;
 use peft_train::config::{LoraOptions, MethodSection, Schedule};
 use peft_train::data::Example;
 use peft_train::model::TrainableLm;
-use peft_train::schedule::WarmupSchedule;
+use peft_train::schedule::{learning_rates, WarmupSchedule};
 use peft_train::step::{optimizer_step, step_gradients};
 use peft_train::{adamw, train, TrainConfig};
 
@@ -422,6 +422,58 @@ fn accumulated_micro_batches_of_uneven_lengths_equal_one_batch_of_them_all() {
         !close(mean_of_means, loss_one),
         "{mean_of_means} vs {loss_one}"
     );
+}
+
+/// LoRA+ (`loraplus_lr_ratio` 16): one AdamW step (about ±lr per element on its first step)
+/// moves the B matrices 16 times as far as the A matrices, which move by the learning rate.
+#[test]
+fn loraplus_steps_b_at_ratio_times_the_learning_rate_of_a() {
+    let device = ndarray_device().autodiff();
+    let case = "llama-lora";
+    let expected = Expected::load(case);
+    let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
+    let config = load_adapter(
+        &mut loaded.model,
+        "default",
+        &case_dir(case).join("adapter"),
+    )
+    .unwrap();
+    let before = adapter_tensors(&loaded.model, "default", None).unwrap();
+    let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
+    let (lr, ratio) = (1e-3, 16.0);
+    let schedule = WarmupSchedule::new(lr, 0, 1, Schedule::Constant, 0);
+    let rates = learning_rates(schedule, Some(ratio));
+    let mut learner = Learner::new(model, adamw(0.0).init(), rates);
+    let labels = expected.i64("labels");
+    let batch = LmBatch {
+        input_ids: int_tensor(&expected.i64("input_ids"), &device),
+        attention_mask: int_tensor(&expected.i64("attention_mask"), &device),
+        labels: HostLabels::new(labels.values.clone(), labels.shape[1]),
+        learned_tokens: 1,
+        tokens: 1,
+        loss_weight: 1.0,
+    };
+    optimizer_step(&mut learner, [batch], 0.0).unwrap();
+    let after = adapter_tensors(&learner.model().lm, "default", None).unwrap();
+    for (key, p0) in &before {
+        let mut moves: Vec<f64> = p0
+            .data
+            .iter()
+            .zip(&after[key].data)
+            .map(|(a, b)| f64::from((a - b).abs()))
+            .collect();
+        moves.sort_by(f64::total_cmp);
+        let median = moves[moves.len() / 2];
+        let want = if key.contains("lora_B") {
+            lr * ratio
+        } else {
+            lr
+        };
+        assert!(
+            (median - want).abs() <= 0.02 * want,
+            "{key}: median step {median:e}, expected {want:e}"
+        );
+    }
 }
 
 #[test]

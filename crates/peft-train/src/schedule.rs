@@ -1,7 +1,10 @@
 //! Learning rate: linear warmup from 0, then cosine, linear or constant, as transformers'
 //! `get_{cosine,linear,constant}_schedule_with_warmup` compute it.
 
+use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
+use burn::module::ParamGroup;
+use peft_core::method::lora::LORA_PLUS_FAST_FIELDS;
 
 use crate::config::Schedule;
 
@@ -44,6 +47,25 @@ impl WarmupSchedule {
         };
         self.peak * multiplier
     }
+}
+
+/// The learning rate of every trained tensor: `schedule`, and with LoRA+ (`loraplus_lr_ratio`)
+/// the same schedule times the ratio for LoRA's B matrices and DoRA's magnitudes, as PEFT's
+/// `create_loraplus_optimizer` groups them.
+pub fn learning_rates(
+    schedule: WarmupSchedule,
+    loraplus_lr_ratio: Option<f64>,
+) -> ModuleLrScheduler {
+    let Some(ratio) = loraplus_lr_ratio else {
+        return schedule.into();
+    };
+    let fast = ParamGroup::from_regex(format!(r"(^|\.)({})$", LORA_PLUS_FAST_FIELDS.join("|")))
+        .expect("the LoRA+ field pattern is a valid regex");
+    let scaled = WarmupSchedule {
+        peak: schedule.peak * ratio,
+        ..schedule.clone()
+    };
+    ModuleLrScheduler::new(schedule).with_group(fast, scaled)
 }
 
 impl LrScheduler for WarmupSchedule {

@@ -28,6 +28,11 @@ pub struct MethodFlags {
     /// LoRA/DoRA: scale by alpha / sqrt(rank) (rank-stabilised LoRA).
     #[arg(long)]
     pub rslora: bool,
+    /// LoRA/DoRA: LoRA+, B matrices (and DoRA's magnitudes) learn at R times the learning
+    /// rate, as PEFT's create_loraplus_optimizer groups them (the paper suggests 16) [default:
+    /// off].
+    #[arg(long, value_name = "R")]
+    pub loraplus_lr_ratio: Option<f64>,
     /// LoRA, DoRA, IA3, Houlsby, Pfeiffer: modules to adapt, comma-separated (q_proj,v_proj),
     /// `all-linear`, or a regex matched against whole module paths [default: the method's
     /// default for the architecture: LoRA q_proj,v_proj (GPT-2 c_attn); IA3
@@ -110,6 +115,11 @@ impl MethodFlags {
         set("--alpha", "alpha", self.alpha.map(toml::Value::Float));
         set("--dropout", "dropout", self.dropout.map(toml::Value::Float));
         set("--rslora", "rslora", yes(self.rslora));
+        set(
+            "--loraplus-lr-ratio",
+            "loraplus_lr_ratio",
+            self.loraplus_lr_ratio.map(toml::Value::Float),
+        );
         set("--target", "target", self.target.as_deref().map(names));
         set(
             "--feedforward",

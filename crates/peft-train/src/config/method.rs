@@ -199,6 +199,12 @@ impl MethodSection {
                 if !o.alpha.is_finite() {
                     return bad("alpha", format!("{} is not a finite number", o.alpha));
                 }
+                if let Some(ratio) = o.loraplus_lr_ratio.filter(|r| !(r.is_finite() && *r > 0.0)) {
+                    return bad(
+                        "loraplus_lr_ratio",
+                        format!("{ratio} is not a positive number"),
+                    );
+                }
             }
             Self::Prefix(PrefixOptions { virtual_tokens, .. })
             | Self::Prompt(PromptOptions { virtual_tokens, .. })
@@ -212,6 +218,14 @@ impl MethodSection {
             _ => {}
         }
         Ok(())
+    }
+
+    /// LoRA+'s learning-rate ratio for B matrices, when the method is LoRA or DoRA and sets one.
+    pub fn loraplus_lr_ratio(&self) -> Option<f64> {
+        match self {
+            Self::Lora(o) | Self::Dora(o) => o.loraplus_lr_ratio,
+            _ => None,
+        }
     }
 
     /// The PEFT adapter configuration this section describes. Prompt tuning from text still

@@ -18,6 +18,9 @@ pub struct LoraOptions {
     /// Module names to adapt (`["q_proj", "v_proj"]`), `["all-linear"]`, or one regex; empty
     /// means the architecture's default.
     pub target: Vec<String>,
+    /// LoRA+: B matrices (and DoRA's magnitudes) learn at this multiple of the learning rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loraplus_lr_ratio: Option<f64>,
 }
 
 impl Default for LoraOptions {
@@ -28,6 +31,7 @@ impl Default for LoraOptions {
             dropout: 0.05,
             rslora: false,
             target: Vec::new(),
+            loraplus_lr_ratio: None,
         }
     }
 }

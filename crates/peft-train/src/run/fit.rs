@@ -20,7 +20,7 @@ use crate::error::{Result, TrainError};
 use crate::metrics::{LmMetric, LmQuantity};
 use crate::model::TrainableLm;
 use crate::plain;
-use crate::schedule::WarmupSchedule;
+use crate::schedule::{learning_rates, WarmupSchedule};
 use crate::step::adamw;
 use crate::strategy::{LoopReport, LoopSettings, StepStrategy};
 
@@ -111,7 +111,8 @@ pub(super) fn fit(
         t.schedule,
         start_step,
     );
-    let mut learner = Learner::new(model, adamw(t.weight_decay).init(), schedule);
+    let rates = learning_rates(schedule, config.method.loraplus_lr_ratio());
+    let mut learner = Learner::new(model, adamw(t.weight_decay).init(), rates);
     if let Some((_, dir)) = &resume_from {
         learner.load_optim(checkpoint::read_optimizer(dir)?);
     }

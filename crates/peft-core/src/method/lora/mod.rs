@@ -7,3 +7,7 @@ mod tests;
 
 pub use config::{LoraConfig, LoraInit, LoraShape, DEFAULT_TARGETS};
 pub use layer::LoraLayer;
+
+/// The [`LoraLayer`] fields LoRA+ trains at its higher learning rate: B, and DoRA's magnitude
+/// (PEFT's `create_loraplus_optimizer` puts `lora_B` and every 1-D parameter in that group).
+pub const LORA_PLUS_FAST_FIELDS: [&str; 2] = ["lora_b", "magnitude"];
