@@ -476,6 +476,74 @@ fn loraplus_steps_b_at_ratio_times_the_learning_rate_of_a() {
     }
 }
 
+/// Trained tensors of the shapes adapters have: a projection with a bias, a bottleneck
+/// adapter's layer norm, a vector.
+#[derive(Module, Debug)]
+struct DecayProbe {
+    down: burn::nn::Linear,
+    norm: peft_core::method::bottleneck::AdapterNorm,
+    scale: Param<Tensor<1>>,
+}
+
+/// Weight decay as transformers' `Trainer` applies it: every trained tensor but biases and
+/// normalisation weights loses `lr · wd · p` on top of the AdamW update.
+#[test]
+fn weight_decay_skips_biases_and_norm_weights() {
+    let device = ndarray_device().autodiff();
+    let tensor = |values: &[f32]| {
+        Param::from_tensor(Tensor::<1>::from_floats(values, &device).require_grad())
+    };
+    let probe = DecayProbe {
+        down: burn::nn::LinearConfig::new(3, 2).init(&device),
+        norm: peft_core::method::bottleneck::AdapterNorm {
+            weight: tensor(&[1.0, 0.5]),
+            bias: tensor(&[0.25, -0.5]),
+        },
+        scale: tensor(&[2.0, -1.0, 0.5]),
+    };
+    let (lr, wd) = (0.1, 0.5);
+    let step = |weight_decay: f64| {
+        let probe = probe.clone();
+        let loss = probe.down.weight.val().sum()
+            + probe.down.bias.as_ref().unwrap().val().sum()
+            + probe.norm.weight.val().sum()
+            + probe.norm.bias.val().sum()
+            + probe.scale.val().sum();
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &probe);
+        let stepped = peft_train::optimizer(weight_decay).step(lr, probe, grads);
+        [
+            ("down.weight", stepped.down.weight.val().reshape([-1])),
+            ("down.bias", stepped.down.bias.unwrap().val()),
+            ("norm.weight", stepped.norm.weight.val()),
+            ("norm.bias", stepped.norm.bias.val()),
+            ("scale", stepped.scale.val()),
+        ]
+        .map(|(name, t)| (name, to_vec(t)))
+    };
+    let before = step(0.0);
+    let decayed = step(wd);
+    let initial: BTreeMap<&str, Vec<f32>> = [
+        ("down.weight", to_vec(probe.down.weight.val().reshape([-1]))),
+        ("scale", to_vec(probe.scale.val())),
+    ]
+    .into();
+    for ((name, plain), (_, with_decay)) in before.iter().zip(&decayed) {
+        match initial.get(name) {
+            Some(p0) => {
+                for ((a, b), p) in plain.iter().zip(with_decay).zip(p0) {
+                    let want = (lr * wd) as f32 * p;
+                    assert!(
+                        (a - b - want).abs() <= 1e-6,
+                        "{name}: decay {} vs {want}",
+                        a - b
+                    );
+                }
+            }
+            None => assert_eq!(plain, with_decay, "{name} must not decay"),
+        }
+    }
+}
+
 #[test]
 fn every_shipped_config_parses_and_validates() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");

@@ -25,4 +25,4 @@ pub mod strategy;
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};
 pub use run::{tokenize_init_text, train, TestScores, TrainSummary, FINAL_DIR};
-pub use step::adamw;
+pub use step::{adamw, optimizer};

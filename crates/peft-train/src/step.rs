@@ -6,8 +6,9 @@
 //! device: the loss and the norm stay tensors for the caller to read once (the trainer reads
 //! them between the gradients and their application).
 
+use burn::module::ParamGroup;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use burn::train::Learner;
 
@@ -113,6 +114,22 @@ pub fn step_gradients(
         tokens,
         learned_tokens: learned,
     })
+}
+
+/// Parameters transformers' `Trainer` exempts from weight decay (`get_decay_parameter_names`:
+/// biases and normalisation weights, by name), matched against Burn's parameter paths
+/// (`…down.bias`, a bottleneck adapter's `…norm.weight`, a layer norm's `…layer_norm.gamma`).
+const NO_DECAY: &str = r"bias|layernorm|rmsnorm|(^|\.)norm($|\.)|_norm($|\.)";
+
+/// The training optimizer: AdamW with PyTorch's defaults and `weight_decay` on every trained
+/// tensor but biases and normalisation weights, as `Trainer` groups them.
+pub fn optimizer(weight_decay: f64) -> ModuleOptimizer {
+    let optimizer = adamw(weight_decay).init();
+    if weight_decay == 0.0 {
+        return optimizer;
+    }
+    let no_decay = ParamGroup::from_regex(NO_DECAY).expect("the no-decay pattern is a valid regex");
+    optimizer.with_group(no_decay, adamw(0.0).build(), None)
 }
 
 /// AdamW with PyTorch's defaults (Burn's default epsilon and weight decay differ).

@@ -21,7 +21,7 @@ use crate::metrics::{LmMetric, LmQuantity};
 use crate::model::TrainableLm;
 use crate::plain;
 use crate::schedule::{learning_rates, WarmupSchedule};
-use crate::step::adamw;
+use crate::step::optimizer;
 use crate::strategy::{LoopReport, LoopSettings, StepStrategy};
 
 /// A finished fit.
@@ -112,7 +112,7 @@ pub(super) fn fit(
         start_step,
     );
     let rates = learning_rates(schedule, config.method.loraplus_lr_ratio());
-    let mut learner = Learner::new(model, adamw(t.weight_decay).init(), rates);
+    let mut learner = Learner::new(model, optimizer(t.weight_decay), rates);
     if let Some((_, dir)) = &resume_from {
         learner.load_optim(checkpoint::read_optimizer(dir)?);
     }

@@ -206,7 +206,7 @@ pub fn run(args: Args) -> Result<()> {
         .checked_add(args.steps)
         .context("--warmup + --steps overflows")?;
     let schedule = WarmupSchedule::new(1e-4, 0, total, Schedule::Constant, 0);
-    let mut learner = Learner::new(model, peft_train::adamw(0.0).init(), schedule);
+    let mut learner = Learner::new(model, peft_train::optimizer(0.0), schedule);
     let mut step_ms = Vec::new();
     let mut device_peak = None;
     for step in 0..total {

@@ -8,7 +8,7 @@ mod layer;
 pub use config::{
     BottleneckConfig, BottleneckVariant, NonLinearity, HOULSBY_TARGETS, PFEIFFER_TARGETS,
 };
-pub use layer::BottleneckLayer;
+pub use layer::{AdapterNorm, BottleneckLayer};
 
 #[cfg(test)]
 mod tests {
