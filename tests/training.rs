@@ -544,6 +544,59 @@ fn weight_decay_skips_biases_and_norm_weights() {
     }
 }
 
+/// `model.adapter` (`train --adapter`) continues a saved adapter, here PEFT's LoRA on the tiny
+/// LLaMA: the first step's loss is that adapter's loss on the same batch (the whole dataset),
+/// and the adapter moves from there.
+#[test]
+fn training_continues_a_saved_adapter_from_its_weights() {
+    let (_dir, mut config) = setup();
+    let adapter = case_dir("llama-lora").join("adapter");
+    config.method = MethodSection::default();
+    config.model.adapter = Some(adapter.clone());
+    config.training.max_steps = Some(2);
+    config.training.log_every = 1;
+    let out = config.training.out.clone();
+    train(&config, &ndarray_device(), false).expect("training continues the adapter");
+
+    let device = ndarray_device();
+    let mut loaded = load_model(&case_dir("llama-base").join("base"), &device).unwrap();
+    load_adapter(&mut loaded.model, "default", &adapter).unwrap();
+    let tokenizer = loaded.tokenizer.as_ref().unwrap();
+    let tokenization = peft_train::data::Tokenization {
+        tokenizer,
+        eos_id: peft_train::data::eos_id(&loaded).unwrap(),
+        seq_len: config.data.seq_len,
+        vocab_size: 384,
+    };
+    let data = config.data.train.as_deref().unwrap();
+    let records = peft_train::data::read_jsonl(data).unwrap();
+    let examples = tokenization.examples(data, &records).unwrap();
+    let all: Vec<&Example> = examples.iter().collect();
+    let batch = LmBatch::new(&all, tokenization.eos_id, &device);
+    let want = to_vec(peft_models::loss::lm_loss(
+        &loaded.model,
+        batch.input_ids.clone(),
+        Some(&batch.attention_mask),
+        &batch.labels,
+    ))[0];
+    let losses = logged_losses(&out);
+    assert!(
+        (losses[0] - f64::from(want)).abs() <= 1e-4 * f64::from(want),
+        "first step's loss {} vs the saved adapter's {want}",
+        losses[0]
+    );
+    assert!(losses[1] < losses[0], "{losses:?}");
+    // The final adapter has the saved one's tensors (names and shapes).
+    let layout = |dir: &Path| -> BTreeMap<String, Vec<usize>> {
+        let model = load_model(&case_dir("llama-base").join("base"), &device).unwrap();
+        let mut model = model.model;
+        load_adapter(&mut model, "default", dir).unwrap();
+        let tensors = adapter_tensors(&model, "default", None).unwrap();
+        tensors.into_iter().map(|(k, t)| (k, t.shape)).collect()
+    };
+    assert_eq!(layout(&out.join("final")), layout(&adapter));
+}
+
 #[test]
 fn every_shipped_config_parses_and_validates() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");

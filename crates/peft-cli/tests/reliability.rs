@@ -447,3 +447,26 @@ fn family_settings_the_crate_does_not_implement_are_refused_by_key() {
         assert_fails_with(&inspect(dir.path()), needles);
     }
 }
+
+/// `train --adapter` takes the method from the adapter: method flags beside it, or a missing
+/// adapter folder, are refused by name and nothing is written.
+#[test]
+fn continuing_an_adapter_refuses_method_flags_and_missing_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixtures().join("llama-lora/adapter");
+    for (flags, needles) in [
+        (vec!["--rank", "4"], vec!["--rank", "--adapter"]),
+        (vec!["--method", "ia3"], vec!["--method", "--adapter"]),
+    ] {
+        let out = train(
+            dir.path(),
+            &[&["--adapter", path_str(&adapter)], &flags[..]].concat(),
+        );
+        assert_fails_with(&out, &needles);
+        assert_no_adapter(dir.path());
+    }
+    let missing = dir.path().join("no-such-adapter");
+    let out = train(dir.path(), &["--adapter", path_str(&missing)]);
+    assert_fails_with(&out, &["no-such-adapter"]);
+    assert_no_adapter(dir.path());
+}

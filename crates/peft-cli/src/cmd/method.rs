@@ -161,6 +161,12 @@ impl MethodFlags {
         out
     }
 
+    /// The first method flag given (`--method` first), if any.
+    pub fn first_given(&self) -> Option<&'static str> {
+        let method = self.method.map(|_| "--method");
+        method.or_else(|| self.given().first().map(|(flag, _, _)| *flag))
+    }
+
     /// Overrides `m`'s keys with the flags that were given. With `--method` another method
     /// than `m`'s, `m`'s options that differ from their defaults carry over (and must be
     /// options of the new method too). An option of another method is an error naming it.

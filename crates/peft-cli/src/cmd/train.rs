@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use peft_train::checkpoint::CONFIG_FILE;
 use peft_train::config::Schedule;
@@ -29,6 +29,11 @@ pub struct Args {
     /// `smollm2-135m-instruct` (see `peft-cli inspect --help` for what each reads).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// Continue training a saved adapter (a PEFT adapter folder, ours or Hugging Face PEFT's),
+    /// as PEFT's is_trainable=True loads it: its adapter_config.json is the method, so the
+    /// method flags (--method, --rank, ...) are refused with it.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Training data, JSONL: {"text"}, {"prompt","completion"} or {"messages":[...]} per line.
     #[arg(long, value_name = "FILE.jsonl")]
     pub data: Option<PathBuf>,
@@ -122,6 +127,15 @@ impl Args {
         some(&mut c.data.valid, &self.valid);
         set(&mut c.data.valid_fraction, &self.valid_fraction);
         self.method.apply(&mut c.method)?;
+        some(&mut c.model.adapter, &self.adapter);
+        if c.model.adapter.is_some() {
+            if let Some(flag) = self.method.first_given() {
+                bail!(
+                    "{flag} cannot be combined with --adapter: the adapter's adapter_config.json \
+                     sets the method and its options"
+                );
+            }
+        }
         let t = &mut c.training;
         set(&mut t.lr, &self.lr);
         set(&mut t.batch_size, &self.batch_size);

@@ -62,6 +62,10 @@ pub struct ModelSection {
     pub path: Option<PathBuf>,
     /// Compute backend name (`auto`, `ndarray`, `flex`, `wgpu`, `cuda`); read by the CLI.
     pub backend: Option<String>,
+    /// A saved adapter folder (PEFT's format, ours or PEFT's) to continue training, as PEFT's
+    /// `is_trainable=True` loads it; its `adapter_config.json` is the method, so `[method]` must
+    /// stay at its defaults.
+    pub adapter: Option<PathBuf>,
 }
 
 /// `[data]`.
@@ -212,6 +216,14 @@ impl TrainConfig {
             .clone()
             .ok_or_else(|| bad("data.train", "no training data given".into()))?;
         self.method.validate()?;
+        if self.model.adapter.is_some() && self.method != MethodSection::default() {
+            return Err(bad(
+                "method",
+                "cannot be set with model.adapter: the adapter's adapter_config.json is the \
+                 method and its options"
+                    .into(),
+            ));
+        }
         let bad = |key: &str, message: String| Err(bad(key, message));
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return bad("training.lr", format!("{} is not a positive number", t.lr));

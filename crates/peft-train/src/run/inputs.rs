@@ -124,7 +124,8 @@ fn early_warnings(config: &TrainConfig, adapter: &AdapterConfig, resumed: bool) 
     warnings
 }
 
-/// Attaches a fresh adapter, or the checkpoint's when resuming; returns its configuration
+/// Attaches a fresh adapter, the checkpoint's when resuming, or the saved one `model.adapter`
+/// continues; returns its configuration
 /// (as attached, with the model's defaults filled in, so that checkpoints describe the tensors
 /// they hold).
 fn attach(
@@ -133,9 +134,11 @@ fn attach(
     tokenizer: &TextTokenizer,
     resume_from: Option<&(TrainerState, PathBuf)>,
 ) -> Result<AdapterConfig> {
-    match resume_from {
-        Some((_, dir)) => Ok(peft_core::load_adapter(lm, DEFAULT_ADAPTER, dir)?),
-        None => {
+    match (resume_from, &config.model.adapter) {
+        (Some((_, dir)), _) | (None, Some(dir)) => {
+            Ok(peft_core::load_adapter(lm, DEFAULT_ADAPTER, dir)?)
+        }
+        (None, None) => {
             let mut adapter = config.method.adapter_config();
             tokenize_init_text(&mut adapter, tokenizer)?;
             Ok(peft_core::attach_adapter(lm, DEFAULT_ADAPTER, &adapter)?.config)
