@@ -1,5 +1,5 @@
 //! Adapters saved by Hugging Face PEFT (LoRA on GPT-2, LLaMA, Llama 3.1 RoPE, Qwen2, Qwen3,
-//! Mistral and Gemma; IA3, prefix tuning), against
+//! Mistral, Gemma and Phi-3; IA3, prefix tuning, VeRA), against
 //! PEFT's own outputs: logits, loss, gradients, greedy decoding, parameter counts, merge,
 //! disable, save/load round trips; on ndarray, flex and wgpu.
 
@@ -16,7 +16,7 @@ use peft_models::loss::causal_lm_loss;
 use peft_models::{load_model, LoadedModel};
 use safetensors::SafeTensors;
 
-const CASES: [&str; 10] = [
+const CASES: [&str; 11] = [
     "gpt2-lora",
     "llama-lora",
     "llama-ia3",
@@ -27,6 +27,7 @@ const CASES: [&str; 10] = [
     "gemma-lora",
     "phi3-lora",
     "llama31-rope-lora",
+    "llama-vera",
 ];
 
 /// Prompt learning adds virtual tokens; it cannot be merged into weights (nor in PEFT).
@@ -132,12 +133,12 @@ fn check_loss_and_grads(case: &str, device: &Device) {
         "{case}: loss {loss} vs {want} (relative {rel:e})"
     );
     let ours = adapter_tensors(&loaded.model, "default", Some(&grads)).unwrap();
-    let file = std::fs::read(case_dir(case).join("adapter/adapter_model.safetensors")).unwrap();
-    let keys: Vec<String> = SafeTensors::deserialize(&file)
-        .unwrap()
+    // Every trained tensor of the file has a reference gradient (VeRA's frozen shared
+    // projections have none).
+    let keys: Vec<String> = expected
         .names()
         .into_iter()
-        .map(String::from)
+        .filter_map(|n| n.strip_prefix("grad.").map(String::from))
         .collect();
     assert_eq!(
         ours.keys().cloned().collect::<Vec<_>>(),
@@ -326,6 +327,37 @@ fn merged_folders_reload_to_the_adapter_logits() {
             "{case}: merged folder's logits error {err:e}"
         );
     }
+}
+
+/// A VeRA file saved with `save_projection=False` holds no projections (PEFT redraws them from
+/// PyTorch's generator): it is refused saying so, and the model is left as it was.
+#[test]
+fn a_vera_file_without_its_projections_is_refused_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = case_dir("llama-vera").join("adapter");
+    std::fs::copy(
+        adapter.join("adapter_model.safetensors"),
+        dir.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
+    config["save_projection"] = false.into();
+    std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+    let device = ndarray_device();
+    let mut loaded = load_model(&case_dir("llama-vera").join("base"), &device).unwrap();
+    let err = load_adapter(&mut loaded.model, "default", dir.path())
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "save_projection",
+        "projection_prng_key",
+        "save_projection=True",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+    assert!(peft_core::adapters::adapter_names(&loaded.model).is_empty());
 }
 
 /// The fixture's base folder with `config.json` rewritten by `edit`.

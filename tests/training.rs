@@ -135,7 +135,9 @@ fn lora_training_lowers_the_loss_and_moves_only_the_adapter() {
 
 #[test]
 fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
-    use peft_train::config::{BottleneckOptions, Ia3Options, Method, PrefixOptions, PromptOptions};
+    use peft_train::config::{
+        BottleneckOptions, Ia3Options, Method, PrefixOptions, PromptOptions, VeraOptions,
+    };
     let device = burn::tensor::Device::flex();
     let methods = [
         Method::Lora,
@@ -145,6 +147,7 @@ fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
         Method::Ia3,
         Method::Houlsby,
         Method::Pfeiffer,
+        Method::Vera,
     ];
     for case in ["gpt2-base", "llama-base", "qwen2-lora", "gemma-lora"] {
         for (method, projection) in methods
@@ -181,10 +184,15 @@ fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
                 Method::Ia3 => MethodSection::Ia3(Ia3Options::default()),
                 Method::Houlsby => MethodSection::Houlsby(bottleneck),
                 Method::Pfeiffer => MethodSection::Pfeiffer(bottleneck),
+                Method::Vera => MethodSection::Vera(VeraOptions {
+                    rank: 16,
+                    ..VeraOptions::default()
+                }),
             };
-            // Virtual tokens start at N(0, 1): they need larger steps than weight deltas.
+            // Virtual tokens start at N(0, 1), and VeRA's vectors scale small frozen random
+            // projections: both need larger steps than weight deltas.
             config.training.lr = match method {
-                Method::Prefix | Method::Prompt => 1e-1,
+                Method::Prefix | Method::Prompt | Method::Vera => 1e-1,
                 _ => 2e-2,
             };
             config.training.max_steps = Some(12);

@@ -48,6 +48,12 @@ impl Expected {
         }
     }
 
+    /// The names of the reference tensors.
+    pub fn names(&self) -> Vec<String> {
+        let file = SafeTensors::deserialize(&self.bytes).expect("fixture is valid safetensors");
+        file.names().into_iter().map(String::from).collect()
+    }
+
     fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
         SafeTensors::deserialize(&self.bytes)
             .expect("fixture is valid safetensors")

@@ -15,7 +15,7 @@ use crate::files::{read, write_atomic};
 use crate::host::ProjectionHost;
 use crate::ids::replace_value;
 use crate::projection::WeightLayout;
-use crate::registry::AdapterConfig;
+use crate::registry::{Adapter, AdapterConfig};
 use crate::tensors::{decode_floats, to_safetensors, value_or_grad, HostTensor};
 
 /// The adapter config file name PEFT uses.
@@ -36,6 +36,12 @@ pub fn adapter_tensors(
         // PEFT keys prompt-learning tensors without the module prefix.
         out.extend(adapter.file_tensors(grads)?);
     }
+    let layers: Vec<&Adapter> = model
+        .projections()
+        .into_iter()
+        .filter_map(|(_, proj)| proj.adapter(name))
+        .collect();
+    out.extend(Adapter::shared_file_tensors(&layers, grads)?);
     for (key, proj) in model.projections() {
         if let Some(adapter) = proj.adapter(name) {
             for (suffix, tensor) in adapter.file_tensors(grads)? {
@@ -162,6 +168,20 @@ fn fill_from_file(
         };
         adapter.load_file_tensors(&mut reader)?;
     }
+    let layers: Vec<&mut Adapter> = model
+        .projections_mut()
+        .into_iter()
+        .filter_map(|(_, proj)| {
+            let named = proj.adapters.iter_mut().find(|a| a.name == name)?;
+            Some(&mut named.adapter)
+        })
+        .collect();
+    let mut shared_reader = |key: &str, expected: &[usize]| -> Result<HostTensor> {
+        let t = read_tensor(file, path, key, expected)?;
+        used.insert(key.to_string());
+        Ok(t)
+    };
+    Adapter::load_shared_file_tensors(layers, &mut shared_reader)?;
     for (key, proj) in model.projections_mut() {
         let prefix = format!("{KEY_PREFIX}{key}.");
         let mut reader = |suffix: &str, expected: &[usize]| -> Result<HostTensor> {

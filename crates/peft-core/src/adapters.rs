@@ -131,6 +131,14 @@ pub(crate) fn attach(
             });
         }
     }
+    let shapes: Vec<[usize; 2]> = model
+        .projections()
+        .into_iter()
+        .filter(|(key, _)| report.adapted.contains(key))
+        .map(|(_, proj)| proj.base.weight.dims())
+        .collect();
+    let mut config = config;
+    config.fit_to_targets(&shapes);
     for (key, proj) in model.projections_mut() {
         if report.saved.contains(&key) {
             proj.attach_copy(name);

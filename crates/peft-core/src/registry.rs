@@ -15,6 +15,7 @@ use crate::method::ia3::{Ia3Config, Ia3Layer};
 use crate::method::lora::{LoraConfig, LoraLayer};
 use crate::method::prefix::{PrefixEncoder, PrefixTuningConfig};
 use crate::method::prompt::{PromptEmbedding, PromptTuningConfig};
+use crate::method::vera::{VeraConfig, VeraLayer};
 use crate::target::TargetMatcher;
 use crate::tensors::{HostTensor, TensorReader};
 
@@ -86,6 +87,13 @@ macro_rules! register_methods {
                     $(Self::$variant(c) => c.matcher(),)*
                 }
             }
+
+            /// Learns the weight shapes `[in, out]` of the projections about to be adapted.
+            pub fn fit_to_targets(&mut self, shapes: &[[usize; 2]]) {
+                match self {
+                    $(Self::$variant(c) => c.fit_to_targets(shapes),)*
+                }
+            }
         }
 
         register_methods!(@sort [] [] $($variant: $config => $kind $layer,)*);
@@ -99,6 +107,9 @@ macro_rules! register_methods {
     };
     (@sort [$(($pv:ident, $pc:ty, $pl:ty))*] [$(($mv:ident, $mc:ty, $ml:ty))*]) => {
         /// A method's layer on one projection.
+        // One per adapted projection, reached through its name, never in a hot collection: the
+        // size difference between methods (VeRA's frozen slices) costs nothing.
+        #[allow(clippy::large_enum_variant)]
         #[derive(burn::module::Module, Debug)]
         pub enum Adapter {
             $(
@@ -171,6 +182,50 @@ macro_rules! register_methods {
                 match self {
                     $(Self::$pv(l) => l.load_file_tensors(read),)*
                 }
+            }
+
+            /// The tensors the method of `layers` (one adapter's) keeps once for all of them,
+            /// by full key; with `grads`, their gradients.
+            pub fn shared_file_tensors(
+                layers: &[&Adapter],
+                grads: Option<&Gradients>,
+            ) -> Result<Vec<(String, HostTensor)>> {
+                $(
+                    #[allow(unreachable_patterns)]
+                    let of: Vec<&$pl> = layers
+                        .iter()
+                        .filter_map(|a| match a {
+                            Adapter::$pv(l) => Some(l),
+                            _ => None,
+                        })
+                        .collect();
+                    if !of.is_empty() {
+                        return <$pl as ProjectionLayer>::shared_file_tensors(&of, grads);
+                    }
+                )*
+                Ok(Vec::new())
+            }
+
+            /// Reads those tensors (by full key) into every layer of `layers`.
+            pub fn load_shared_file_tensors(
+                layers: Vec<&mut Adapter>,
+                read: &mut TensorReader<'_>,
+            ) -> Result<()> {
+                let mut layers = layers;
+                $(
+                    #[allow(unreachable_patterns)]
+                    let mut of: Vec<&mut $pl> = layers
+                        .iter_mut()
+                        .filter_map(|a| match &mut **a {
+                            Adapter::$pv(l) => Some(l),
+                            _ => None,
+                        })
+                        .collect();
+                    if !of.is_empty() {
+                        return <$pl as ProjectionLayer>::load_shared_file_tensors(&mut of, read);
+                    }
+                )*
+                Ok(())
             }
         }
 
@@ -324,6 +379,7 @@ register_methods! {
     PrefixTuning: PrefixTuningConfig => model PrefixEncoder,
     PromptTuning: PromptTuningConfig => model PromptEmbedding,
     Bottleneck: BottleneckConfig => projection BottleneckLayer,
+    Vera: VeraConfig => projection VeraLayer,
 }
 
 /// The `peft_type` values this crate implements, for messages.

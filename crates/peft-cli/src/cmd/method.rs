@@ -16,13 +16,14 @@ pub struct MethodFlags {
     /// PEFT method. Each takes its own options below; an option of another method is an error.
     #[arg(long, value_enum)]
     pub method: Option<MethodArg>,
-    /// LoRA/DoRA: rank of the update [default: 8].
+    /// LoRA/DoRA: rank of the update [default: 8]; VeRA: rank of the shared projections
+    /// [default: 256].
     #[arg(long, value_name = "R")]
     pub rank: Option<usize>,
     /// LoRA/DoRA: alpha; the update is scaled by alpha / rank [default: 16].
     #[arg(long, value_name = "A")]
     pub alpha: Option<f64>,
-    /// LoRA/DoRA: dropout on the adapter's input [default: 0.05].
+    /// LoRA/DoRA/VeRA: dropout on the adapter's input [default: LoRA/DoRA 0.05, VeRA 0].
     #[arg(long, value_name = "P")]
     pub dropout: Option<f64>,
     /// LoRA/DoRA: scale by alpha / sqrt(rank) (rank-stabilised LoRA).
@@ -33,9 +34,12 @@ pub struct MethodFlags {
     /// off].
     #[arg(long, value_name = "R")]
     pub loraplus_lr_ratio: Option<f64>,
-    /// LoRA, DoRA, IA3, Houlsby, Pfeiffer: modules to adapt, comma-separated (q_proj,v_proj),
+    /// VeRA: initial value of every λ_d (λ_b starts at zero) [default: 0.1].
+    #[arg(long, value_name = "D")]
+    pub d_initial: Option<f64>,
+    /// LoRA, DoRA, VeRA, IA3, Houlsby, Pfeiffer: modules to adapt, comma-separated (q_proj,v_proj),
     /// `all-linear`, or a regex matched against whole module paths [default: the method's
-    /// default for the architecture: LoRA q_proj,v_proj (GPT-2 c_attn); IA3
+    /// default for the architecture: LoRA and VeRA q_proj,v_proj (GPT-2 c_attn); IA3
     /// k_proj,v_proj,down_proj (GPT-2 c_attn,mlp.c_proj); Houlsby o_proj,down_proj (GPT-2
     /// attn.c_proj,mlp.c_proj); Pfeiffer down_proj (GPT-2 mlp.c_proj)].
     #[arg(long, value_name = "NAMES")]
@@ -115,6 +119,11 @@ impl MethodFlags {
         set("--alpha", "alpha", self.alpha.map(toml::Value::Float));
         set("--dropout", "dropout", self.dropout.map(toml::Value::Float));
         set("--rslora", "rslora", yes(self.rslora));
+        set(
+            "--d-initial",
+            "d_initial",
+            self.d_initial.map(toml::Value::Float),
+        );
         set(
             "--loraplus-lr-ratio",
             "loraplus_lr_ratio",

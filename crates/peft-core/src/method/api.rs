@@ -41,6 +41,11 @@ pub trait MethodConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwned {
     fn matcher(&self) -> Result<Option<TargetMatcher>> {
         self.targets().map(|t| t.matcher(None, None)).transpose()
     }
+
+    /// Learns the weight shapes `[in, out]` of the projections it is about to adapt, before
+    /// their layers are made (VeRA sizes its shared projections by the widest). Nothing by
+    /// default.
+    fn fit_to_targets(&mut self, _shapes: &[[usize; 2]]) {}
 }
 
 /// A projection's weight `[in, out]` and bias with an adapter merged in, and what unmerging
@@ -96,6 +101,24 @@ pub trait ProjectionLayer: Module + Sized {
     /// Replaces the layer's tensors with those `read` returns for PEFT's names and shapes.
     fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()>;
 
+    /// Tensors the method keeps once for all layers of one adapter (VeRA's shared
+    /// projections), by full key (`base_model.vera_A`); with `grads`, their gradients. None by
+    /// default.
+    fn shared_file_tensors(
+        _layers: &[&Self],
+        _grads: Option<&Gradients>,
+    ) -> Result<Vec<(String, HostTensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Reads those tensors (by full key) into every layer of one adapter. Nothing by default.
+    fn load_shared_file_tensors(
+        _layers: &mut [&mut Self],
+        _read: &mut TensorReader<'_>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// A term the trainer adds to the loss, computed over every layer of one adapter (the slot
     /// for AdaLoRA's orthogonality regulariser). None by default.
     fn extra_loss(_config: &Self::Config, _layers: &[&Self]) -> Option<Tensor<1>> {
@@ -117,8 +140,7 @@ pub struct ModelContext<'a> {
     pub embed_ids: &'a dyn Fn(&[u32]) -> Tensor<2>,
 }
 
-/// A method's adapter on the model as a whole: prompt learning's virtual tokens today, shared
-/// state of a method's projection layers (VeRA's projections) next. The model's forward pass
+/// A method's adapter on the model as a whole: prompt learning's virtual tokens. The model's forward pass
 /// asks for its virtual tokens; it does not know the method.
 pub trait ModelLayer: Module + Sized {
     /// The configuration it is built from.

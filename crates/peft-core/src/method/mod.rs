@@ -12,3 +12,4 @@ pub mod ia3;
 pub mod lora;
 pub mod prefix;
 pub mod prompt;
+pub mod vera;

@@ -7,12 +7,15 @@ use peft_core::method::ia3::Ia3Config;
 use peft_core::method::lora::LoraConfig;
 use peft_core::method::prefix::PrefixTuningConfig;
 use peft_core::method::prompt::{PromptInit, PromptTuningConfig};
+use peft_core::method::vera::VeraConfig;
 use peft_core::target::{TargetModules, ALL_LINEAR};
 use peft_core::AdapterConfig;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::options::{BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions};
+use super::options::{
+    BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions, VeraOptions,
+};
 use crate::error::{Result, TrainError};
 
 /// The methods `train` trains, by the name `[method] name` and `--method` take.
@@ -33,11 +36,13 @@ pub enum Method {
     Houlsby,
     /// Pfeiffer bottleneck adapters.
     Pfeiffer,
+    /// VeRA.
+    Vera,
 }
 
 impl Method {
     /// Every method, in the order help texts list them.
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Self::Lora,
         Self::Dora,
         Self::Prefix,
@@ -45,6 +50,7 @@ impl Method {
         Self::Ia3,
         Self::Houlsby,
         Self::Pfeiffer,
+        Self::Vera,
     ];
 
     /// The name in `[method] name` and `--method`.
@@ -57,6 +63,7 @@ impl Method {
             Self::Ia3 => "ia3",
             Self::Houlsby => "houlsby",
             Self::Pfeiffer => "pfeiffer",
+            Self::Vera => "vera",
         }
     }
 
@@ -72,6 +79,9 @@ impl Method {
             }
             Self::Houlsby => "Bottleneck adapters after the attention and feed-forward blocks",
             Self::Pfeiffer => "Bottleneck adapters after the feed-forward blocks only",
+            Self::Vera => {
+                "VeRA: shared frozen random projections, a trained vector pair per target"
+            }
         }
     }
 
@@ -90,6 +100,7 @@ impl Method {
             Self::Ia3 => MethodSection::Ia3(Ia3Options::default()),
             Self::Houlsby => MethodSection::Houlsby(BottleneckOptions::default()),
             Self::Pfeiffer => MethodSection::Pfeiffer(BottleneckOptions::default()),
+            Self::Vera => MethodSection::Vera(VeraOptions::default()),
         }
     }
 }
@@ -112,6 +123,8 @@ pub enum MethodSection {
     Houlsby(BottleneckOptions),
     /// Bottleneck adapters after the feed-forward blocks.
     Pfeiffer(BottleneckOptions),
+    /// VeRA.
+    Vera(VeraOptions),
 }
 
 impl Default for MethodSection {
@@ -143,6 +156,7 @@ impl MethodSection {
             Self::Ia3(_) => Method::Ia3,
             Self::Houlsby(_) => Method::Houlsby,
             Self::Pfeiffer(_) => Method::Pfeiffer,
+            Self::Vera(_) => Method::Vera,
         }
     }
 
@@ -177,6 +191,7 @@ impl MethodSection {
             Method::Ia3 => Self::Ia3(options(method, table)?),
             Method::Houlsby => Self::Houlsby(options(method, table)?),
             Method::Pfeiffer => Self::Pfeiffer(options(method, table)?),
+            Method::Vera => Self::Vera(options(method, table)?),
         })
     }
 
@@ -214,6 +229,20 @@ impl MethodSection {
             }
             Self::Houlsby(o) | Self::Pfeiffer(o) if o.reduction_factor == 0 => {
                 return bad("reduction_factor", "must be at least 1".into());
+            }
+            Self::Vera(o) => {
+                if o.rank == 0 {
+                    return bad("rank", "must be at least 1".into());
+                }
+                if !(0.0..1.0).contains(&o.dropout) {
+                    return bad("dropout", format!("{} is not in [0, 1)", o.dropout));
+                }
+                if !o.d_initial.is_finite() {
+                    return bad(
+                        "d_initial",
+                        format!("{} is not a finite number", o.d_initial),
+                    );
+                }
             }
             _ => {}
         }
@@ -281,6 +310,17 @@ impl MethodSection {
                 };
                 c.targets.target_modules = target_modules(&o.target);
                 AdapterConfig::Bottleneck(c)
+            }
+            Self::Vera(o) => {
+                let mut c = VeraConfig {
+                    r: o.rank,
+                    d_initial: o.d_initial,
+                    vera_dropout: o.dropout,
+                    peft: PeftFields::causal_lm(),
+                    ..VeraConfig::default()
+                };
+                c.targets.target_modules = target_modules(&o.target);
+                AdapterConfig::Vera(c)
             }
         }
     }

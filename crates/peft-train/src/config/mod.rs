@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TrainError};
 
 pub use method::{target_modules, Method, MethodSection};
-pub use options::{BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions};
+pub use options::{
+    BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions, VeraOptions,
+};
 
 /// Everything a training run needs to know.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -112,3 +112,29 @@ impl Default for BottleneckOptions {
         }
     }
 }
+
+/// VeRA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VeraOptions {
+    /// Rank of the shared random projections.
+    pub rank: usize,
+    /// Initial value of every `λ_d` (`λ_b` starts at zero).
+    pub d_initial: f64,
+    /// Dropout on the branch's input.
+    pub dropout: f64,
+    /// Module names to adapt; empty means the architecture's default (LoRA's).
+    pub target: Vec<String>,
+}
+
+impl Default for VeraOptions {
+    fn default() -> Self {
+        // PEFT's VeraConfig defaults.
+        Self {
+            rank: 256,
+            d_initial: 0.1,
+            dropout: 0.0,
+            target: Vec::new(),
+        }
+    }
+}
