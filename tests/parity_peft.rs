@@ -1,5 +1,5 @@
 //! Adapters saved by Hugging Face PEFT (LoRA on GPT-2, LLaMA, Llama 3.1 RoPE, Qwen2, Qwen3,
-//! Mistral, Gemma and Phi-3; IA3, prefix tuning, VeRA), against
+//! Mistral, Gemma and Phi-3; IA3, prefix tuning, VeRA, AdaLoRA), against
 //! PEFT's own outputs: logits, loss, gradients, greedy decoding, parameter counts, merge,
 //! disable, save/load round trips; on ndarray, flex and wgpu.
 
@@ -16,7 +16,7 @@ use peft_models::loss::causal_lm_loss;
 use peft_models::{load_model, LoadedModel};
 use safetensors::SafeTensors;
 
-const CASES: [&str; 11] = [
+const CASES: [&str; 12] = [
     "gpt2-lora",
     "llama-lora",
     "llama-ia3",
@@ -28,6 +28,7 @@ const CASES: [&str; 11] = [
     "phi3-lora",
     "llama31-rope-lora",
     "llama-vera",
+    "llama-adalora",
 ];
 
 /// Prompt learning adds virtual tokens; it cannot be merged into weights (nor in PEFT).
@@ -123,6 +124,12 @@ fn check_loss_and_grads(case: &str, device: &Device) {
         None,
     );
     let loss = causal_lm_loss(logits, int_tensor(&labels, &device));
+    // PEFT's training loss: AdaLoRA adds its orthogonality regulariser.
+    let config = peft_core::adapter_folder::load_config(&case_dir(case).join("adapter")).unwrap();
+    let loss = match peft_core::adapters::extra_loss(&loaded.model, "default", &config) {
+        Some(term) => loss + term,
+        None => loss,
+    };
     let grads = loss.backward();
     let loss = to_vec(loss.detach())[0];
     let want = expected.f32("loss_peft").values[0];

@@ -470,3 +470,14 @@ fn continuing_an_adapter_refuses_method_flags_and_missing_folders() {
     assert_fails_with(&out, &["no-such-adapter"]);
     assert_no_adapter(dir.path());
 }
+
+/// An AdaLoRA adapter is read and evaluated but not trained (its rank allocation is missing):
+/// `train --adapter` on one is refused saying so, with nothing written.
+#[test]
+fn training_an_adalora_adapter_is_refused_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixtures().join("llama-adalora/adapter");
+    let out = train(dir.path(), &["--adapter", path_str(&adapter)]);
+    assert_fails_with(&out, &["model.adapter", "AdaLoRA", "update_and_allocate"]);
+    assert_no_adapter(dir.path());
+}

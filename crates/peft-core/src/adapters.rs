@@ -296,8 +296,8 @@ pub fn merge_and_unload(model: &mut impl ProjectionHost, safe: bool) -> Result<(
     Ok(())
 }
 
-/// The extra loss term adapter `name`'s method adds to the training loss (the slot for
-/// AdaLoRA's regulariser; no method implemented here has one).
+/// The extra loss term adapter `name`'s method adds to the training loss (AdaLoRA's
+/// orthogonality regulariser).
 pub fn extra_loss(
     model: &impl ProjectionHost,
     name: &str,

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
+use crate::method::adalora::{AdaLoraConfig, AdaLoraLayer};
 use crate::method::api::{Merged, MethodConfig, ModelContext, ModelLayer, ProjectionLayer};
 use crate::method::bottleneck::{BottleneckConfig, BottleneckLayer};
 use crate::method::common::TargetFields;
@@ -137,6 +138,13 @@ macro_rules! register_methods {
             pub fn describe(&self) -> String {
                 match self {
                     $(Self::$pv(l) => l.describe(),)*
+                }
+            }
+
+            /// Parameters of the layer that never train (counted among all, not trainable).
+            pub fn frozen_parameters(&self) -> usize {
+                match self {
+                    $(Self::$pv(l) => l.frozen_parameters(),)*
                 }
             }
 
@@ -380,6 +388,7 @@ register_methods! {
     PromptTuning: PromptTuningConfig => model PromptEmbedding,
     Bottleneck: BottleneckConfig => projection BottleneckLayer,
     Vera: VeraConfig => projection VeraLayer,
+    AdaLora: AdaLoraConfig => projection AdaLoraLayer,
 }
 
 /// The `peft_type` values this crate implements, for messages.

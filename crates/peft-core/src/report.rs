@@ -36,7 +36,8 @@ impl ParameterReport {
                 .adapters
                 .iter()
                 .filter(|a| a.name == active)
-                .map(count_parameters)
+                // Frozen parameters of a layer (AdaLoRA's `ranknum`) count in the total only.
+                .map(|a| count_parameters(a) - a.adapter.frozen_parameters())
                 .sum::<usize>();
             trainable += proj
                 .saved

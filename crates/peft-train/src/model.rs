@@ -53,7 +53,7 @@ impl TrainableLm {
     }
 
     /// The training loss of `batch` `[1]`: [`Self::lm_loss`] plus the term the adapter's
-    /// method adds (none of the methods implemented here adds one).
+    /// method adds (AdaLoRA's orthogonality regulariser).
     pub fn loss(&self, batch: &LmBatch) -> Tensor<1> {
         let loss = self.lm_loss(batch);
         let extra = self

@@ -78,6 +78,12 @@ pub trait ProjectionLayer: Module + Sized {
     /// The projection's output on `x` with this adapter.
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D>;
 
+    /// Parameters of the layer that never train (AdaLoRA's `ranknum`): PEFT counts them among
+    /// all parameters, not the trainable ones. None by default.
+    fn frozen_parameters(&self) -> usize {
+        0
+    }
+
     /// Whether the layer can be folded into the base weights.
     fn can_merge(&self) -> bool {
         true

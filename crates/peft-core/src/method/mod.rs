@@ -5,6 +5,7 @@
 //! adapter files) and unit tests that need no fixture. Registering it is one line in
 //! `crate::registry`; models and the rest of the crate are not touched.
 
+pub mod adalora;
 pub mod api;
 pub mod bottleneck;
 pub mod common;

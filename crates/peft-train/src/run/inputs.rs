@@ -73,6 +73,15 @@ pub(super) fn load(
     };
     let test_before = test.score(config, &lm.valid(), "base model")?;
     let adapter = attach(&mut lm, config, &test.tokenizer, resume_from)?;
+    if matches!(adapter, AdapterConfig::AdaLora(_)) {
+        return Err(TrainError::InvalidValue {
+            key: "model.adapter".into(),
+            message: "AdaLoRA adapters are read, evaluated, merged and saved here, not trained: \
+                      PEFT's rank allocation during training (update_and_allocate) is not \
+                      implemented yet"
+                .into(),
+        });
+    }
     let valid_path = config.data.valid.as_deref().unwrap_or(&files.train);
     data::check_lengths(&lm, &files.train, &train, config.data.seq_len)?;
     data::check_lengths(&lm, valid_path, &valid, config.data.seq_len)?;

@@ -103,7 +103,7 @@ pub struct LoraConfig {
 }
 
 /// Writes whole numbers as JSON integers, as PEFT writes `lora_alpha` (`16`, not `16.0`).
-fn whole_as_int<S: serde::Serializer>(
+pub(crate) fn whole_as_int<S: serde::Serializer>(
     value: &f64,
     serializer: S,
 ) -> std::result::Result<S::Ok, S::Error> {

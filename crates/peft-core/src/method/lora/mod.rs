@@ -5,6 +5,7 @@ mod layer;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use config::whole_as_int;
 pub use config::{LoraConfig, LoraInit, LoraShape, DEFAULT_TARGETS};
 pub use layer::LoraLayer;
 

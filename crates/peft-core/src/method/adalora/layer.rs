@@ -1,0 +1,169 @@
+//! The AdaLoRA layer on one projection: `A`, the singular values `E`, `B`, and the rank count
+//! the scale divides by.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::module::linear;
+use burn::tensor::{Distribution, Gradients, Tensor};
+
+use super::config::AdaLoraConfig;
+use crate::error::Result;
+use crate::ids::replace_value;
+use crate::method::api::{Merged, ProjectionLayer};
+use crate::tensors::{value_or_grad, HostTensor, TensorReader};
+
+/// What PEFT adds to `ranknum` before dividing by it.
+const RANKNUM_EPSILON: f64 = 1e-5;
+
+/// AdaLoRA on one projection `[in, out]`.
+#[derive(Module, Debug)]
+pub struct AdaLoraLayer {
+    /// `A` transposed, `[in, r]` (PEFT's `lora_A` `[r, in]`).
+    pub lora_a: Param<Tensor<2>>,
+    /// The singular values `[r]` (PEFT's `lora_E` `[r, 1]`).
+    pub lora_e: Param<Tensor<1>>,
+    /// `B` transposed, `[r, out]` (PEFT's `lora_B` `[out, r]`).
+    pub lora_b: Param<Tensor<2>>,
+    /// The rank the scale divides by, `[1]`: a frozen parameter, as in PEFT (counted among
+    /// all parameters, never trained, not saved).
+    pub ranknum: Param<Tensor<1>>,
+    /// `lora_alpha`.
+    pub scaling: f64,
+    /// Dropout on the branch's input.
+    pub dropout: Dropout,
+}
+
+impl AdaLoraLayer {
+    fn rank(&self) -> usize {
+        self.lora_e.dims()[0]
+    }
+
+    /// `scaling / (ranknum + 1e-5)`, `[1]`.
+    fn scale(&self) -> Tensor<1> {
+        (self.ranknum.val() + RANKNUM_EPSILON).recip() * self.scaling
+    }
+
+    /// `(A ⊙ E)ᵀ` `[in, r]`.
+    fn scaled_a(&self) -> Tensor<2> {
+        self.lora_a.val() * self.lora_e.val().unsqueeze::<2>()
+    }
+
+    /// The update `ΔW` `[in, out]`.
+    fn delta_weight(&self) -> Tensor<2> {
+        self.scaled_a().matmul(self.lora_b.val()) * self.scale().unsqueeze::<2>()
+    }
+}
+
+impl ProjectionLayer for AdaLoraLayer {
+    type Config = AdaLoraConfig;
+
+    /// PEFT's initial values: `E` zero, `A` and `B` N(0, 0.02), `ranknum` = `init_r`.
+    fn new(config: &AdaLoraConfig, _key: &str, base: &Linear) -> Result<Self> {
+        let [d_in, d_out] = base.weight.dims();
+        let r = config.init_r;
+        let device = base.weight.device();
+        let normal = Distribution::Normal(0.0, 0.02);
+        let e = if config.init_lora_weights {
+            Tensor::zeros([r], &device)
+        } else {
+            Tensor::random([r], Distribution::Normal(0.0, 1.0), &device)
+        };
+        Ok(Self {
+            lora_a: Param::from_tensor(Tensor::random([d_in, r], normal, &device)),
+            lora_e: Param::from_tensor(e),
+            lora_b: Param::from_tensor(Tensor::random([r, d_out], normal, &device)),
+            ranknum: Param::from_tensor(Tensor::full([1], r as f64, &device))
+                .set_require_grad(false),
+            scaling: config.lora_alpha,
+            dropout: DropoutConfig::new(config.lora_dropout).init(),
+        })
+    }
+
+    fn method_name(&self) -> &'static str {
+        "AdaLoRA"
+    }
+
+    fn frozen_parameters(&self) -> usize {
+        self.ranknum.dims()[0]
+    }
+
+    fn describe(&self) -> String {
+        format!("adalora r={} alpha={}", self.rank(), self.scaling)
+    }
+
+    fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
+        let base_out = base.forward(x.clone());
+        let x = self.dropout.forward(x);
+        let update = linear(linear(x, self.scaled_a(), None), self.lora_b.val(), None);
+        base_out + update * self.scale().unsqueeze::<D>()
+    }
+
+    fn merge(&self, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Merged> {
+        Some(Merged {
+            weight: weight + self.delta_weight(),
+            bias,
+            memo: None,
+        })
+    }
+
+    fn unmerge(
+        &self,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        _memo: Option<Tensor<1>>,
+    ) -> (Tensor<2>, Option<Tensor<1>>) {
+        (weight - self.delta_weight(), bias)
+    }
+
+    /// `lora_A` `[r, in]`, `lora_B` `[out, r]`, `lora_E` `[r, 1]` (no `.weight` suffix), or
+    /// their gradients.
+    fn file_tensors(&self, grads: Option<&Gradients>) -> Result<Vec<(&'static str, HostTensor)>> {
+        let mut out = Vec::new();
+        if let Some(a) = value_or_grad(&self.lora_a, grads) {
+            out.push(("lora_A", HostTensor::read(a.transpose())?));
+        }
+        if let Some(b) = value_or_grad(&self.lora_b, grads) {
+            out.push(("lora_B", HostTensor::read(b.transpose())?));
+        }
+        if let Some(e) = value_or_grad(&self.lora_e, grads) {
+            out.push(("lora_E", HostTensor::read(e.unsqueeze_dim::<2>(1))?));
+        }
+        Ok(out)
+    }
+
+    fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
+        let device = self.lora_a.device();
+        let ([d_in, r], d_out) = (self.lora_a.dims(), self.lora_b.dims()[1]);
+        let a = read("lora_A", &[r, d_in])?
+            .transposed()
+            .upload::<2>(&device);
+        let b = read("lora_B", &[d_out, r])?
+            .transposed()
+            .upload::<2>(&device);
+        let e = read("lora_E", &[r, 1])?.upload::<2>(&device).reshape([r]);
+        self.lora_a = replace_value(&self.lora_a, a);
+        self.lora_b = replace_value(&self.lora_b, b);
+        self.lora_e = replace_value(&self.lora_e, e);
+        Ok(())
+    }
+
+    /// `orth_reg_weight` × the mean over every `A` and `B` of `‖P Pᵀ − I‖_F` (`A Aᵀ` for
+    /// `A` `[r, in]`, `Bᵀ B` for `B` `[out, r]`), as `AdaLoraModel.forward` adds it.
+    fn extra_loss(config: &AdaLoraConfig, layers: &[&Self]) -> Option<Tensor<1>> {
+        let first = layers.first()?;
+        let (r, device) = (first.rank(), first.lora_a.device());
+        let eye = Tensor::<2>::eye(r, &device);
+        let deviation = |cov: Tensor<2>| (cov - eye.clone()).powi_scalar(2).sum().sqrt();
+        let terms: Vec<Tensor<1>> = layers
+            .iter()
+            .flat_map(|l| {
+                let (a, b) = (l.lora_a.val(), l.lora_b.val());
+                [
+                    deviation(a.clone().transpose().matmul(a)),
+                    deviation(b.clone().matmul(b.transpose())),
+                ]
+            })
+            .collect();
+        Some(Tensor::cat(terms, 0).mean() * config.orth_reg_weight)
+    }
+}
