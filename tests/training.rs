@@ -279,36 +279,52 @@ fn torch_adamw_first_step(p: &[f32], g: &[f32], lr: f64, wd: f64) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
+/// A learner over the llama-lora fixture with PEFT's adapter: AdamW with `weight_decay` at a
+/// constant `lr`, LoRA+'s `loraplus` ratio for B when given; and the adapter's tensors.
+fn fixture_learner(
+    lr: f64,
+    weight_decay: f64,
+    loraplus: Option<f64>,
+) -> (
+    Learner<TrainableLm>,
+    BTreeMap<String, peft_core::HostTensor>,
+) {
     let device = ndarray_device().autodiff();
     let case = "llama-lora";
-    let expected = Expected::load(case);
     let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
-    let config = load_adapter(
-        &mut loaded.model,
-        "default",
-        &case_dir(case).join("adapter"),
-    )
-    .unwrap();
+    let adapter = case_dir(case).join("adapter");
+    let config = load_adapter(&mut loaded.model, "default", &adapter).unwrap();
     let before = adapter_tensors(&loaded.model, "default", None).unwrap();
+    let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
+    let schedule = WarmupSchedule::new(lr, 0, 1, Schedule::Constant, 0);
+    let rates = learning_rates(schedule, loraplus);
+    (
+        Learner::new(model, adamw(weight_decay).init(), rates),
+        before,
+    )
+}
 
-    let ids = int_tensor(&expected.i64("input_ids"), &device);
-    let mask = int_tensor(&expected.i64("attention_mask"), &device);
+/// The llama-lora fixture's inputs and labels as one batch.
+fn fixture_batch(device: &burn::tensor::Device) -> LmBatch {
+    let expected = Expected::load("llama-lora");
     let labels = expected.i64("labels");
-    let labels = HostLabels::new(labels.values, labels.shape[1]);
-    let batch = LmBatch {
-        input_ids: ids,
-        attention_mask: mask,
-        labels,
+    LmBatch {
+        input_ids: int_tensor(&expected.i64("input_ids"), device),
+        attention_mask: int_tensor(&expected.i64("attention_mask"), device),
+        labels: HostLabels::new(labels.values, labels.shape[1]),
         learned_tokens: 0,
         tokens: 0,
         loss_weight: 1.0,
-    };
+    }
+}
+
+#[test]
+fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
+    let device = ndarray_device().autodiff();
+    let expected = Expected::load("llama-lora");
     let (lr, wd) = (1e-3, 0.01);
-    let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
-    let schedule = WarmupSchedule::new(lr, 0, 1, Schedule::Constant, 0);
-    let mut learner = Learner::new(model, adamw(wd).init(), schedule);
+    let (mut learner, before) = fixture_learner(lr, wd, None);
+    let batch = fixture_batch(&device);
     let norm = optimizer_step(&mut learner, [batch], 0.0)
         .unwrap()
         .grad_norm;
@@ -372,17 +388,7 @@ fn example(len: usize, learned: usize, first_id: u32) -> Example {
 /// norm and the adapter after the step.
 fn step_over(micro_batches: &[Vec<&Example>]) -> (f32, f32, BTreeMap<String, Vec<f32>>) {
     let device = ndarray_device().autodiff();
-    let case = "llama-lora";
-    let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
-    let config = load_adapter(
-        &mut loaded.model,
-        "default",
-        &case_dir(case).join("adapter"),
-    )
-    .unwrap();
-    let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
-    let schedule = WarmupSchedule::new(1e-3, 0, 1, Schedule::Constant, 0);
-    let mut learner = Learner::new(model, adamw(0.0).init(), schedule);
+    let (mut learner, _) = fixture_learner(1e-3, 0.0, None);
     let batches = micro_batches.iter().map(|b| LmBatch::new(b, 0, &device));
     let gradients = step_gradients(&mut learner, batches, 0.0).unwrap();
     let (loss, norm) = (
@@ -437,30 +443,9 @@ fn accumulated_micro_batches_of_uneven_lengths_equal_one_batch_of_them_all() {
 #[test]
 fn loraplus_steps_b_at_ratio_times_the_learning_rate_of_a() {
     let device = ndarray_device().autodiff();
-    let case = "llama-lora";
-    let expected = Expected::load(case);
-    let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
-    let config = load_adapter(
-        &mut loaded.model,
-        "default",
-        &case_dir(case).join("adapter"),
-    )
-    .unwrap();
-    let before = adapter_tensors(&loaded.model, "default", None).unwrap();
-    let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
     let (lr, ratio) = (1e-3, 16.0);
-    let schedule = WarmupSchedule::new(lr, 0, 1, Schedule::Constant, 0);
-    let rates = learning_rates(schedule, Some(ratio));
-    let mut learner = Learner::new(model, adamw(0.0).init(), rates);
-    let labels = expected.i64("labels");
-    let batch = LmBatch {
-        input_ids: int_tensor(&expected.i64("input_ids"), &device),
-        attention_mask: int_tensor(&expected.i64("attention_mask"), &device),
-        labels: HostLabels::new(labels.values.clone(), labels.shape[1]),
-        learned_tokens: 1,
-        tokens: 1,
-        loss_weight: 1.0,
-    };
+    let (mut learner, before) = fixture_learner(lr, 0.0, Some(ratio));
+    let batch = fixture_batch(&device);
     optimizer_step(&mut learner, [batch], 0.0).unwrap();
     let after = adapter_tensors(&learner.model().lm, "default", None).unwrap();
     for (key, p0) in &before {

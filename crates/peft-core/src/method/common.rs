@@ -194,6 +194,31 @@ pub(crate) fn check_group<T: DeserializeOwned>(value: &Value) -> Result<()> {
         .map_err(|(field, message)| PeftError::Config { field, message })
 }
 
+/// Checks what every adapter with a rank, scales and a dropout has: a rank of at least 1,
+/// finite scales, a dropout in [0, 1); each pair is (field, value) and errors name the field.
+pub(crate) fn check_rank_scales_dropout(
+    rank: (&str, usize),
+    scales: &[(&str, f64)],
+    dropout: (&str, f64),
+) -> Result<()> {
+    let fail = |field: &str, message: String| {
+        Err(PeftError::Config {
+            field: field.to_string(),
+            message,
+        })
+    };
+    if rank.1 == 0 {
+        return fail(rank.0, "must be at least 1".into());
+    }
+    if let Some((field, value)) = scales.iter().find(|(_, v)| !v.is_finite()) {
+        return fail(field, format!("{value} is not a finite number"));
+    }
+    if !(0.0..1.0).contains(&dropout.1) {
+        return fail(dropout.0, format!("{} is not in [0, 1)", dropout.1));
+    }
+    Ok(())
+}
+
 /// Refuses `modules_to_save` for prompt learning (PEFT's prompt-learning models have no
 /// projections to copy).
 pub(crate) fn refuse_modules_to_save(value: &Value, peft_type: &str) -> Result<()> {

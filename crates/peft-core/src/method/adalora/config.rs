@@ -8,7 +8,7 @@ use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::json::is_default;
 use crate::method::api::MethodConfig;
-use crate::method::common::{check_group, PeftFields, TargetFields};
+use crate::method::common::{check_group, check_rank_scales_dropout, PeftFields, TargetFields};
 use crate::method::lora::{whole_as_int, DEFAULT_TARGETS};
 use crate::target::{LayerIndices, LayersPattern, TargetMatcher};
 
@@ -134,32 +134,20 @@ impl MethodConfig for AdaLoraConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let fail = |field: &str, message: String| {
-            Err(PeftError::Config {
-                field: field.to_string(),
-                message,
-            })
-        };
-        if self.init_r == 0 {
-            return fail("init_r", "must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            return fail(
-                "lora_dropout",
-                format!("{} is not in [0, 1)", self.lora_dropout),
-            );
-        }
+        check_rank_scales_dropout(
+            ("init_r", self.init_r),
+            &[
+                ("lora_alpha", self.lora_alpha),
+                ("orth_reg_weight", self.orth_reg_weight),
+            ],
+            ("lora_dropout", self.lora_dropout),
+        )?;
         for (field, set) in [("use_dora", self.use_dora), ("use_rslora", self.use_rslora)] {
             if set {
-                return fail(field, "true is not supported with AdaLoRA".into());
-            }
-        }
-        for (field, value) in [
-            ("lora_alpha", self.lora_alpha),
-            ("orth_reg_weight", self.orth_reg_weight),
-        ] {
-            if !value.is_finite() {
-                return fail(field, format!("{value} is not a finite number"));
+                return Err(PeftError::Config {
+                    field: field.into(),
+                    message: "true is not supported with AdaLoRA".into(),
+                });
             }
         }
         Ok(())

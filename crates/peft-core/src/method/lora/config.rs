@@ -9,7 +9,7 @@ use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::json::is_default;
 use crate::method::api::MethodConfig;
-use crate::method::common::{check_group, PeftFields, TargetFields};
+use crate::method::common::{check_group, check_rank_scales_dropout, PeftFields, TargetFields};
 use crate::target::{pattern_for, DefaultTargets, LayerIndices, LayersPattern, TargetMatcher};
 
 /// PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`.
@@ -181,24 +181,12 @@ impl MethodConfig for LoraConfig {
                 message,
             })
         };
-        if self.r == 0 {
-            return fail("r", "must be at least 1".into());
-        }
+        let alphas: Vec<(&str, f64)> = std::iter::once(("lora_alpha", self.lora_alpha))
+            .chain(self.alpha_pattern.values().map(|&a| ("alpha_pattern", a)))
+            .collect();
+        check_rank_scales_dropout(("r", self.r), &alphas, ("lora_dropout", self.lora_dropout))?;
         if let Some((k, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
             return fail("rank_pattern", format!("rank for {k:?} must be at least 1"));
-        }
-        let alphas = std::iter::once(("lora_alpha", &self.lora_alpha))
-            .chain(self.alpha_pattern.values().map(|a| ("alpha_pattern", a)));
-        for (field, alpha) in alphas {
-            if !alpha.is_finite() {
-                return fail(field, format!("{alpha} is not a finite number"));
-            }
-        }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            return fail(
-                "lora_dropout",
-                format!("{} is outside [0, 1)", self.lora_dropout),
-            );
         }
         if self.bias != "none" {
             return fail(

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::method::api::MethodConfig;
-use crate::method::common::{check_group, PeftFields, TargetFields};
+use crate::method::common::{check_group, check_rank_scales_dropout, PeftFields, TargetFields};
 use crate::method::lora::DEFAULT_TARGETS;
 use crate::target::{LayerIndices, LayersPattern, TargetMatcher};
 
@@ -87,35 +87,19 @@ impl MethodConfig for VeraConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let fail = |field: &str, message: String| {
-            Err(PeftError::Config {
-                field: field.to_string(),
-                message,
-            })
-        };
-        if self.r == 0 {
-            return fail("r", "must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&self.vera_dropout) {
-            return fail(
-                "vera_dropout",
-                format!("{} is not in [0, 1)", self.vera_dropout),
-            );
-        }
-        if !self.d_initial.is_finite() {
-            return fail(
-                "d_initial",
-                format!("{} is not a finite number", self.d_initial),
-            );
-        }
+        check_rank_scales_dropout(
+            ("r", self.r),
+            &[("d_initial", self.d_initial)],
+            ("vera_dropout", self.vera_dropout),
+        )?;
         if !self.save_projection {
-            return fail(
-                "save_projection",
-                "false: the file leaves out vera_A and vera_B, which PEFT redraws from \
+            return Err(PeftError::Config {
+                field: "save_projection".into(),
+                message: "false: the file leaves out vera_A and vera_B, which PEFT redraws from \
                  PyTorch's generator seeded with projection_prng_key; that generator is not \
                  reproduced here, so save the adapter with save_projection=True"
                     .into(),
-            );
+            });
         }
         Ok(())
     }
