@@ -38,6 +38,9 @@ def build(config: dict, method: str, rank: int, targets, dtype):
         pc = peft.PromptTuningConfig(num_virtual_tokens=20, task_type="CAUSAL_LM")
     elif method == "ia3":
         pc = peft.IA3Config(task_type="CAUSAL_LM")
+    elif method == "vera":
+        # PEFT's defaults (r 256, LoRA's targets), as `peft-cli bench --method vera` uses them.
+        pc = peft.VeraConfig(task_type="CAUSAL_LM")
     else:
         return None  # bottleneck adapters: PEFT has none
     return peft.get_peft_model(model, pc)

@@ -16,7 +16,7 @@ const USAGE: &str = "usage: cargo xtask bench [options]
   --backends LIST   ndarray,flex,wgpu,cuda                 [default: ndarray,flex,wgpu]
   --models LIST     tiny,gpt2-124m,smollm2-135m,qwen2.5-0.5b,llama-1b
                     [default: tiny,smollm2-135m]
-  --methods LIST    full,lora,dora,prefix,prompt,ia3,houlsby,pfeiffer [default: full,lora]
+  --methods LIST    full,lora,dora,prefix,prompt,ia3,houlsby,pfeiffer,vera [default: full,lora]
   --batch B         sequences per step                     [default: 4]
   --seq T           tokens per sequence                    [default: 128]
   --shapes LIST     several batch×seq shapes, e.g. 2x64,4x128,8x256 (instead of --batch, --seq)

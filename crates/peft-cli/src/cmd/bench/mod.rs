@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Preset::Tiny)]
     model: Preset,
     /// `full` fine-tuning (every weight trained), or a PEFT method (lora, dora, prefix, prompt,
-    /// ia3, houlsby, pfeiffer) with its default targets.
+    /// ia3, houlsby, pfeiffer, vera) with its default targets.
     #[arg(long, default_value = "lora", value_parser = parse_method)]
     method: BenchMethod,
     /// Sequences per step.
