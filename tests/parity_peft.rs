@@ -367,6 +367,50 @@ fn a_vera_file_without_its_projections_is_refused_saying_why() {
     assert!(peft_core::adapters::adapter_names(&loaded.model).is_empty());
 }
 
+/// PEFT's mixed batches (`adapter_names`): two LoRA adapters loaded at once, row 0 through
+/// `alpha`, row 1 through the base, row 2 through `beta` in one forward pass give PEFT's
+/// `logits_mixed` row by row (and each adapter alone its own logits) on every backend;
+/// names not loaded and lists of the wrong length change nothing.
+#[test]
+fn mixed_adapter_batches_match_peft_row_by_row() {
+    let case = "llama-mixed-batch";
+    let expected = Expected::load(case);
+    for device in [ndarray_device(), Device::flex(), wgpu_device()] {
+        let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
+        for name in ["alpha", "beta"] {
+            let dir = case_dir(case).join("adapters").join(name);
+            load_adapter(&mut loaded.model, name, &dir).unwrap();
+        }
+        set_adapter(&mut loaded.model, "beta").unwrap();
+        let err = logits_error(&loaded, &expected, "logits_beta", &device);
+        assert!(err <= LOGITS_TOLERANCE, "{device:?}: beta alone {err:e}");
+        let unknown =
+            peft_core::set_adapter_per_row(&mut loaded.model, &["alpha", "gamma", "beta"]);
+        assert!(unknown.unwrap_err().to_string().contains("gamma"));
+        peft_core::set_adapter_per_row(&mut loaded.model, &["alpha", peft_core::BASE_ROW, "beta"])
+            .unwrap();
+        let err = logits_error(&loaded, &expected, "logits_mixed", &device);
+        assert!(err <= LOGITS_TOLERANCE, "{device:?}: mixed batch {err:e}");
+        peft_core::clear_adapter_per_row(&mut loaded.model);
+        let err = logits_error(&loaded, &expected, "logits_beta", &device);
+        assert!(err <= LOGITS_TOLERANCE, "{device:?}: beta again {err:e}");
+    }
+
+    // A merged adapter, and a method PEFT does not mix, are refused by name.
+    let device = ndarray_device();
+    let mut loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
+    let dir = case_dir(case).join("adapters/alpha");
+    load_adapter(&mut loaded.model, "alpha", &dir).unwrap();
+    merge_adapter(&mut loaded.model, true).unwrap();
+    let err = peft_core::set_adapter_per_row(&mut loaded.model, &["alpha"]).unwrap_err();
+    assert!(err.to_string().contains("unmerge"), "{err}");
+    unmerge_adapter(&mut loaded.model);
+    let bottleneck = peft_core::AdapterConfig::Bottleneck(Default::default());
+    peft_core::attach_adapter(&mut loaded.model, "adapter", &bottleneck).unwrap();
+    let err = peft_core::set_adapter_per_row(&mut loaded.model, &["alpha", "adapter"]).unwrap_err();
+    assert!(err.to_string().contains("\"adapter\""), "{err}");
+}
+
 /// The fixture's base folder with `config.json` rewritten by `edit`.
 fn base_with_config(case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

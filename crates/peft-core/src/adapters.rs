@@ -214,6 +214,64 @@ pub fn set_adapter(model: &mut impl ProjectionHost, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The name that stands for the base model in a mixed batch, as in PEFT's `adapter_names`.
+pub const BASE_ROW: &str = "__base__";
+
+/// A mixed batch (PEFT's `adapter_names`): row `i` of the following forward passes runs
+/// adapter `rows[i]` ([`BASE_ROW`]: none) instead of the active adapter, until
+/// [`clear_adapter_per_row`]. Refused, with nothing changed, for a name not loaded, a method
+/// that does not mix (only LoRA, DoRA, IA3 and VeRA do, as in PEFT) and a merged adapter.
+pub fn set_adapter_per_row(model: &mut impl ProjectionHost, rows: &[&str]) -> Result<()> {
+    let names = adapter_names(model);
+    for &row in rows.iter().filter(|&&r| r != BASE_ROW) {
+        if !names.iter().any(|n| n == row) {
+            return Err(PeftError::UnknownAdapter {
+                name: row.to_string(),
+                available: format!("{}, {BASE_ROW}", names.join(", ")),
+            });
+        }
+        if let Some(adapter) = model.model_adapters().get(row) {
+            return Err(PeftError::State(format!(
+                "adapter {row:?} ({}) cannot run in a mixed batch: only LoRA, DoRA, IA3 and VeRA \
+                 adapters mix",
+                adapter.method_name()
+            )));
+        }
+        for (key, proj) in model.projections() {
+            if let Some(adapter) = proj.adapter(row).filter(|a| !a.mixes_in_batches()) {
+                return Err(PeftError::State(format!(
+                    "adapter {row:?} ({} on {key}) cannot run in a mixed batch: only LoRA, DoRA, \
+                     IA3 and VeRA adapters mix",
+                    adapter.method_name()
+                )));
+            }
+        }
+    }
+    if let Some((key, name)) = model.projections().into_iter().find_map(|(key, proj)| {
+        let merged = proj.state.merged.as_ref()?;
+        Some((key, merged.0.clone()))
+    }) {
+        return Err(PeftError::State(format!(
+            "adapter {name:?} is merged into {key}: unmerge it before running a mixed batch"
+        )));
+    }
+    let rows: Vec<Option<String>> = rows
+        .iter()
+        .map(|&r| (r != BASE_ROW).then(|| r.to_string()))
+        .collect();
+    for (_, proj) in model.projections_mut() {
+        proj.state.rows = Some(rows.clone());
+    }
+    Ok(())
+}
+
+/// Ends a mixed batch: every row runs the active adapter again.
+pub fn clear_adapter_per_row(model: &mut impl ProjectionHost) {
+    for (_, proj) in model.projections_mut() {
+        proj.state.rows = None;
+    }
+}
+
 /// Runs the base model alone (adapters stay attached, a merged adapter is unmerged); returns
 /// the adapter that was active.
 pub fn disable_adapters(model: &mut impl ProjectionHost) -> Option<String> {

@@ -37,8 +37,9 @@ mod testing;
 
 pub use adapter_folder::{load_adapter, save_adapter};
 pub use adapters::{
-    active_adapter, active_adapter_merges, adapter_names, attach_adapter, disable_adapters,
-    merge_adapter, merge_and_unload, set_adapter, unload_adapter, unmerge_adapter, AttachReport,
+    active_adapter, active_adapter_merges, adapter_names, attach_adapter, clear_adapter_per_row,
+    disable_adapters, merge_adapter, merge_and_unload, set_adapter, set_adapter_per_row,
+    unload_adapter, unmerge_adapter, AttachReport, BASE_ROW,
 };
 pub use error::{PeftError, Result};
 pub use geometry::ModelGeometry;

@@ -2,7 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::{PeftError, Result};
 use crate::ids::with_stable_ids;
@@ -47,6 +47,9 @@ pub struct AdapterState {
     pub active: Option<String>,
     /// The adapter merged into `base.weight`, with what unmerging needs.
     pub merged: Option<(String, Option<Tensor<1>>)>,
+    /// A mixed batch: batch row `i` runs adapter `rows[i]` (`None`: the base alone) instead of
+    /// the active adapter.
+    pub rows: Option<Vec<Option<String>>>,
 }
 
 /// What a projection computes: one linear layer, or an adapter beside the base.
@@ -132,11 +135,53 @@ impl Projection {
     /// batched product whenever `seq` is a multiple of 32, and CPU backends then multiply (and
     /// repack the weight) once per sequence.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(rows) = self
+            .state
+            .rows
+            .as_deref()
+            .filter(|r| r.len() == x.dims()[0])
+        {
+            return self.forward_mixed(x, rows);
+        }
         let mut dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let out = self.forward_rows(x.reshape([rows, dims[D - 1]]));
         dims[D - 1] = out.dims()[1];
         out.reshape(dims)
+    }
+
+    /// A mixed batch, as PEFT's `_mixed_batch_forward`: the base on every batch row, plus each
+    /// adapter's change on the rows that name it.
+    fn forward_mixed<const D: usize>(&self, x: Tensor<D>, rows: &[Option<String>]) -> Tensor<D> {
+        let flat = |x: Tensor<D>, layer: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let mut dims = x.dims();
+            let n = dims[..D - 1].iter().product::<usize>();
+            let out = layer(x.reshape([n, dims[D - 1]]));
+            dims[D - 1] = out.dims()[1];
+            out.reshape(dims)
+        };
+        let mut out = flat(x.clone(), &|x| self.base.forward(x));
+        let mut names: Vec<&str> = rows.iter().flatten().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        let device = x.device();
+        for name in names {
+            // A projection the adapter does not target runs the base for its rows.
+            let Some(adapter) = self.adapter(name) else {
+                continue;
+            };
+            let picked: Vec<i64> = (0..rows.len())
+                .filter(|&i| rows[i].as_deref() == Some(name))
+                .map(|i| i as i64)
+                .collect();
+            let count = picked.len();
+            let index = Tensor::<1, Int>::from_data(TensorData::new(picked, [count]), &device);
+            let sub = x.clone().select(0, index.clone());
+            let adapted = flat(sub, &|x| adapter.forward(x, &self.base));
+            let change = adapted - out.clone().select(0, index.clone());
+            out = out.select_assign(0, index, change, IndexingUpdateOp::Add);
+        }
+        out
     }
 
     /// [`Self::forward`] on rows `[rows, in]`.

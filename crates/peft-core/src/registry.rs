@@ -141,6 +141,13 @@ macro_rules! register_methods {
                 }
             }
 
+            /// Whether rows of one batch may run this adapter beside others.
+            pub fn mixes_in_batches(&self) -> bool {
+                match self {
+                    $(Self::$pv(l) => l.mixes_in_batches(),)*
+                }
+            }
+
             /// Parameters of the layer that never train (counted among all, not trainable).
             pub fn frozen_parameters(&self) -> usize {
                 match self {

@@ -84,6 +84,12 @@ pub trait ProjectionLayer: Module + Sized {
         0
     }
 
+    /// Whether rows of one batch may run this layer beside other adapters' (PEFT's mixed
+    /// batches: LoRA, DoRA, IA3, VeRA). Not by default.
+    fn mixes_in_batches(&self) -> bool {
+        false
+    }
+
     /// Whether the layer can be folded into the base weights.
     fn can_merge(&self) -> bool {
         true

@@ -54,6 +54,10 @@ impl ProjectionLayer for Ia3Layer {
         ))
     }
 
+    fn mixes_in_batches(&self) -> bool {
+        true
+    }
+
     fn method_name(&self) -> &'static str {
         "IA3"
     }

@@ -130,6 +130,10 @@ impl ProjectionLayer for LoraLayer {
         ))
     }
 
+    fn mixes_in_batches(&self) -> bool {
+        true
+    }
+
     fn method_name(&self) -> &'static str {
         if self.magnitude.is_some() {
             "DoRA"

@@ -96,6 +96,10 @@ impl ProjectionLayer for VeraLayer {
         })
     }
 
+    fn mixes_in_batches(&self) -> bool {
+        true
+    }
+
     fn method_name(&self) -> &'static str {
         "VeRA"
     }
