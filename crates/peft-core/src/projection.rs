@@ -52,6 +52,15 @@ pub struct AdapterState {
     pub rows: Option<Vec<Option<String>>>,
 }
 
+/// `layer` on `x`'s last dimension with the leading dimensions folded into rows `[rows, in]`.
+fn on_rows<const D: usize>(x: Tensor<D>, layer: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<D> {
+    let mut dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let out = layer(x.reshape([rows, dims[D - 1]]));
+    dims[D - 1] = out.dims()[1];
+    out.reshape(dims)
+}
+
 /// What a projection computes: one linear layer, or an adapter beside the base.
 enum Computation<'a> {
     Linear(&'a Linear),
@@ -143,24 +152,13 @@ impl Projection {
         {
             return self.forward_mixed(x, rows);
         }
-        let mut dims = x.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let out = self.forward_rows(x.reshape([rows, dims[D - 1]]));
-        dims[D - 1] = out.dims()[1];
-        out.reshape(dims)
+        on_rows(x, |x| self.forward_rows(x))
     }
 
     /// A mixed batch, as PEFT's `_mixed_batch_forward`: the base on every batch row, plus each
     /// adapter's change on the rows that name it.
     fn forward_mixed<const D: usize>(&self, x: Tensor<D>, rows: &[Option<String>]) -> Tensor<D> {
-        let flat = |x: Tensor<D>, layer: &dyn Fn(Tensor<2>) -> Tensor<2>| {
-            let mut dims = x.dims();
-            let n = dims[..D - 1].iter().product::<usize>();
-            let out = layer(x.reshape([n, dims[D - 1]]));
-            dims[D - 1] = out.dims()[1];
-            out.reshape(dims)
-        };
-        let mut out = flat(x.clone(), &|x| self.base.forward(x));
+        let mut out = on_rows(x.clone(), |x| self.base.forward(x));
         let mut names: Vec<&str> = rows.iter().flatten().map(String::as_str).collect();
         names.sort_unstable();
         names.dedup();
@@ -177,7 +175,7 @@ impl Projection {
             let count = picked.len();
             let index = Tensor::<1, Int>::from_data(TensorData::new(picked, [count]), &device);
             let sub = x.clone().select(0, index.clone());
-            let adapted = flat(sub, &|x| adapter.forward(x, &self.base));
+            let adapted = on_rows(sub, |x| adapter.forward(x, &self.base));
             let change = adapted - out.clone().select(0, index.clone());
             out = out.select_assign(0, index, change, IndexingUpdateOp::Add);
         }
