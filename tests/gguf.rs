@@ -444,6 +444,48 @@ fn converter_rope_freqs(config: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
+/// The base weights of fixture `case` as llama.cpp's converter writes a GGUF of architecture
+/// `arch`: `<arch>.*` metadata, q/k rows permuted for LLaMA only, Gemma's norm gains plus one,
+/// Llama 3.1's RoPE scaling as a `rope_freqs` tensor.
+fn fixture_gguf(case: &str, arch: &str) -> GgufWriter {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(case_dir(case).join("base/config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut gguf = model_gguf(&config, arch);
+    let heads = |key: &str| config[key].as_u64().unwrap() as usize;
+    for (name, t) in read_fixture_weights(case) {
+        // llama.cpp's Gemma converter stores RMSNorm gains plus one.
+        let plus = if arch == "gemma" && name.ends_with("norm.weight") {
+            1.0
+        } else {
+            0.0
+        };
+        let values: Vec<f32> = t.values.iter().map(|v| v + plus).collect();
+        let permuted_heads = match name.as_str() {
+            _ if arch != "llama" => None,
+            n if n.ends_with("q_proj.weight") => Some(heads("num_attention_heads")),
+            n if n.ends_with("k_proj.weight") => Some(heads("num_key_value_heads")),
+            _ => None,
+        };
+        let values = match permuted_heads {
+            Some(h) => permute_rows(&values, t.shape[0], t.shape[1], h),
+            None => values,
+        };
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        gguf.tensors.push((gguf_name(&name), dims, F32, bytes));
+    }
+    if config["rope_parameters"]["rope_type"] == "llama3" {
+        let factors = converter_rope_freqs(&config);
+        let dims = vec![factors.len() as u64];
+        let bytes = factors.iter().flat_map(|v| v.to_le_bytes()).collect();
+        gguf.tensors
+            .push(("rope_freqs.weight".into(), dims, F32, bytes));
+    }
+    gguf
+}
+
 /// Qwen2, Qwen3, Gemma, Phi-3 and Llama 3.1 as llama.cpp's converter writes them (`<arch>.*`
 /// metadata, q/k rows permuted for LLaMA only, biases and per-head norms under their GGUF
 /// names, Gemma's norm gains plus one and no `output.weight`, Phi-3's fused `attn_qkv` and
@@ -458,41 +500,7 @@ fn family_ggufs_give_transformers_logits() {
         ("phi3-lora", "phi3"),
         ("llama31-rope-lora", "llama"),
     ] {
-        let config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(case_dir(case).join("base/config.json")).unwrap(),
-        )
-        .unwrap();
-        let mut gguf = model_gguf(&config, arch);
-        let heads = |key: &str| config[key].as_u64().unwrap() as usize;
-        for (name, t) in read_fixture_weights(case) {
-            // llama.cpp's Gemma converter stores RMSNorm gains plus one.
-            let plus = if arch == "gemma" && name.ends_with("norm.weight") {
-                1.0
-            } else {
-                0.0
-            };
-            let values: Vec<f32> = t.values.iter().map(|v| v + plus).collect();
-            let permuted_heads = match name.as_str() {
-                _ if arch != "llama" => None,
-                n if n.ends_with("q_proj.weight") => Some(heads("num_attention_heads")),
-                n if n.ends_with("k_proj.weight") => Some(heads("num_key_value_heads")),
-                _ => None,
-            };
-            let values = match permuted_heads {
-                Some(h) => permute_rows(&values, t.shape[0], t.shape[1], h),
-                None => values,
-            };
-            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
-            gguf.tensors.push((gguf_name(&name), dims, F32, bytes));
-        }
-        if config["rope_parameters"]["rope_type"] == "llama3" {
-            let factors = converter_rope_freqs(&config);
-            let dims = vec![factors.len() as u64];
-            let bytes = factors.iter().flat_map(|v| v.to_le_bytes()).collect();
-            gguf.tensors
-                .push(("rope_freqs.weight".into(), dims, F32, bytes));
-        }
+        let mut gguf = fixture_gguf(case, arch);
         if arch == "phi3" {
             // Phi-3's window, here as long as the input (the fixture has none).
             gguf.meta("phi3.attention.sliding_window", Meta::U32(16));
@@ -527,6 +535,7 @@ fn family_ggufs_give_transformers_logits() {
                 None,
             ));
             let err = max_abs_diff_masked(&logits, &reference.values, &mask.values, 384);
+            eprintln!("{case} {what}: max abs logit error vs transformers {err:e}");
             assert!(
                 err <= LOGITS_TOLERANCE,
                 "{case} {what} vs transformers: {err:e}"
@@ -698,6 +707,40 @@ fn sentencepiece_gguf_without_space_prefix_encodes_like_gemmas_tokenizer_json() 
             .unwrap(),
         "the space prefix changes the first piece"
     );
+}
+
+/// An architecture, a RoPE scaling type or per-frequency factors this crate cannot read are
+/// refused with the key and the value, nothing loaded.
+#[test]
+fn unknown_architectures_and_rope_scalings_are_refused_by_key() {
+    let mut falcon = fixture_gguf("llama31-rope-lora", "llama");
+    falcon.meta("general.architecture", Meta::Str("falcon".into()));
+    let mut yarn = fixture_gguf("qwen2-lora", "qwen2");
+    yarn.meta("qwen2.rope.scaling.type", Meta::Str("yarn".into()));
+    let mut odd = fixture_gguf("llama31-rope-lora", "llama");
+    for (name, _, _, bytes) in odd.tensors.iter_mut() {
+        if name == "rope_freqs.weight" {
+            // Divisors that rise and fall again: no Llama-3 scaling gives them.
+            bytes[4..8].copy_from_slice(&5.0f32.to_le_bytes());
+            bytes[8..12].copy_from_slice(&1.0f32.to_le_bytes());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (gguf, needles) in [
+        (falcon, ["general.architecture", "falcon"]),
+        (yarn, ["qwen2.rope.scaling.type", "yarn"]),
+        (odd, ["rope_freqs.weight", "Llama 3.1"]),
+    ] {
+        let path = dir.path().join("model.gguf");
+        std::fs::write(&path, gguf.bytes()).unwrap();
+        let err = load_model(&path, &ndarray_device())
+            .err()
+            .map(|e| e.to_string());
+        let err = err.expect("refused");
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} not in: {err}");
+        }
+    }
 }
 
 /// Tokenizer families and pre-tokenizers this crate cannot rebuild, and SentencePiece files

@@ -160,13 +160,14 @@ fn fill_from_file(
     path: &Path,
 ) -> Result<()> {
     let mut used = std::collections::BTreeSet::new();
+    // Reads a tensor by its full key and marks it used.
+    let mut read_key = |key: &str, expected: &[usize]| -> Result<HostTensor> {
+        let t = read_tensor(file, path, key, expected)?;
+        used.insert(key.to_string());
+        Ok(t)
+    };
     if let Some(adapter) = model.model_adapters_mut().get_mut(name) {
-        let mut reader = |key: &str, expected: &[usize]| -> Result<HostTensor> {
-            let t = read_tensor(file, path, key, expected)?;
-            used.insert(key.to_string());
-            Ok(t)
-        };
-        adapter.load_file_tensors(&mut reader)?;
+        adapter.load_file_tensors(&mut read_key)?;
     }
     let layers: Vec<&mut Adapter> = model
         .projections_mut()
@@ -176,19 +177,11 @@ fn fill_from_file(
             Some(&mut named.adapter)
         })
         .collect();
-    let mut shared_reader = |key: &str, expected: &[usize]| -> Result<HostTensor> {
-        let t = read_tensor(file, path, key, expected)?;
-        used.insert(key.to_string());
-        Ok(t)
-    };
-    Adapter::load_shared_file_tensors(layers, &mut shared_reader)?;
+    Adapter::load_shared_file_tensors(layers, &mut read_key)?;
     for (key, proj) in model.projections_mut() {
         let prefix = format!("{KEY_PREFIX}{key}.");
         let mut reader = |suffix: &str, expected: &[usize]| -> Result<HostTensor> {
-            let full = format!("{prefix}{suffix}");
-            let t = read_tensor(file, path, &full, expected)?;
-            used.insert(full);
-            Ok(t)
+            read_key(&format!("{prefix}{suffix}"), expected)
         };
         if let Some(named) = proj.adapters.iter_mut().find(|a| a.name == name) {
             named.adapter.load_file_tensors(&mut reader)?;

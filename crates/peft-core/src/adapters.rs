@@ -260,7 +260,7 @@ pub fn set_adapter_per_row(model: &mut impl ProjectionHost, rows: &[&str]) -> Re
         .map(|&r| (r != BASE_ROW).then(|| r.to_string()))
         .collect();
     for (_, proj) in model.projections_mut() {
-        proj.state.rows = Some(rows.clone());
+        proj.set_rows(Some(&rows));
     }
     Ok(())
 }
@@ -268,7 +268,7 @@ pub fn set_adapter_per_row(model: &mut impl ProjectionHost, rows: &[&str]) -> Re
 /// Ends a mixed batch: every row runs the active adapter again.
 pub fn clear_adapter_per_row(model: &mut impl ProjectionHost) {
     for (_, proj) in model.projections_mut() {
-        proj.state.rows = None;
+        proj.set_rows(None);
     }
 }
 

@@ -47,9 +47,19 @@ pub struct AdapterState {
     pub active: Option<String>,
     /// The adapter merged into `base.weight`, with what unmerging needs.
     pub merged: Option<(String, Option<Tensor<1>>)>,
-    /// A mixed batch: batch row `i` runs adapter `rows[i]` (`None`: the base alone) instead of
-    /// the active adapter.
-    pub rows: Option<Vec<Option<String>>>,
+    /// A mixed batch, which replaces the active adapter while set.
+    pub rows: Option<MixedRows>,
+}
+
+/// A mixed batch's routing: the batch size, and for each adapter this projection carries the
+/// batch rows that run it, as an index tensor on the projection's device (uploaded once, not
+/// at every forward pass); the other rows run the base alone.
+#[derive(Debug, Clone)]
+pub struct MixedRows {
+    /// Rows of the batches it routes.
+    pub batch: usize,
+    /// Adapter name and its rows.
+    pub groups: Vec<(String, Tensor<1, Int>)>,
 }
 
 /// `layer` on `x`'s last dimension with the leading dimensions folded into rows `[rows, in]`.
@@ -144,42 +154,59 @@ impl Projection {
     /// batched product whenever `seq` is a multiple of 32, and CPU backends then multiply (and
     /// repack the weight) once per sequence.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if let Some(rows) = self
-            .state
-            .rows
-            .as_deref()
-            .filter(|r| r.len() == x.dims()[0])
-        {
-            return self.forward_mixed(x, rows);
+        if let Some(mixed) = self.state.rows.as_ref().filter(|m| m.batch == x.dims()[0]) {
+            return self.forward_mixed(x, mixed);
         }
         on_rows(x, |x| self.forward_rows(x))
     }
 
     /// A mixed batch, as PEFT's `_mixed_batch_forward`: the base on every batch row, plus each
     /// adapter's change on the rows that name it.
-    fn forward_mixed<const D: usize>(&self, x: Tensor<D>, rows: &[Option<String>]) -> Tensor<D> {
+    fn forward_mixed<const D: usize>(&self, x: Tensor<D>, mixed: &MixedRows) -> Tensor<D> {
         let mut out = on_rows(x.clone(), |x| self.base.forward(x));
-        let mut names: Vec<&str> = rows.iter().flatten().map(String::as_str).collect();
-        names.sort_unstable();
-        names.dedup();
-        let device = x.device();
-        for name in names {
-            // A projection the adapter does not target runs the base for its rows.
+        for (name, index) in &mixed.groups {
             let Some(adapter) = self.adapter(name) else {
                 continue;
             };
-            let picked: Vec<i64> = (0..rows.len())
-                .filter(|&i| rows[i].as_deref() == Some(name))
-                .map(|i| i as i64)
-                .collect();
-            let count = picked.len();
-            let index = Tensor::<1, Int>::from_data(TensorData::new(picked, [count]), &device);
             let sub = x.clone().select(0, index.clone());
             let adapted = on_rows(sub, |x| adapter.forward(x, &self.base));
             let change = adapted - out.clone().select(0, index.clone());
-            out = out.select_assign(0, index, change, IndexingUpdateOp::Add);
+            out = out.select_assign(0, index.clone(), change, IndexingUpdateOp::Add);
         }
         out
+    }
+
+    /// Routes the batch rows of the following forward passes: row `i` through adapter
+    /// `rows[i]` (`None`: the base alone); `None` ends the mixed batch.
+    pub fn set_rows(&mut self, rows: Option<&[Option<String>]>) {
+        self.state.rows = rows.map(|rows| {
+            let device = self.base.weight.device();
+            // Only adapters attached here change anything; the other rows run the base.
+            let mut names: Vec<&str> = rows
+                .iter()
+                .flatten()
+                .map(String::as_str)
+                .filter(|name| self.adapter(name).is_some())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            let groups = names
+                .into_iter()
+                .map(|name| {
+                    let picked: Vec<i64> = (0..rows.len())
+                        .filter(|&i| rows[i].as_deref() == Some(name))
+                        .map(|i| i as i64)
+                        .collect();
+                    let count = picked.len();
+                    let index = Tensor::from_data(TensorData::new(picked, [count]), &device);
+                    (name.to_string(), index)
+                })
+                .collect();
+            MixedRows {
+                batch: rows.len(),
+                groups,
+            }
+        });
     }
 
     /// [`Self::forward`] on rows `[rows, in]`.

@@ -89,6 +89,13 @@ macro_rules! register_methods {
                 }
             }
 
+            /// Why adapters of this method are not trained here, when they are not.
+            pub fn training_refusal(&self) -> Option<&'static str> {
+                match self {
+                    $(Self::$variant(c) => c.training_refusal(),)*
+                }
+            }
+
             /// Learns the weight shapes `[in, out]` of the projections about to be adapted.
             pub fn fit_to_targets(&mut self, shapes: &[[usize; 2]]) {
                 match self {

@@ -300,16 +300,14 @@ impl ModelConfig {
     /// The configuration and tensors of a GGUF file, by its `general.architecture`.
     pub fn from_gguf(file: GgufFile) -> Result<(Self, GgufWeights)> {
         let arch = file.meta_str("general.architecture")?.to_string();
-        let path = file.path().to_path_buf();
-        Self::from_gguf_architecture(&arch, file).ok_or_else(|| ModelError::UnknownModelType {
-            path,
-            model_type: arch,
-            supported: GGUF_ARCHITECTURES
-                .iter()
-                .flatten()
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?
+        let supported: Vec<&str> = GGUF_ARCHITECTURES.iter().flatten().copied().collect();
+        let refusal = file.config_error(
+            "general.architecture",
+            format!(
+                "{arch:?} is not supported; expected one of {}",
+                supported.join(", ")
+            ),
+        );
+        Self::from_gguf_architecture(&arch, file).ok_or(refusal)?
     }
 }

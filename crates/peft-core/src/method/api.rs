@@ -42,6 +42,12 @@ pub trait MethodConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwned {
         self.targets().map(|t| t.matcher(None, None)).transpose()
     }
 
+    /// Why adapters of this method are not trained here, when they are not (AdaLoRA until its
+    /// rank allocation exists). None by default.
+    fn training_refusal(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Learns the weight shapes `[in, out]` of the projections it is about to adapt, before
     /// their layers are made (VeRA sizes its shared projections by the widest). Nothing by
     /// default.

@@ -73,13 +73,13 @@ pub(super) fn load(
     };
     let test_before = test.score(config, &lm.valid(), "base model")?;
     let adapter = attach(&mut lm, config, &test.tokenizer, resume_from)?;
-    if matches!(adapter, AdapterConfig::AdaLora(_)) {
+    if let Some(why) = adapter.training_refusal() {
         return Err(TrainError::InvalidValue {
             key: "model.adapter".into(),
-            message: "AdaLoRA adapters are read, evaluated, merged and saved here, not trained: \
-                      PEFT's rank allocation during training (update_and_allocate) is not \
-                      implemented yet"
-                .into(),
+            message: format!(
+                "{} adapters are read, evaluated, merged and saved here, not trained: {why}",
+                adapter.peft_type()
+            ),
         });
     }
     let valid_path = config.data.valid.as_deref().unwrap_or(&files.train);

@@ -153,6 +153,13 @@ impl MethodConfig for AdaLoraConfig {
         Ok(())
     }
 
+    fn training_refusal(&self) -> Option<&'static str> {
+        Some(
+            "AdaLoRA's rank allocation during training (PEFT's update_and_allocate) is not \
+             implemented yet",
+        )
+    }
+
     fn resolve(&mut self, model: &ModelGeometry) -> Result<()> {
         self.targets.fill_default(DEFAULT_TARGETS, model)
     }
