@@ -136,7 +136,8 @@ fn lora_training_lowers_the_loss_and_moves_only_the_adapter() {
 #[test]
 fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
     use peft_train::config::{
-        BottleneckOptions, Ia3Options, Method, PrefixOptions, PromptOptions, VeraOptions,
+        AdaLoraOptions, BottleneckOptions, Ia3Options, Method, PrefixOptions, PromptOptions,
+        VeraOptions,
     };
     let device = burn::tensor::Device::flex();
     let methods = [
@@ -148,6 +149,7 @@ fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
         Method::Houlsby,
         Method::Pfeiffer,
         Method::Vera,
+        Method::Adalora,
     ];
     for case in ["gpt2-base", "llama-base", "qwen2-lora", "gemma-lora"] {
         for (method, projection) in methods
@@ -188,6 +190,9 @@ fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
                     rank: 16,
                     ..VeraOptions::default()
                 }),
+                // The budget falls from 12 to 8 per target over the 12 steps, so the saved
+                // adapter is pruned and the reload below checks its rank pattern.
+                Method::Adalora => MethodSection::Adalora(AdaLoraOptions::default()),
             };
             // Virtual tokens start at N(0, 1), and VeRA's vectors scale small frozen random
             // projections: both need larger steps than weight deltas.
@@ -261,6 +266,65 @@ fn the_final_adapter_reloads_to_the_logits_training_ended_with() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(diff <= 1e-6, "reloaded adapter's logits differ by {diff}");
+}
+
+/// AdaLoRA on the tiny LLaMA: the budget falls from 4 to 2 ranks per target between step 2
+/// and step 7 (of 10, `tfinal` 3); the final adapter holds each target's kept ranks only, its
+/// `rank_pattern` says which (2 per target on average, as PEFT's allocation keeps them), and it
+/// reloads to the logits training ended with.
+#[test]
+fn adalora_allocates_its_rank_budget_and_saves_the_pattern() {
+    use peft_train::config::AdaLoraOptions;
+    let device = ndarray_device();
+    let (_dir, mut config) = setup();
+    config.method = MethodSection::Adalora(AdaLoraOptions {
+        init_r: 4,
+        target_r: 2,
+        tinit: 2,
+        tfinal: 3,
+        target: vec!["q_proj".into(), "v_proj".into()],
+        ..AdaLoraOptions::default()
+    });
+    config.training.max_steps = Some(10);
+    let summary = train(&config, &device, false).unwrap();
+
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(summary.final_adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["total_step"], 10);
+    let pattern = saved["rank_pattern"].as_object().expect("a rank pattern");
+    let tensors = adapter_tensors(&summary.model, "default", None).unwrap();
+    let targets = tensors.keys().filter(|k| k.ends_with("lora_E")).count();
+    assert_eq!(pattern.len(), targets, "{pattern:?}");
+    let mut kept_total = 0;
+    for (key, kept) in pattern {
+        let kept: Vec<bool> = serde_json::from_value(kept.clone()).unwrap();
+        assert_eq!(kept.len(), 4, "{key}");
+        let rank = kept.iter().filter(|k| **k).count();
+        kept_total += rank;
+        let module = key.strip_suffix(".lora_E").unwrap();
+        let a = &tensors[&format!("base_model.model.{module}.lora_A")];
+        assert_eq!(a.shape[0], rank, "{key}: saved lora_A rows");
+    }
+    assert_eq!(
+        kept_total,
+        2 * targets,
+        "the final budget is target_r per target"
+    );
+    eprintln!("AdaLoRA rank pattern: {pattern:?}");
+
+    let expected = Expected::load("llama-base");
+    let ids = int_tensor(&expected.i64("input_ids"), &device);
+    let trained = to_vec(summary.model.forward(ids.clone(), None, None));
+    let mut reloaded = load_model(&case_dir("llama-base").join("base"), &device).unwrap();
+    load_adapter(&mut reloaded.model, "default", &summary.final_adapter).unwrap();
+    let diff = trained
+        .iter()
+        .zip(&to_vec(reloaded.model.forward(ids, None, None)))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff <= 1e-6, "the pruned adapter's logits differ by {diff}");
 }
 
 /// PyTorch's AdamW (`torch.optim.AdamW`, defaults but `lr` and `weight_decay`), first step:
@@ -396,7 +460,7 @@ fn step_over(micro_batches: &[Vec<&Example>]) -> (f32, f32, BTreeMap<String, Vec
         to_vec(gradients.loss.clone())[0],
         to_vec(gradients.grad_norm.clone())[0],
     );
-    gradients.apply(&mut learner);
+    gradients.apply(&mut learner).unwrap();
     let after = adapter_tensors(&learner.model().lm, "default", None).unwrap();
     (
         loss,

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print a model's architecture, sizes, parameter count and a per-module table.
-    Inspect(cmd::inspect::Args),
+    Inspect(Box<cmd::inspect::Args>),
     /// Generate text from a prompt, streaming tokens to stdout.
     Generate(cmd::generate::Args),
     /// Compute logits (and with --grads the loss and adapter gradients) for token ids read from
@@ -42,7 +42,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Inspect(args) => cmd::inspect::run(*args),
         Command::Generate(args) => cmd::generate::run(args),
         Command::Logits(args) => cmd::logits::run(args),
         Command::Merge(args) => cmd::merge::run(args),

@@ -111,6 +111,67 @@ fn logits_command_reproduces_transformers_for_both_fixtures() {
     }
 }
 
+/// Two named adapters and `--adapter-per-row` reproduce PEFT's mixed batch (alpha, the base
+/// model, beta) row by row; a list of the wrong length, a name not loaded and an adapter
+/// named twice are refused by name, with nothing written.
+#[test]
+fn logits_runs_a_mixed_adapter_batch_from_the_command_line() {
+    let case = fixtures().join("llama-mixed-batch");
+    let expected_path = case.join("expected.safetensors");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_path = out_dir.path().join("logits.safetensors");
+    let alpha = format!("alpha={}", path_str(&case.join("adapters/alpha")));
+    let beta = format!("beta={}", path_str(&case.join("adapters/beta")));
+    let run = |rows: &str, second: &str| {
+        peft_cli(&[
+            "logits",
+            "--model",
+            path_str(&case.join("base")),
+            "--adapter",
+            &alpha,
+            "--adapter",
+            second,
+            "--adapter-per-row",
+            rows,
+            "--input",
+            path_str(&expected_path),
+            "--out",
+            path_str(&out_path),
+            "--backend",
+            "ndarray",
+        ])
+    };
+    let refused = |out: Output, needle: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && stderr.contains(needle), "{stderr}");
+        assert!(!out_path.exists(), "nothing is written on bad input");
+    };
+    refused(run("alpha,beta", &beta), "3 rows");
+    refused(run("alpha,gamma,beta", &beta), "gamma");
+    let twice = format!("alpha={}", path_str(&case.join("adapters/beta")));
+    refused(
+        run("alpha,__base__,alpha", &twice),
+        "two adapters are named \"alpha\"",
+    );
+
+    let out = run("alpha,__base__,beta", &beta);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (expected, got) = (
+        TensorFile::read(&expected_path),
+        TensorFile::read(&out_path),
+    );
+    let worst = max_masked_diff(
+        &got.floats("logits"),
+        &expected.floats("logits_mixed"),
+        &expected.ints("attention_mask"),
+    );
+    assert!(worst <= 1e-4, "mixed batch: max abs error {worst:e}");
+}
+
 #[test]
 fn inspect_reports_architecture_and_parameters() {
     let out = inspect(&fixtures().join("gpt2-base").join("base"));

@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use crate::error::{PeftError, Result};
 use crate::host::ProjectionHost;
 use crate::ids::with_stable_ids;
-use crate::method::api::ModelContext;
+use crate::method::api::{ModelContext, OptimizerStep};
 use crate::model_adapters::NamedModelAdapter;
 use crate::registry::AdapterConfig;
 use crate::target::describe_targets;
@@ -365,13 +365,19 @@ pub fn extra_loss(
     config.extra_loss(projections.iter().filter_map(|(_, p)| p.adapter(name)))
 }
 
-/// The work adapter `name`'s method does after each optimizer step (the slot for AdaLoRA's
-/// rank budget; no method implemented here does any).
-pub fn after_optimizer_step(model: &mut impl ProjectionHost, name: &str, config: &AdapterConfig) {
+/// The work adapter `name`'s method does after each optimizer step (AdaLoRA's rank
+/// allocation), which may update `config` (AdaLoRA's `rank_pattern`).
+pub fn after_optimizer_step(
+    model: &mut impl ProjectionHost,
+    name: &str,
+    config: &mut AdapterConfig,
+    step: &OptimizerStep<'_>,
+) -> Result<()> {
     let mut projections = model.projections_mut();
     config.after_optimizer_step(
         projections
             .iter_mut()
-            .filter_map(|(_, p)| p.adapter_mut(name)),
-    );
+            .filter_map(|(key, p)| Some((key.as_str(), p.adapter_mut(name)?))),
+        step,
+    )
 }

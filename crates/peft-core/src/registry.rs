@@ -9,7 +9,9 @@ use serde_json::Value;
 use crate::error::{PeftError, Result};
 use crate::geometry::ModelGeometry;
 use crate::method::adalora::{AdaLoraConfig, AdaLoraLayer};
-use crate::method::api::{Merged, MethodConfig, ModelContext, ModelLayer, ProjectionLayer};
+use crate::method::api::{
+    Merged, MethodConfig, ModelContext, ModelLayer, OptimizerStep, ProjectionLayer,
+};
 use crate::method::bottleneck::{BottleneckConfig, BottleneckLayer};
 use crate::method::common::TargetFields;
 use crate::method::ia3::{Ia3Config, Ia3Layer};
@@ -89,10 +91,18 @@ macro_rules! register_methods {
                 }
             }
 
-            /// Why adapters of this method are not trained here, when they are not.
-            pub fn training_refusal(&self) -> Option<&'static str> {
+            /// Readies the config for a run of `steps` optimizer steps, or refuses what
+            /// cannot be trained, naming the field.
+            pub fn prepare_training(&mut self, steps: usize, resumed: bool) -> Result<()> {
                 match self {
-                    $(Self::$variant(c) => c.training_refusal(),)*
+                    $(Self::$variant(c) => c.prepare_training(steps, resumed),)*
+                }
+            }
+
+            /// Whether the method acts after each optimizer step.
+            pub fn acts_after_optimizer_step(&self) -> bool {
+                match self {
+                    $(Self::$variant(c) => c.acts_after_optimizer_step(),)*
                 }
             }
 
@@ -370,25 +380,27 @@ macro_rules! register_methods {
                 }
             }
 
-            /// The method's work after an optimizer step, over the layers of one adapter.
+            /// The method's work after an optimizer step, over the layers of one adapter
+            /// (with their module paths).
             pub fn after_optimizer_step<'a>(
-                &self,
-                adapters: impl IntoIterator<Item = &'a mut Adapter>,
-            ) {
+                &mut self,
+                adapters: impl IntoIterator<Item = (&'a str, &'a mut Adapter)>,
+                step: &OptimizerStep<'_>,
+            ) -> Result<()> {
                 match self {
                     $(Self::$pv(c) => {
                         #[allow(unreachable_patterns)]
-                        let mut layers: Vec<&mut $pl> = adapters
+                        let mut layers: Vec<(&str, &mut $pl)> = adapters
                             .into_iter()
-                            .filter_map(|a| match a {
-                                Adapter::$pv(l) => Some(l),
+                            .filter_map(|(key, a)| match a {
+                                Adapter::$pv(l) => Some((key, l)),
                                 _ => None,
                             })
                             .collect();
-                        <$pl as ProjectionLayer>::after_optimizer_step(c, &mut layers)
+                        <$pl as ProjectionLayer>::after_optimizer_step(c, &mut layers, step)
                     })*
                     #[allow(unreachable_patterns)]
-                    _ => {}
+                    _ => Ok(()),
                 }
             }
         }

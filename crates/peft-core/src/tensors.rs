@@ -55,6 +55,25 @@ impl HostTensor {
         }
     }
 
+    /// A 2-D tensor with only the rows (`axis` 0) or columns (`axis` 1) that `keep` marks.
+    pub fn keep_along(self, axis: usize, keep: &[bool]) -> Self {
+        let [rows, cols] = [self.shape[0], self.shape[1]];
+        let data: Vec<f32> = self
+            .data
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep[if axis == 0 { i / cols } else { i % cols }])
+            .map(|(_, v)| *v)
+            .collect();
+        let kept = keep.iter().filter(|k| **k).count();
+        let shape = if axis == 0 {
+            vec![kept, cols]
+        } else {
+            vec![rows, kept]
+        };
+        Self { shape, data }
+    }
+
     /// Uploads the tensor to `device`. The caller has checked the shape's rank (readers
     /// compare every shape with the one the model expects before uploading).
     pub fn upload<const D: usize>(self, device: &Device) -> Tensor<D> {
@@ -145,6 +164,18 @@ mod tests {
         let t = t.transposed();
         assert_eq!(t.shape, [3, 2]);
         assert_eq!(t.data, [1., 4., 2., 5., 3., 6.]);
+    }
+
+    #[test]
+    fn keep_along_selects_rows_or_columns() {
+        let t = HostTensor {
+            shape: vec![2, 3],
+            data: vec![1., 2., 3., 4., 5., 6.],
+        };
+        let rows = t.clone().keep_along(0, &[false, true]);
+        assert_eq!((rows.shape, rows.data), (vec![1, 3], vec![4., 5., 6.]));
+        let cols = t.keep_along(1, &[true, false, true]);
+        assert_eq!((cols.shape, cols.data), (vec![2, 2], vec![1., 3., 4., 6.]));
     }
 
     #[test]

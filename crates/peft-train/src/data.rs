@@ -94,6 +94,40 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
     Ok(records)
 }
 
+/// Each record's `adapter` field (the adapter that should answer it), in record order; `None`
+/// where a record names none. The error names the line of a non-string value.
+pub fn record_adapters(path: &Path) -> Result<Vec<Option<String>>> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut names = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line).map_err(|e| TrainError::Data {
+            path: path.to_path_buf(),
+            line: index + 1,
+            message: format!("not valid JSON: {e}"),
+        })?;
+        names.push(match value.get("adapter") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => Some(name.clone()),
+            Some(other) => {
+                return Err(TrainError::Data {
+                    path: path.to_path_buf(),
+                    line: index + 1,
+                    message: format!(
+                        "`adapter` must be an adapter's name (a string), found {other}"
+                    ),
+                })
+            }
+        });
+    }
+    Ok(names)
+}
+
 fn parse_record(value: &Value) -> std::result::Result<Record, String> {
     const EXPECTED: &str = r#"expected {"text": ...}, {"prompt": ..., "completion": ...} or {"messages": [{"role": ..., "content": ...}, ...]}"#;
     let object = value

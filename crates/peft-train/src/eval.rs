@@ -61,6 +61,28 @@ pub struct EvalReport {
     pub samples: Vec<Sample>,
 }
 
+impl EvalReport {
+    /// One report for the union of disjoint parts: the loss averaged over all their learned
+    /// tokens, the answers in record order.
+    pub fn combine(parts: Vec<EvalReport>) -> EvalReport {
+        let learned_tokens: usize = parts.iter().map(|p| p.learned_tokens).sum();
+        let loss_sum: f64 = parts.iter().map(|p| p.loss * p.learned_tokens as f64).sum();
+        let loss = loss_sum / learned_tokens.max(1) as f64;
+        let any_exact = parts.iter().any(|p| p.exact_match.is_some());
+        let mut samples: Vec<Sample> = parts.iter().flat_map(|p| p.samples.clone()).collect();
+        samples.sort_by_key(|s| s.record);
+        let matches = samples.iter().filter(|s| s.exact_match).count();
+        EvalReport {
+            examples: parts.iter().map(|p| p.examples).sum(),
+            loss,
+            perplexity: loss.exp(),
+            learned_tokens,
+            exact_match: any_exact.then(|| matches as f64 / samples.len().max(1) as f64),
+            samples,
+        }
+    }
+}
+
 /// What the model is evaluated with.
 pub struct Evaluator<'a> {
     /// The model (in inference mode: no dropout).

@@ -3,12 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Tensor;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use peft_core::method::api::OptimizerStep;
 use peft_core::AdapterConfig;
 use peft_models::loss::lm_loss;
 use peft_models::CausalLm;
@@ -29,6 +30,14 @@ pub struct TrainableLm {
     /// Where the optimizer's state is copied when a checkpoint asks for it.
     #[module(skip)]
     pub snapshot: OptimizerSnapshot,
+    /// Optimizer steps taken (those before a resume included), which the adapter's method
+    /// may schedule its work by.
+    #[module(skip)]
+    pub steps_taken: usize,
+    /// What went wrong in the method's work after the last optimizer step, for the loop to
+    /// report (Burn's optimizer hook cannot return an error).
+    #[module(skip)]
+    pub after_step_error: AfterStepError,
 }
 
 impl TrainableLm {
@@ -39,7 +48,15 @@ impl TrainableLm {
             lm,
             adapter,
             snapshot: OptimizerSnapshot::default(),
+            steps_taken: 0,
+            after_step_error: AfterStepError::default(),
         }
+    }
+
+    /// The same model, `steps` optimizer steps into its run (when resuming).
+    pub fn with_steps_taken(mut self, steps: usize) -> Self {
+        self.steps_taken = steps;
+        self
     }
 
     /// Mean next-token loss of `batch` `[1]`.
@@ -94,10 +111,24 @@ impl TrainStep for TrainableLm {
         grads: GradientsParams,
     ) -> Self {
         let snapshot = self.snapshot.clone();
+        let acts = self
+            .adapter
+            .as_ref()
+            .is_some_and(|(_, config)| config.acts_after_optimizer_step());
+        let applied = acts.then(|| copy_gradients(&self, &grads));
         let mut model = optim.step(lr, self, grads);
-        if let Some((name, config)) = &model.adapter {
-            peft_core::adapters::after_optimizer_step(&mut model.lm, name, config);
+        if let (Some(grads), Some((name, config))) = (applied, model.adapter.as_mut()) {
+            let step = OptimizerStep {
+                before: model.steps_taken,
+                grads: &grads,
+            };
+            if let Err(error) =
+                peft_core::adapters::after_optimizer_step(&mut model.lm, name, config, &step)
+            {
+                model.after_step_error.set(error.to_string());
+            }
         }
+        model.steps_taken += 1;
         snapshot.offer(optim);
         model
     }
@@ -110,6 +141,50 @@ impl InferenceStep for TrainableLm {
     fn step(&self, batch: LmBatch) -> LmOutput {
         let loss = self.lm_loss(&batch);
         self.output(&batch, loss)
+    }
+}
+
+/// Handles to the gradients of `model`'s parameters in `grads` (no data is copied), for the
+/// method's work after the optimizer has consumed `grads`.
+fn copy_gradients<M: Module>(model: &M, grads: &GradientsParams) -> GradientsParams {
+    struct Copy<'a> {
+        from: &'a GradientsParams,
+        to: GradientsParams,
+    }
+    impl ModuleVisitor for Copy<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(grad) = self.from.get::<D>(param.id) {
+                self.to.register(param.id, grad);
+            }
+        }
+    }
+    let mut copy = Copy {
+        from: grads,
+        to: GradientsParams::new(),
+    };
+    model.visit(&mut copy);
+    copy.to
+}
+
+/// The error of the method's work after an optimizer step, shared between the model Burn's
+/// `Learner` holds and the training loop.
+#[derive(Clone, Default)]
+pub struct AfterStepError(Arc<Mutex<Option<String>>>);
+
+impl AfterStepError {
+    fn set(&self, message: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+
+    /// The error of the last step, if any (taken: a second call returns none).
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for AfterStepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterStepError")
     }
 }
 

@@ -46,18 +46,22 @@ pub struct StepGradients {
 }
 
 impl StepGradients {
-    /// Advances the schedule and applies the optimizer.
-    pub fn apply(self, learner: &mut Learner<TrainableLm>) -> StepOutput {
+    /// Advances the schedule and applies the optimizer (and the adapter method's work after
+    /// it, whose error this returns).
+    pub fn apply(self, learner: &mut Learner<TrainableLm>) -> Result<StepOutput> {
         learner.lr_step();
         let lr = learner.lr_current();
         learner.optimizer_step(self.grads);
-        StepOutput {
+        if let Some(message) = learner.model().after_step_error.take() {
+            return Err(TrainError::Learner(message));
+        }
+        Ok(StepOutput {
             loss: self.loss,
             grad_norm: self.grad_norm,
             tokens: self.tokens,
             learned_tokens: self.learned_tokens,
             lr,
-        }
+        })
     }
 }
 
@@ -68,7 +72,7 @@ pub fn optimizer_step(
     batches: impl IntoIterator<Item = LmBatch>,
     max_grad_norm: f64,
 ) -> Result<StepOutput> {
-    Ok(step_gradients(learner, batches, max_grad_norm)?.apply(learner))
+    step_gradients(learner, batches, max_grad_norm)?.apply(learner)
 }
 
 /// Forward and backward over the micro-batches `batches`, each loss weighted by the batch's

@@ -220,7 +220,7 @@ impl Run<'_> {
         if !(loss_value.is_finite() && norm_value.is_finite()) {
             return Err(self.non_finite(step, loss_value, norm_value, &indices.concat()));
         }
-        let output = gradients.apply(&mut self.learner);
+        let output = gradients.apply(&mut self.learner)?;
         let (loss, lr) = (output.loss, output.lr);
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
         let stats = StepStats {
@@ -317,7 +317,9 @@ impl Run<'_> {
                 "the optimizer state of step {step} was not captured for its checkpoint"
             ))
         })?;
-        let (name, config) = &self.strategy.adapter;
+        // The model's own copy of the config: the method may have updated it while training
+        // (AdaLoRA's rank pattern).
+        let (name, config) = model.adapter.as_ref().unwrap_or(&self.strategy.adapter);
         let state = TrainerState {
             step,
             micro_batches: self

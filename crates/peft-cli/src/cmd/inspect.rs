@@ -27,7 +27,7 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(tokenizer) = loaded.tokenizer.as_ref() {
             peft_train::tokenize_init_text(&mut config, tokenizer)?;
         }
-        let name = if args.model.adapter.is_some() {
+        let name = if !args.model.adapter.is_empty() {
             "inspected"
         } else {
             DEFAULT_ADAPTER

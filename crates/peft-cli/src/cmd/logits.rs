@@ -34,9 +34,20 @@ pub struct Args {
     /// Also compute the causal-LM loss against `labels` (i64 `[batch, seq]` in the input file,
     /// -100 = no loss; shifted left by one inside, as transformers does) and write `loss` (f32
     /// `[1]`) and `grad.<key>` for every adapter tensor, keyed as in adapter_model.safetensors.
-    /// Needs --adapter.
+    /// Needs one --adapter.
     #[arg(long)]
     grads: bool,
+    /// A mixed batch, as PEFT's `adapter_names`: row i of `input_ids` runs through adapter
+    /// NAMES[i] (a name given with --adapter NAME=DIR, or __base__ for the model without
+    /// adapter), all rows in one forward pass; one name per row, comma-separated. LoRA, DoRA,
+    /// IA3 and VeRA adapters mix.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        conflicts_with = "grads"
+    )]
+    adapter_per_row: Option<Vec<String>>,
 }
 
 /// A `[batch, seq]` matrix of i64 read from the input file.
@@ -71,8 +82,19 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    if let Some(rows) = &args.adapter_per_row {
+        if rows.len() != ids.shape[0] {
+            bail!(
+                "--adapter-per-row names {} adapters, but `input_ids` in {} has {} rows; give \
+                 one name per row",
+                rows.len(),
+                args.input.display(),
+                ids.shape[0]
+            );
+        }
+    }
     let labels = if args.grads {
-        if args.model.adapter.is_none() {
+        if args.model.single_adapter("logits --grads")?.is_none() {
             bail!("--grads needs --adapter DIR: gradients are computed for adapter tensors");
         }
         let labels = read_ids(&file, &args.input, "labels")?.with_context(|| {
@@ -98,7 +120,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let (loaded, device) = args.model.load(args.grads)?;
     // Dropout off, as PEFT's reference gradients are taken in eval mode.
-    let model = peft_core::eval_mode(loaded.model);
+    let mut model = peft_core::eval_mode(loaded.model);
+    if let Some(rows) = &args.adapter_per_row {
+        let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+        peft_core::adapters::set_adapter_per_row(&mut model, &rows).context("--adapter-per-row")?;
+    }
     model
         .check_input(ids.values.iter().copied(), ids.shape[1])
         .with_context(|| format!("input file {}", args.input.display()))?;
@@ -124,7 +150,11 @@ pub fn run(args: Args) -> Result<()> {
         let loss = causal_lm_loss(logits.clone(), upload(labels, &device));
         let grads = loss.backward();
         outputs.insert("loss".to_string(), HostTensor::read(loss.detach())?);
-        for (key, grad) in adapter_tensors(&model, DEFAULT_ADAPTER, Some(&grads))? {
+        let name = args
+            .model
+            .single_adapter("logits --grads")?
+            .map_or(DEFAULT_ADAPTER, |a| a.name.as_str());
+        for (key, grad) in adapter_tensors(&model, name, Some(&grads))? {
             outputs.insert(format!("grad.{key}"), grad);
         }
     }

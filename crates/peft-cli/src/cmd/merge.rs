@@ -24,10 +24,10 @@ pub struct Args {
 
 /// Loads model and adapter, merges (refusing NaN/Inf results) and writes the folder.
 pub fn run(args: Args) -> Result<()> {
-    let Some(adapter) = &args.model.adapter else {
+    let Some(adapter) = args.model.single_adapter("merge")? else {
         bail!("merge needs --adapter DIR: the adapter to fold into the model");
     };
-    check_out(&args.out, &args.model.model, adapter, args.force)?;
+    check_out(&args.out, &args.model.model, &adapter.dir, args.force)?;
     let (mut loaded, _device) = args.model.load(false)?;
     peft_core::merge_and_unload(&mut loaded.model, true).context("merging the adapter failed")?;
     peft_models::save_hf_folder(&loaded, &args.out)

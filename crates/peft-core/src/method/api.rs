@@ -5,6 +5,7 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Gradients, Tensor};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -42,10 +43,18 @@ pub trait MethodConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwned {
         self.targets().map(|t| t.matcher(None, None)).transpose()
     }
 
-    /// Why adapters of this method are not trained here, when they are not (AdaLoRA until its
-    /// rank allocation exists). None by default.
-    fn training_refusal(&self) -> Option<&'static str> {
-        None
+    /// Readies the config for a training run of `steps` optimizer steps (`resumed`: continued
+    /// from a checkpoint), or refuses, naming the field, what cannot be trained. AdaLoRA fills
+    /// in `total_step` and checks its budget schedule. Nothing by default.
+    fn prepare_training(&mut self, _steps: usize, _resumed: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the method acts after each optimizer step (see
+    /// [`ProjectionLayer::after_optimizer_step`]), so that the trainer keeps the step's
+    /// gradients for it. Not by default.
+    fn acts_after_optimizer_step(&self) -> bool {
+        false
     }
 
     /// Learns the weight shapes `[in, out]` of the projections it is about to adapt, before
@@ -143,9 +152,25 @@ pub trait ProjectionLayer: Module + Sized {
         None
     }
 
-    /// Work on every layer of one adapter after each optimizer step (the slot for AdaLoRA's
-    /// rank budget). Nothing by default.
-    fn after_optimizer_step(_config: &Self::Config, _layers: &mut [&mut Self]) {}
+    /// Work on every layer of one adapter, with its module path, after each optimizer step
+    /// (AdaLoRA's rank allocation, which may record its result in the config). Called only
+    /// when [`MethodConfig::acts_after_optimizer_step`]. Nothing by default.
+    fn after_optimizer_step(
+        _config: &mut Self::Config,
+        _layers: &mut [(&str, &mut Self)],
+        _step: &OptimizerStep<'_>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The optimizer step a method acts after.
+pub struct OptimizerStep<'a> {
+    /// Optimizer steps completed before this one (the `global_step` PEFT's training loops
+    /// pass to `update_and_allocate`: 0 after the first step).
+    pub before: usize,
+    /// The gradients this step applied (accumulated and clipped), by parameter id.
+    pub grads: &'a GradientsParams,
 }
 
 /// What a model-wide adapter may ask of the model it attaches to.

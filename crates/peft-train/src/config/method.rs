@@ -1,6 +1,7 @@
 //! `[method]`: the PEFT method to train (`name`) and that method's options, one struct per
 //! method. A key of another method is an error that names it; a missing `name` means LoRA.
 
+use peft_core::method::adalora::AdaLoraConfig;
 use peft_core::method::bottleneck::{BottleneckConfig, BottleneckVariant};
 use peft_core::method::common::PeftFields;
 use peft_core::method::ia3::Ia3Config;
@@ -14,7 +15,8 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::options::{
-    BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions, VeraOptions,
+    AdaLoraOptions, BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions,
+    VeraOptions,
 };
 use crate::error::{Result, TrainError};
 
@@ -38,11 +40,13 @@ pub enum Method {
     Pfeiffer,
     /// VeRA.
     Vera,
+    /// AdaLoRA.
+    Adalora,
 }
 
 impl Method {
     /// Every method, in the order help texts list them.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Self::Lora,
         Self::Dora,
         Self::Prefix,
@@ -51,6 +55,7 @@ impl Method {
         Self::Houlsby,
         Self::Pfeiffer,
         Self::Vera,
+        Self::Adalora,
     ];
 
     /// The name in `[method] name` and `--method`.
@@ -64,6 +69,7 @@ impl Method {
             Self::Houlsby => "houlsby",
             Self::Pfeiffer => "pfeiffer",
             Self::Vera => "vera",
+            Self::Adalora => "adalora",
         }
     }
 
@@ -81,6 +87,9 @@ impl Method {
             Self::Pfeiffer => "Bottleneck adapters after the feed-forward blocks only",
             Self::Vera => {
                 "VeRA: shared frozen random projections, a trained vector pair per target"
+            }
+            Self::Adalora => {
+                "AdaLoRA: LoRA in SVD form whose rank budget moves to the targets that matter"
             }
         }
     }
@@ -101,6 +110,7 @@ impl Method {
             Self::Houlsby => MethodSection::Houlsby(BottleneckOptions::default()),
             Self::Pfeiffer => MethodSection::Pfeiffer(BottleneckOptions::default()),
             Self::Vera => MethodSection::Vera(VeraOptions::default()),
+            Self::Adalora => MethodSection::Adalora(AdaLoraOptions::default()),
         }
     }
 }
@@ -125,6 +135,8 @@ pub enum MethodSection {
     Pfeiffer(BottleneckOptions),
     /// VeRA.
     Vera(VeraOptions),
+    /// AdaLoRA.
+    Adalora(AdaLoraOptions),
 }
 
 impl Default for MethodSection {
@@ -157,6 +169,7 @@ impl MethodSection {
             Self::Houlsby(_) => Method::Houlsby,
             Self::Pfeiffer(_) => Method::Pfeiffer,
             Self::Vera(_) => Method::Vera,
+            Self::Adalora(_) => Method::Adalora,
         }
     }
 
@@ -192,6 +205,7 @@ impl MethodSection {
             Method::Houlsby => Self::Houlsby(options(method, table)?),
             Method::Pfeiffer => Self::Pfeiffer(options(method, table)?),
             Method::Vera => Self::Vera(options(method, table)?),
+            Method::Adalora => Self::Adalora(options(method, table)?),
         })
     }
 
@@ -241,6 +255,40 @@ impl MethodSection {
                     return bad(
                         "d_initial",
                         format!("{} is not a finite number", o.d_initial),
+                    );
+                }
+            }
+            Self::Adalora(o) => {
+                if o.init_r == 0 {
+                    return bad("init_r", "must be at least 1".into());
+                }
+                if o.target_r > o.init_r {
+                    return bad(
+                        "target_r",
+                        format!(
+                            "{} is above init_r = {}: the budget can only fall",
+                            o.target_r, o.init_r
+                        ),
+                    );
+                }
+                if !(0.0..1.0).contains(&o.dropout) {
+                    return bad("dropout", format!("{} is not in [0, 1)", o.dropout));
+                }
+                for (key, beta) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+                    if !(beta > 0.0 && beta < 1.0) {
+                        return bad(key, format!("{beta} is not in (0, 1)"));
+                    }
+                }
+                if o.delta_t == 0 {
+                    return bad("delta_t", "must be at least 1".into());
+                }
+                if !(o.orth_reg_weight.is_finite() && o.orth_reg_weight > 0.0) {
+                    return bad(
+                        "orth_reg_weight",
+                        format!(
+                            "{} is not a positive number (PEFT requires one)",
+                            o.orth_reg_weight
+                        ),
                     );
                 }
             }
@@ -321,6 +369,25 @@ impl MethodSection {
                 };
                 c.targets.target_modules = target_modules(&o.target);
                 AdapterConfig::Vera(c)
+            }
+            Self::Adalora(o) => {
+                let mut c = AdaLoraConfig {
+                    init_r: o.init_r,
+                    target_r: o.target_r,
+                    lora_alpha: o.alpha,
+                    lora_dropout: o.dropout,
+                    orth_reg_weight: o.orth_reg_weight,
+                    tinit: o.tinit,
+                    tfinal: o.tfinal,
+                    delta_t: o.delta_t,
+                    beta1: o.beta1,
+                    beta2: o.beta2,
+                    total_step: o.total_step,
+                    peft: PeftFields::causal_lm(),
+                    ..AdaLoraConfig::default()
+                };
+                c.targets.target_modules = target_modules(&o.target);
+                AdapterConfig::AdaLora(c)
             }
         }
     }

@@ -138,3 +138,53 @@ impl Default for VeraOptions {
         }
     }
 }
+
+/// AdaLoRA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaLoraOptions {
+    /// The rank every target starts at.
+    pub init_r: usize,
+    /// The average rank per target the budget falls to.
+    pub target_r: usize,
+    /// The update is scaled by alpha / init_r.
+    pub alpha: f64,
+    /// Dropout on the branch's input.
+    pub dropout: f64,
+    /// Weight of the orthogonality regulariser on A and B.
+    pub orth_reg_weight: f64,
+    /// Steps before the budget starts falling.
+    pub tinit: usize,
+    /// Steps at the final budget at the end of the run.
+    pub tfinal: usize,
+    /// Steps between two rank allocations (PEFT's `deltaT`).
+    pub delta_t: usize,
+    /// Smoothing of the sensitivity.
+    pub beta1: f64,
+    /// Smoothing of its uncertainty.
+    pub beta2: f64,
+    /// The budget schedule's length in steps; unset: the run's step count.
+    pub total_step: Option<usize>,
+    /// Module names to adapt; empty means the architecture's default (LoRA's).
+    pub target: Vec<String>,
+}
+
+impl Default for AdaLoraOptions {
+    fn default() -> Self {
+        // PEFT's AdaLoraConfig defaults.
+        Self {
+            init_r: 12,
+            target_r: 8,
+            alpha: 8.0,
+            dropout: 0.0,
+            orth_reg_weight: 0.5,
+            tinit: 0,
+            tfinal: 0,
+            delta_t: 1,
+            beta1: 0.85,
+            beta2: 0.85,
+            total_step: None,
+            target: Vec::new(),
+        }
+    }
+}

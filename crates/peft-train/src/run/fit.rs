@@ -46,7 +46,7 @@ pub(super) fn fit(
     let t = &config.training;
     let Trainee {
         lm,
-        adapter,
+        mut adapter,
         eos_id,
         train,
         valid,
@@ -83,6 +83,7 @@ pub(super) fn fit(
     let start_step = resume_from.as_ref().map_or(0, |(state, _)| state.step);
     let has_valid = !valid.is_empty();
     let settings = loop_settings(t, &plan, has_valid, start_step);
+    adapter.prepare_training(settings.max_steps, resume_from.is_some())?;
     let loader = |examples, device: Device| {
         ExampleLoader::new(Arc::new(examples), t.batch_size, eos_id, device)
     };
@@ -103,7 +104,7 @@ pub(super) fn fit(
         report: report.clone(),
         plain_log,
     };
-    let model = TrainableLm::new(lm, Some(named));
+    let model = TrainableLm::new(lm, Some(named)).with_steps_taken(start_step);
     let schedule = WarmupSchedule::new(
         t.lr,
         t.warmup_steps,
@@ -132,6 +133,7 @@ pub(super) fn fit(
         return Err(TrainError::Learner(error.to_string()));
     }
     report.steps = report.steps.max(start_step);
+    let adapter = result.model.adapter.map_or(adapter, |(_, config)| config);
     Ok(Fitted {
         lm: result.model.lm,
         adapter,

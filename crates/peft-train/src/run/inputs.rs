@@ -73,15 +73,6 @@ pub(super) fn load(
     };
     let test_before = test.score(config, &lm.valid(), "base model")?;
     let adapter = attach(&mut lm, config, &test.tokenizer, resume_from)?;
-    if let Some(why) = adapter.training_refusal() {
-        return Err(TrainError::InvalidValue {
-            key: "model.adapter".into(),
-            message: format!(
-                "{} adapters are read, evaluated, merged and saved here, not trained: {why}",
-                adapter.peft_type()
-            ),
-        });
-    }
     let valid_path = config.data.valid.as_deref().unwrap_or(&files.train);
     data::check_lengths(&lm, &files.train, &train, config.data.seq_len)?;
     data::check_lengths(&lm, valid_path, &valid, config.data.seq_len)?;

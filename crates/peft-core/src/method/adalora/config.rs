@@ -1,6 +1,8 @@
 //! `AdaLoraConfig` with Hugging Face PEFT's field names and defaults
 //! (`peft.tuners.adalora.config`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,7 +15,11 @@ use crate::method::lora::{whole_as_int, DEFAULT_TARGETS};
 use crate::target::{LayerIndices, LayersPattern, TargetMatcher};
 
 /// Fields PEFT may set that this implementation cannot honour unless they keep their default.
-const MUST_BE_DEFAULT: [&str; 3] = ["lora_bias", "layer_replication", "rank_pattern"];
+const MUST_BE_DEFAULT: [&str; 2] = ["lora_bias", "layer_replication"];
+
+/// What `rank_pattern` keys end with after the module path (PEFT's parameter name, without
+/// the adapter name once saved).
+const PATTERN_SUFFIX: &str = ".lora_E";
 
 /// An AdaLoRA configuration, as `adapter_config.json` spells it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +69,11 @@ pub struct AdaLoraConfig {
     /// The run's step count (the budget schedule's length).
     #[serde(default)]
     pub total_step: Option<usize>,
+    /// Which of the `init_r` singular values of each target the rank allocation kept, by
+    /// PEFT's parameter name (`model.layers.0.self_attn.q_proj.lora_E`); a saved adapter holds
+    /// only the kept rows.
+    #[serde(default)]
+    pub rank_pattern: Option<BTreeMap<String, Vec<bool>>>,
     /// Start `E` at zero and `A`, `B` at N(0, 0.02) as PEFT does; `false` draws `E` too.
     #[serde(default = "yes")]
     pub init_lora_weights: bool,
@@ -112,20 +123,23 @@ fn yes() -> bool {
     true
 }
 
+impl Default for AdaLoraConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
 impl MethodConfig for AdaLoraConfig {
     const PEFT_TYPE: &'static str = "ADALORA";
 
     fn check_json(value: &Value) -> Result<()> {
         for field in MUST_BE_DEFAULT {
             if let Some(v) = value.get(field).filter(|v| !is_default(v)) {
-                let why = if field == "rank_pattern" {
-                    "pruned ranks of a trained AdaLoRA adapter are not read yet"
-                } else {
-                    "only the default (null/false) is supported with AdaLoRA"
-                };
                 return Err(PeftError::Config {
                     field: field.into(),
-                    message: format!("{v}: {why}"),
+                    message: format!(
+                        "{v}: only the default (null/false) is supported with AdaLoRA"
+                    ),
                 });
             }
         }
@@ -142,6 +156,18 @@ impl MethodConfig for AdaLoraConfig {
             ],
             ("lora_dropout", self.lora_dropout),
         )?;
+        for (key, kept) in self.rank_pattern.iter().flatten() {
+            if kept.len() != self.init_r {
+                return Err(PeftError::Config {
+                    field: format!("rank_pattern.{key}"),
+                    message: format!(
+                        "{} entries, but a pattern has one per initial rank (init_r = {})",
+                        kept.len(),
+                        self.init_r
+                    ),
+                });
+            }
+        }
         for (field, set) in [("use_dora", self.use_dora), ("use_rslora", self.use_rslora)] {
             if set {
                 return Err(PeftError::Config {
@@ -153,11 +179,63 @@ impl MethodConfig for AdaLoraConfig {
         Ok(())
     }
 
-    fn training_refusal(&self) -> Option<&'static str> {
-        Some(
-            "AdaLoRA's rank allocation during training (PEFT's update_and_allocate) is not \
-             implemented yet",
-        )
+    fn prepare_training(&mut self, steps: usize, resumed: bool) -> Result<()> {
+        let refuse = |field: &str, message: String| {
+            Err(PeftError::Config {
+                field: field.into(),
+                message,
+            })
+        };
+        if resumed {
+            return refuse(
+                "peft_type",
+                "an AdaLoRA run cannot be resumed: checkpoints keep neither the rank \
+                 allocator's sensitivity estimates nor the pruned ranks' tensors; start the run \
+                 again (each checkpoint's adapter is usable as it is)"
+                    .into(),
+            );
+        }
+        if self.rank_pattern.is_some() {
+            return refuse(
+                "rank_pattern",
+                "this adapter's ranks were already allocated by an AdaLoRA run; continuing it \
+                 is not supported (train a new AdaLoRA adapter)"
+                    .into(),
+            );
+        }
+        if self.target_r > self.init_r {
+            return refuse(
+                "target_r",
+                format!(
+                    "{} is above init_r = {}: the budget can only fall",
+                    self.target_r, self.init_r
+                ),
+            );
+        }
+        for (field, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(beta > 0.0 && beta < 1.0) {
+                return refuse(field, format!("{beta} is not in (0, 1)"));
+            }
+        }
+        if self.delta_t == 0 {
+            return refuse("deltaT", "must be at least 1".into());
+        }
+        let total = *self.total_step.get_or_insert(steps);
+        if total == 0 || self.tinit + self.tfinal >= total {
+            return refuse(
+                "total_step",
+                format!(
+                    "{total} steps leave no budget-reduction phase after tinit = {} and before \
+                     the last tfinal = {} steps (tinit + tfinal must be below total_step)",
+                    self.tinit, self.tfinal
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn acts_after_optimizer_step(&self) -> bool {
+        true
     }
 
     fn resolve(&mut self, model: &ModelGeometry) -> Result<()> {
@@ -175,5 +253,27 @@ impl MethodConfig for AdaLoraConfig {
                 self.layers_pattern.as_ref(),
             )
             .map(Some)
+    }
+}
+
+impl AdaLoraConfig {
+    /// The rank the target at `key` (its module path) has: the kept count of its
+    /// `rank_pattern` entry (saved by PEFT with or without the adapter's name after `lora_E`),
+    /// else `init_r`.
+    pub fn rank_of(&self, key: &str) -> usize {
+        let wanted = Self::pattern_key(key);
+        self.rank_pattern
+            .iter()
+            .flatten()
+            .find(|(name, _)| {
+                name.strip_prefix(&wanted)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+            .map_or(self.init_r, |(_, kept)| kept.iter().filter(|k| **k).count())
+    }
+
+    /// The `rank_pattern` key of the target at `key`.
+    pub(super) fn pattern_key(key: &str) -> String {
+        format!("{key}{PATTERN_SUFFIX}")
     }
 }

@@ -6,10 +6,11 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::module::linear;
 use burn::tensor::{Distribution, Gradients, Tensor};
 
+use super::allocation::{self, Allocation, Triplet};
 use super::config::AdaLoraConfig;
 use crate::error::Result;
 use crate::ids::replace_value;
-use crate::method::api::{Merged, ProjectionLayer};
+use crate::method::api::{Merged, OptimizerStep, ProjectionLayer};
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// What PEFT adds to `ranknum` before dividing by it.
@@ -31,11 +32,24 @@ pub struct AdaLoraLayer {
     pub scaling: f64,
     /// Dropout on the branch's input.
     pub dropout: Dropout,
+    /// The rank allocation's state while training.
+    #[module(skip)]
+    pub(super) allocation: Allocation,
 }
 
 impl AdaLoraLayer {
-    fn rank(&self) -> usize {
+    /// The number of singular values the layer holds.
+    pub fn rank(&self) -> usize {
         self.lora_e.dims()[0]
+    }
+
+    /// `value` with only the kept ranks along `axis` when the rank allocation has pruned
+    /// some (PEFT saves a trained adapter at its allocated ranks).
+    fn allocated(&self, value: HostTensor, axis: usize) -> HostTensor {
+        match &self.allocation.kept {
+            Some(kept) => value.keep_along(axis, kept),
+            None => value,
+        }
     }
 
     /// `scaling / (ranknum + 1e-5)`, `[1]`.
@@ -57,10 +71,12 @@ impl AdaLoraLayer {
 impl ProjectionLayer for AdaLoraLayer {
     type Config = AdaLoraConfig;
 
-    /// PEFT's initial values: `E` zero, `A` and `B` N(0, 0.02), `ranknum` = `init_r`.
-    fn new(config: &AdaLoraConfig, _key: &str, base: &Linear) -> Result<Self> {
+    /// PEFT's initial values: `E` zero, `A` and `B` N(0, 0.02), `ranknum` = `init_r`; at the
+    /// rank `rank_pattern` gives the target when the config has one (`ranknum` stays `init_r`,
+    /// as PEFT's `resize_modules_by_rank_pattern` keeps it).
+    fn new(config: &AdaLoraConfig, key: &str, base: &Linear) -> Result<Self> {
         let [d_in, d_out] = base.weight.dims();
-        let r = config.init_r;
+        let r = config.rank_of(key);
         let device = base.weight.device();
         let normal = Distribution::Normal(0.0, 0.02);
         let e = if config.init_lora_weights {
@@ -72,10 +88,11 @@ impl ProjectionLayer for AdaLoraLayer {
             lora_a: Param::from_tensor(Tensor::random([d_in, r], normal, &device)),
             lora_e: Param::from_tensor(e),
             lora_b: Param::from_tensor(Tensor::random([r, d_out], normal, &device)),
-            ranknum: Param::from_tensor(Tensor::full([1], r as f64, &device))
+            ranknum: Param::from_tensor(Tensor::full([1], config.init_r as f64, &device))
                 .set_require_grad(false),
             scaling: config.lora_alpha,
             dropout: DropoutConfig::new(config.lora_dropout).init(),
+            allocation: Allocation::default(),
         })
     }
 
@@ -93,12 +110,23 @@ impl ProjectionLayer for AdaLoraLayer {
 
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
         let base_out = base.forward(x.clone());
+        if self.rank() == 0 {
+            // Every singular value was pruned: PEFT's empty product adds nothing.
+            return base_out;
+        }
         let x = self.dropout.forward(x);
         let update = linear(linear(x, self.scaled_a(), None), self.lora_b.val(), None);
         base_out + update * self.scale().unsqueeze::<D>()
     }
 
     fn merge(&self, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Merged> {
+        if self.rank() == 0 {
+            return Some(Merged {
+                weight,
+                bias,
+                memo: None,
+            });
+        }
         Some(Merged {
             weight: weight + self.delta_weight(),
             bias,
@@ -112,21 +140,45 @@ impl ProjectionLayer for AdaLoraLayer {
         bias: Option<Tensor<1>>,
         _memo: Option<Tensor<1>>,
     ) -> (Tensor<2>, Option<Tensor<1>>) {
+        if self.rank() == 0 {
+            return (weight, bias);
+        }
         (weight - self.delta_weight(), bias)
     }
 
     /// `lora_A` `[r, in]`, `lora_B` `[out, r]`, `lora_E` `[r, 1]` (no `.weight` suffix), or
-    /// their gradients.
+    /// their gradients; only the ranks the allocation kept once it has run.
     fn file_tensors(&self, grads: Option<&Gradients>) -> Result<Vec<(&'static str, HostTensor)>> {
+        let ([d_in, r], d_out) = (self.lora_a.dims(), self.lora_b.dims()[1]);
+        if r == 0 {
+            let empty = |shape: Vec<usize>| HostTensor {
+                shape,
+                data: Vec::new(),
+            };
+            return Ok(vec![
+                ("lora_A", empty(vec![0, d_in])),
+                ("lora_B", empty(vec![d_out, 0])),
+                ("lora_E", empty(vec![0, 1])),
+            ]);
+        }
         let mut out = Vec::new();
         if let Some(a) = value_or_grad(&self.lora_a, grads) {
-            out.push(("lora_A", HostTensor::read(a.transpose())?));
+            out.push((
+                "lora_A",
+                self.allocated(HostTensor::read(a.transpose())?, 0),
+            ));
         }
         if let Some(b) = value_or_grad(&self.lora_b, grads) {
-            out.push(("lora_B", HostTensor::read(b.transpose())?));
+            out.push((
+                "lora_B",
+                self.allocated(HostTensor::read(b.transpose())?, 1),
+            ));
         }
         if let Some(e) = value_or_grad(&self.lora_e, grads) {
-            out.push(("lora_E", HostTensor::read(e.unsqueeze_dim::<2>(1))?));
+            out.push((
+                "lora_E",
+                self.allocated(HostTensor::read(e.unsqueeze_dim::<2>(1))?, 0),
+            ));
         }
         Ok(out)
     }
@@ -134,6 +186,16 @@ impl ProjectionLayer for AdaLoraLayer {
     fn load_file_tensors(&mut self, read: &mut TensorReader<'_>) -> Result<()> {
         let device = self.lora_a.device();
         let ([d_in, r], d_out) = (self.lora_a.dims(), self.lora_b.dims()[1]);
+        if r == 0 {
+            for (name, shape) in [
+                ("lora_A", [0, d_in]),
+                ("lora_B", [d_out, 0]),
+                ("lora_E", [0, 1]),
+            ] {
+                read(name, &shape)?;
+            }
+            return Ok(());
+        }
         let a = read("lora_A", &[r, d_in])?
             .transposed()
             .upload::<2>(&device);
@@ -165,5 +227,24 @@ impl ProjectionLayer for AdaLoraLayer {
             })
             .collect();
         Some(Tensor::cat(terms, 0).mean() * config.orth_reg_weight)
+    }
+
+    /// PEFT's `update_and_allocate`: see [`allocation`].
+    fn after_optimizer_step(
+        config: &mut AdaLoraConfig,
+        layers: &mut [(&str, &mut Self)],
+        step: &OptimizerStep<'_>,
+    ) -> Result<()> {
+        let mut triplets: Vec<Triplet<'_>> = layers
+            .iter_mut()
+            .map(|(key, layer)| Triplet {
+                key,
+                a: &layer.lora_a,
+                e: &mut layer.lora_e,
+                b: &layer.lora_b,
+                state: &mut layer.allocation,
+            })
+            .collect();
+        allocation::update_and_allocate(config, &mut triplets, step)
     }
 }
