@@ -20,7 +20,7 @@ use peft_models::{load_model, CausalLm};
 use peft_train::batch::LmBatch;
 use peft_train::config::{LoraOptions, MethodSection, Schedule};
 use peft_train::data::Example;
-use peft_train::model::TrainableLm;
+use peft_train::model::{TrainableLm, Trained};
 use peft_train::schedule::{learning_rates, WarmupSchedule};
 use peft_train::step::{optimizer_step, step_gradients};
 use peft_train::{adamw, train, TrainConfig};
@@ -193,6 +193,7 @@ fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
                 // The budget falls from 12 to 8 per target over the 12 steps, so the saved
                 // adapter is pruned and the reload below checks its rank pattern.
                 Method::Adalora => MethodSection::Adalora(AdaLoraOptions::default()),
+                Method::Full => unreachable!("full fine-tuning has its own test below"),
             };
             // Virtual tokens start at N(0, 1), and VeRA's vectors scale small frozen random
             // projections: both need larger steps than weight deltas.
@@ -228,16 +229,7 @@ fn every_method_trains_on_gpt2_llama_qwen2_and_gemma_with_falling_loss() {
             );
 
             // The saved adapter (prefix MLP folded away) reproduces the trained model.
-            let expected = Expected::load(case);
-            let ids = int_tensor(&expected.i64("input_ids"), &device);
-            let trained = to_vec(summary.model.forward(ids.clone(), None, None));
-            let mut reloaded = load_model(&case_dir(case).join("base"), &device).unwrap();
-            load_adapter(&mut reloaded.model, "default", &summary.final_adapter).unwrap();
-            let diff = trained
-                .iter()
-                .zip(&to_vec(reloaded.model.forward(ids, None, None)))
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let diff = reloaded_adapter_diff(case, &summary, &device);
             assert!(
                 diff <= 1e-5,
                 "{what}: reloaded adapter's logits differ by {diff}"
@@ -253,18 +245,7 @@ fn the_final_adapter_reloads_to_the_logits_training_ended_with() {
     config.training.max_steps = Some(5);
     let summary = train(&config, &device, false).unwrap();
 
-    let expected = Expected::load("llama-base");
-    let ids = int_tensor(&expected.i64("input_ids"), &device);
-    let mask = int_tensor(&expected.i64("attention_mask"), &device);
-    let trained = to_vec(summary.model.forward(ids.clone(), Some(&mask), None));
-    let mut reloaded = load_model(&case_dir("llama-base").join("base"), &device).unwrap();
-    load_adapter(&mut reloaded.model, "default", &summary.final_adapter).unwrap();
-    let logits = to_vec(reloaded.model.forward(ids, Some(&mask), None));
-    let diff = trained
-        .iter()
-        .zip(&logits)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = reloaded_adapter_diff("llama-base", &summary, &device);
     assert!(diff <= 1e-6, "reloaded adapter's logits differ by {diff}");
 }
 
@@ -314,17 +295,166 @@ fn adalora_allocates_its_rank_budget_and_saves_the_pattern() {
     );
     eprintln!("AdaLoRA rank pattern: {pattern:?}");
 
-    let expected = Expected::load("llama-base");
-    let ids = int_tensor(&expected.i64("input_ids"), &device);
-    let trained = to_vec(summary.model.forward(ids.clone(), None, None));
-    let mut reloaded = load_model(&case_dir("llama-base").join("base"), &device).unwrap();
-    load_adapter(&mut reloaded.model, "default", &summary.final_adapter).unwrap();
-    let diff = trained
-        .iter()
-        .zip(&to_vec(reloaded.model.forward(ids, None, None)))
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = reloaded_adapter_diff("llama-base", &summary, &device);
     assert!(diff <= 1e-6, "the pruned adapter's logits differ by {diff}");
+}
+
+/// A training configuration for full fine-tuning of the fixture `case`, `steps` steps, a
+/// checkpoint every 2.
+fn full_config(config: &mut TrainConfig, case: &str, steps: usize) {
+    use peft_train::config::FullOptions;
+    config.model.path = Some(case_dir(case).join("base"));
+    config.method = MethodSection::Full(FullOptions {});
+    config.training.lr = 1e-3;
+    config.training.max_steps = Some(steps);
+    config.training.save_every = Some(2);
+}
+
+/// The logits of `model` on `case`'s fixture inputs.
+fn fixture_logits(model: &CausalLm, case: &str, device: &burn::tensor::Device) -> Vec<f32> {
+    let expected = Expected::load(case);
+    let ids = int_tensor(&expected.i64("input_ids"), device);
+    let mask = int_tensor(&expected.i64("attention_mask"), device);
+    to_vec(model.forward(ids, Some(&mask), None))
+}
+
+/// How far the logits of `case`'s base model with the run's final adapter reloaded are from
+/// those the run ended with, on the fixture's inputs.
+fn reloaded_adapter_diff(
+    case: &str,
+    summary: &peft_train::TrainSummary,
+    device: &burn::tensor::Device,
+) -> f32 {
+    let mut reloaded = load_model(&case_dir(case).join("base"), device).unwrap();
+    load_adapter(&mut reloaded.model, "default", &summary.final_adapter).unwrap();
+    max_diff(
+        &fixture_logits(&summary.model, case, device),
+        &fixture_logits(&reloaded.model, case, device),
+    )
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// `--method full` on GPT-2 (tied head) and LLaMA (untied): the loss falls, every base weight
+/// moves, the final folder is a model folder (a tied head written once, as transformers writes
+/// it) that reloads to the logits training ended with, and a run stopped at a checkpoint and
+/// resumed ends where the uninterrupted run ends.
+#[test]
+fn full_fine_tuning_trains_every_weight_saves_a_model_folder_and_resumes_exactly() {
+    let device = ndarray_device();
+    for (case, tied) in [("gpt2-base", true), ("llama-base", false)] {
+        let (_dir, mut config) = setup();
+        full_config(&mut config, case, 4);
+        let out = config.training.out.clone();
+        let summary = train(&config, &device, false).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let losses = logged_losses(&out);
+        let (first, last) = (losses[0], *losses.last().unwrap());
+        eprintln!("{case} full: loss {first:.4} -> {last:.4} in 4 steps");
+        assert!(last < first, "{case}: loss went from {first} to {last}");
+        assert_eq!(
+            summary.parameters.trainable, summary.parameters.total,
+            "{case}"
+        );
+
+        let fresh = load_model(&case_dir(case).join("base"), &device).unwrap();
+        let before = base_parameters(&fresh.model);
+        let after = base_parameters(&summary.model);
+        let unchanged: Vec<&String> = before.keys().filter(|k| before[*k] == after[*k]).collect();
+        assert!(unchanged.is_empty(), "{case}: unchanged {unchanged:?}");
+
+        let saved: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(summary.final_adapter.join("config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(saved["tie_word_embeddings"], tied, "{case}");
+        let weights = std::fs::read(summary.final_adapter.join("model.safetensors")).unwrap();
+        let names = safetensors::SafeTensors::deserialize(&weights)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        assert_eq!(
+            names.iter().any(|n| n == "lm_head.weight"),
+            !tied,
+            "{case}: {names:?}"
+        );
+        let reloaded = load_model(&summary.final_adapter, &device).unwrap();
+        let trained = fixture_logits(&summary.model, case, &device);
+        let diff = max_diff(&trained, &fixture_logits(&reloaded.model, case, &device));
+        assert!(
+            diff <= 1e-5,
+            "{case}: the saved model's logits differ by {diff}"
+        );
+
+        // Two steps, then resumed to four from the checkpoint at step 2.
+        let (_dir2, mut config2) = setup();
+        full_config(&mut config2, case, 2);
+        train(&config2, &device, false).unwrap();
+        config2.training.max_steps = Some(4);
+        let resumed = train(&config2, &device, true).unwrap();
+        assert_eq!(resumed.resumed_from, Some(2), "{case}");
+        let diff = max_diff(&trained, &fixture_logits(&resumed.model, case, &device));
+        assert!(diff <= 1e-6, "{case}: the resumed run ends {diff} away");
+    }
+}
+
+/// A tied head trains as transformers trains it: one weight, whose gradient is the sum of
+/// its uses as the embedding and as the head (here against autodiff of the tied loss), and
+/// the head follows the embedding after each step.
+#[test]
+fn a_tied_head_trains_as_one_weight_with_the_embedding() {
+    use peft_models::loss::causal_lm_loss;
+    let device = ndarray_device().autodiff();
+    let case = "gpt2-base";
+    let expected = Expected::load(case);
+    let labels = expected.i64("labels");
+    let batch = LmBatch {
+        input_ids: int_tensor(&expected.i64("input_ids"), &device),
+        attention_mask: int_tensor(&expected.i64("attention_mask"), &device),
+        labels: HostLabels::new(labels.values.clone(), labels.shape[1]),
+        learned_tokens: 0,
+        tokens: 0,
+        loss_weight: 1.0,
+    };
+    let loaded = load_model(&case_dir(case).join("base"), &device).unwrap();
+
+    // The reference: the tied loss with the head as the embedding's transpose, by autodiff.
+    let lm = loaded.model.clone().unfreeze();
+    let embedding = lm.token_embedding().weight.val();
+    let hidden = lm.hidden_states(batch.input_ids.clone(), Some(&batch.attention_mask), None);
+    let logits = hidden.matmul(embedding.clone().transpose().unsqueeze::<3>());
+    let grads = causal_lm_loss(logits, batch.labels.to_tensor(&device)).backward();
+    let reference = to_vec(embedding.grad(&grads).unwrap());
+
+    let (lm, tied) = peft_train::full::prepare(loaded.model);
+    assert!(tied.is_some(), "GPT-2 ties its head");
+    let (embedding_id, head_id) = (lm.token_embedding().weight.id, lm.lm_head().base.weight.id);
+    let model = TrainableLm::new(lm, Trained::Full(tied));
+    let schedule = WarmupSchedule::new(1e-3, 0, 1, Schedule::Constant, 0);
+    let mut learner = Learner::new(model, adamw(0.0).init(), learning_rates(schedule, None));
+    let step = step_gradients(&mut learner, [batch], 0.0).unwrap();
+    assert!(step.gradients().get::<2>(head_id).is_none(), "folded away");
+    let got = to_vec(step.gradients().get::<2>(embedding_id).unwrap());
+    let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = max_diff(&got, &reference);
+    eprintln!("tied gradient: max |diff| {diff:e} of max |g| {scale:e}");
+    assert!(
+        diff <= 1e-5 * scale.max(1.0),
+        "tied gradient differs by {diff}"
+    );
+
+    step.apply(&mut learner).unwrap();
+    let model = learner.model();
+    let embedding = to_vec(model.lm.token_embedding().weight.val().transpose());
+    let head = to_vec(model.lm.lm_head().base.weight.val());
+    assert_eq!(embedding, head, "the head follows the trained embedding");
 }
 
 /// PyTorch's AdamW (`torch.optim.AdamW`, defaults but `lr` and `weight_decay`), first step:
@@ -360,7 +490,11 @@ fn fixture_learner(
     let adapter = case_dir(case).join("adapter");
     let config = load_adapter(&mut loaded.model, "default", &adapter).unwrap();
     let before = adapter_tensors(&loaded.model, "default", None).unwrap();
-    let model = TrainableLm::new(loaded.model, Some(("default".into(), config)));
+    let trained = Trained::Adapter {
+        name: "default".into(),
+        config: Box::new(config),
+    };
+    let model = TrainableLm::new(loaded.model, trained);
     let schedule = WarmupSchedule::new(lr, 0, 1, Schedule::Constant, 0);
     let rates = learning_rates(schedule, loraplus);
     (

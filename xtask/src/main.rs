@@ -5,6 +5,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod compare;
 mod dataset;
 mod modules;
 mod soak;
@@ -18,6 +19,8 @@ tasks:
             check another checkout); fails on a loop
   dataset   regenerate datasets/order-extraction (seeded; the shipped files are its output)
   bench     every backend, model and method side by side (cargo xtask bench --help)
+  compare   full fine-tuning and every method trained on the order-extraction task, one table
+            of what each buys (cargo xtask compare --help)
   soak      thousands of steps with memory sampled, then the same run killed (SIGKILL) and
             resumed again and again: must end bit-identical (cargo xtask soak --help)";
 
@@ -38,6 +41,10 @@ fn main() -> Result<()> {
         Some("bench") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             bench::run(&workspace_root(), &args)
+        }
+        Some("compare") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            compare::run(&workspace_root(), &args)
         }
         Some("soak") => {
             let args: Vec<String> = std::env::args().skip(2).collect();

@@ -471,13 +471,37 @@ fn continuing_an_adapter_refuses_method_flags_and_missing_folders() {
     assert_no_adapter(dir.path());
 }
 
-/// An AdaLoRA adapter is read and evaluated but not trained (its rank allocation is missing):
-/// `train --adapter` on one is refused saying so, with nothing written.
+/// A PEFT AdaLoRA adapter whose ranks were never allocated continues training, as PEFT's
+/// `is_trainable=True` loads it (on the schedule of its own `total_step`); one whose ranks an
+/// earlier run allocated (a `rank_pattern`) is refused saying why, with nothing written.
 #[test]
-fn training_an_adalora_adapter_is_refused_saying_why() {
+fn an_adalora_adapter_continues_unless_its_ranks_were_allocated() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixtures().join("llama-adalora/adapter");
     let out = train(dir.path(), &["--adapter", path_str(&adapter)]);
-    assert_fails_with(&out, &["model.adapter", "AdaLoRA", "update_and_allocate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("run/final/adapter_config.json").exists());
+
+    let dir = tempfile::tempdir().unwrap();
+    let allocated = dir.path().join("allocated");
+    std::fs::create_dir(&allocated).unwrap();
+    std::fs::copy(
+        adapter.join("adapter_model.safetensors"),
+        allocated.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    config["rank_pattern"] =
+        serde_json::json!({"model.layers.0.self_attn.q_proj.lora_E": vec![true; 6]});
+    std::fs::write(allocated.join("adapter_config.json"), config.to_string()).unwrap();
+    let out = train(dir.path(), &["--adapter", path_str(&allocated)]);
+    assert_fails_with(&out, &["rank_pattern", "already allocated"]);
     assert_no_adapter(dir.path());
 }

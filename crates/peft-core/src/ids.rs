@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 
 /// Gives every float parameter of `module` an id derived from `scope` (e.g. adapter name and
 /// module path) and the parameter's path inside `module`.
-pub(crate) fn with_stable_ids<M: Module>(module: M, scope: &str) -> M {
+pub fn with_stable_ids<M: Module>(module: M, scope: &str) -> M {
     module.map(&mut StableIds {
         scope: scope.to_string(),
         path: Vec::new(),

@@ -44,6 +44,7 @@ pub use adapters::{
 pub use error::{PeftError, Result};
 pub use geometry::ModelGeometry;
 pub use host::ProjectionHost;
+pub use ids::with_stable_ids;
 pub use mode::eval_mode;
 pub use model_adapters::ModelAdapters;
 pub use projection::{Projection, WeightLayout};

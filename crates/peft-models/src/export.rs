@@ -14,7 +14,7 @@ use peft_core::{HostTensor, ProjectionHost, WeightLayout};
 
 use crate::error::{ModelError, Result};
 use crate::load::LoadedModel;
-use crate::registry::CausalLm;
+use crate::registry::{CausalLm, ModelConfig};
 
 /// Files copied unchanged from the source folder when present.
 const COPIED_FILES: [&str; 4] = [
@@ -29,47 +29,81 @@ const COPIED_FILES: [&str; 4] = [
 /// weights now hold. NaN or infinite weights are refused, naming the tensor, before anything
 /// is written.
 pub fn save_hf_folder(loaded: &LoadedModel, dir: &Path) -> Result<()> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ModelError::Io { path, source }
-    };
-    let tensors = hf_tensors(&loaded.model)?;
+    save_model_folder(&loaded.model, &FolderFiles::of(loaded)?, dir)
+}
+
+/// What a model folder holds besides the weights, taken from where the model was loaded
+/// from: `config.json`, and the tokenizer files copied (or, from a GGUF, written out). Read
+/// once, it lets a training run write its model again and again without the source.
+#[derive(Debug, Clone)]
+pub struct FolderFiles {
+    config: ModelConfig,
+    config_json: serde_json::Value,
+    /// Other files by name, with their contents.
+    others: Vec<(String, Vec<u8>)>,
+}
+
+impl FolderFiles {
+    /// The files of the folder or GGUF `loaded` came from.
+    pub fn of(loaded: &LoadedModel) -> Result<Self> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ModelError::Io { path, source }
+        };
+        let mut others = Vec::new();
+        if loaded.source.is_dir() {
+            for name in COPIED_FILES {
+                let from = loaded.source.join(name);
+                if from.exists() {
+                    others.push((name.to_string(), std::fs::read(&from).map_err(io(&from))?));
+                }
+            }
+        } else if let Some(tokenizer) = &loaded.tokenizer {
+            // A GGUF carries its tokenizer as metadata: write it out as transformers expects it.
+            others.push(("tokenizer.json".into(), tokenizer.to_json()?.into_bytes()));
+            let tokenizer_config = serde_json::json!({
+                "bos_token": tokenizer.bos_token,
+                "eos_token": tokenizer.eos_token,
+                "chat_template": tokenizer.chat_template,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            });
+            let text =
+                serde_json::to_string_pretty(&tokenizer_config).expect("JSON value serialises");
+            others.push(("tokenizer_config.json".into(), text.into_bytes()));
+        }
+        Ok(Self {
+            config: loaded.config.clone(),
+            config_json: source_config(loaded)?,
+            others,
+        })
+    }
+}
+
+/// Writes `model` to `dir` with `files` beside its weights, as [`save_hf_folder`] does.
+pub fn save_model_folder(model: &CausalLm, files: &FolderFiles, dir: &Path) -> Result<()> {
+    let tensors = hf_tensors(model)?;
     check_finite(&tensors)?;
     let untied_head = tensors.contains_key(&format!("{HEAD}.weight"));
     if untied_head {
-        loaded
+        files
             .config
             .check_untied_head()
             .map_err(ModelError::InvalidInput)?;
     }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let bytes = to_safetensors(&tensors).map_err(|e| ModelError::Backend(e.to_string()))?;
     write(&dir.join("model.safetensors"), &bytes)?;
-    let mut config = source_config(loaded)?;
+    let mut config = files.config_json.clone();
     if untied_head {
         config["tie_word_embeddings"] = serde_json::Value::Bool(false);
     }
     let text = serde_json::to_string_pretty(&config).expect("JSON value serialises");
     write(&dir.join("config.json"), text.as_bytes())?;
-    if loaded.source.is_dir() {
-        for name in COPIED_FILES {
-            let from = loaded.source.join(name);
-            if from.exists() {
-                let bytes = std::fs::read(&from).map_err(io(&from))?;
-                write(&dir.join(name), &bytes)?;
-            }
-        }
-    } else if let Some(tokenizer) = &loaded.tokenizer {
-        // A GGUF carries its tokenizer as metadata: write it out as transformers expects it.
-        write(&dir.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
-        let tokenizer_config = serde_json::json!({
-            "bos_token": tokenizer.bos_token,
-            "eos_token": tokenizer.eos_token,
-            "chat_template": tokenizer.chat_template,
-            "tokenizer_class": "PreTrainedTokenizerFast",
-        });
-        let text = serde_json::to_string_pretty(&tokenizer_config).expect("JSON value serialises");
-        write(&dir.join("tokenizer_config.json"), text.as_bytes())?;
+    for (name, bytes) in &files.others {
+        write(&dir.join(name), bytes)?;
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use export::save_hf_folder;
+pub use export::{save_hf_folder, save_model_folder, FolderFiles};
 pub use load::{load_model, random_model, LoadedModel};
 pub use registry::{CausalLm, ModelConfig};
 pub use tokenizer::TextTokenizer;

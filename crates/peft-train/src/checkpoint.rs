@@ -1,5 +1,6 @@
 //! Checkpoints: `<out>/checkpoint-<step>/` holds the adapter in PEFT's format (loadable with
-//! `--adapter`), the optimizer state (`optimizer.bpk`) and `trainer_state.json` (step, data
+//! `--adapter`; in full fine-tuning, the whole model as a Hugging Face folder), the optimizer
+//! state (`optimizer.bpk`) and `trainer_state.json` (step, data
 //! position, seed). A checkpoint is written in a hidden `.checkpoint-<step>.partial` folder and
 //! renamed when complete, so a crash at any moment leaves the previous checkpoint usable.
 
@@ -7,10 +8,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::optim::OptimizerRecord;
-use peft_core::{AdapterConfig, ProjectionHost};
+use peft_models::FolderFiles;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::model::TrainableLm;
 
 /// Optimizer state file inside a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
@@ -104,25 +106,44 @@ pub fn read_optimizer(dir: &Path) -> Result<OptimizerRecord> {
 }
 
 /// What a checkpoint saves of the model.
-pub struct AdapterToSave<'a, M: ProjectionHost> {
-    /// The model.
-    pub model: &'a M,
-    /// The adapter's name on it.
-    pub name: &'a str,
-    /// Its configuration (written as `adapter_config.json`).
-    pub config: &'a AdapterConfig,
+pub struct ModelToSave<'a> {
+    /// The model in training.
+    pub model: &'a TrainableLm,
+    /// What a fully trained model's folder holds besides the weights (config, tokenizer).
+    pub files: Option<&'a FolderFiles>,
+}
+
+impl ModelToSave<'_> {
+    /// Writes the adapter in PEFT's format, or (full fine-tuning) the whole model as a
+    /// Hugging Face folder, into `dir`.
+    fn write(&self, dir: &Path) -> Result<()> {
+        match self.model.adapter() {
+            Some((name, config)) => peft_core::save_adapter(&self.model.lm, name, config, dir)?,
+            None => {
+                let files = self.files.ok_or_else(|| {
+                    TrainError::Learner(
+                        "a fully trained model cannot be saved without its config and \
+                         tokenizer files"
+                            .into(),
+                    )
+                })?;
+                peft_models::save_model_folder(&self.model.to_save(), files, dir)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Writes a complete checkpoint for `state` atomically.
-pub fn save<M: ProjectionHost>(
+pub fn save(
     out: &Path,
-    adapter: &AdapterToSave<'_, M>,
+    model: &ModelToSave<'_>,
     optimizer: OptimizerRecord,
     state: &TrainerState,
 ) -> Result<PathBuf> {
     let target = checkpoint_dir(out, state.step);
     write_folder(&target, |dir| {
-        peft_core::save_adapter(adapter.model, adapter.name, adapter.config, dir)?;
+        model.write(dir)?;
         pause_for_crash_tests();
         let optimizer_path = dir.join(OPTIMIZER_FILE);
         optimizer
@@ -136,13 +157,11 @@ pub fn save<M: ProjectionHost>(
     Ok(target)
 }
 
-/// Saves the adapter alone (the final result) to `dir`, atomically as a whole folder.
-pub fn save_adapter_folder<M: ProjectionHost>(
-    dir: &Path,
-    adapter: &AdapterToSave<'_, M>,
-) -> Result<()> {
+/// Saves the trained adapter (or model) alone, the final result, to `dir`, atomically as a
+/// whole folder.
+pub fn save_final(dir: &Path, model: &ModelToSave<'_>) -> Result<()> {
     write_folder(dir, |tmp| {
-        peft_core::save_adapter(adapter.model, adapter.name, adapter.config, tmp)?;
+        model.write(tmp)?;
         pause_for_crash_tests();
         Ok(())
     })

@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod full;
 pub mod metrics;
 pub mod model;
 pub mod plain;

@@ -15,7 +15,7 @@ use burn::train::metric::{
 use serde_json::{json, Value};
 
 use crate::error::{Result, TrainError};
-use crate::model::LmOutput;
+use crate::model::{LmOutput, StepStats};
 
 /// Which number of an [`LmOutput`] a metric shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,20 +148,14 @@ impl MetricsLog {
     }
 
     /// Logs a training step.
-    pub fn step(
-        &mut self,
-        step: usize,
-        loss: f64,
-        lr: f64,
-        tokens_per_s: f64,
-        grad_norm: f64,
-    ) -> Result<()> {
+    pub fn step(&mut self, step: usize, stats: &StepStats, lr: f64) -> Result<()> {
         self.write(json!({
             "step": step,
-            "loss": loss,
+            "loss": stats.loss,
             "lr": lr,
-            "tokens_per_s": tokens_per_s,
-            "grad_norm": grad_norm,
+            "tokens_per_s": stats.tokens_per_s,
+            "step_ms": stats.step_ms,
+            "grad_norm": stats.grad_norm,
         }))
     }
 

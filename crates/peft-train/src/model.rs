@@ -15,18 +15,34 @@ use peft_models::loss::lm_loss;
 use peft_models::CausalLm;
 
 use crate::batch::LmBatch;
+use crate::full::TiedHead;
 
-/// A causal LM whose adapters are trained; the base weights are frozen
-/// (`require_grad = false`), so Burn computes gradients and keeps optimizer state for the
-/// adapter tensors only.
+/// What a run trains.
+#[derive(Clone, Debug)]
+pub enum Trained {
+    /// The adapter `name` (configured as `config`), whose method may add to the loss and act
+    /// after each optimizer step; the base weights are frozen.
+    Adapter {
+        /// Its name on the model.
+        name: String,
+        /// Its configuration.
+        config: Box<AdapterConfig>,
+    },
+    /// Every weight (full fine-tuning), the output head tied to the embedding where the
+    /// model ties them.
+    Full(Option<TiedHead>),
+}
+
+/// A causal LM as the Learner trains it: with an adapter whose tensors alone train (the base
+/// weights frozen, `require_grad = false`, so Burn computes gradients and keeps optimizer
+/// state for the adapter only), or with every weight trained.
 #[derive(Module, Debug)]
 pub struct TrainableLm {
-    /// The model with its adapters attached.
+    /// The model, with the adapter attached when one trains.
     pub lm: CausalLm,
-    /// The adapter trained (its name and configuration), whose method may add to the loss
-    /// and act after each optimizer step; `None` when every weight trains.
+    /// What trains.
     #[module(skip)]
-    pub adapter: Option<(String, AdapterConfig)>,
+    pub trained: Trained,
     /// Where the optimizer's state is copied when a checkpoint asks for it.
     #[module(skip)]
     pub snapshot: OptimizerSnapshot,
@@ -41,15 +57,40 @@ pub struct TrainableLm {
 }
 
 impl TrainableLm {
-    /// A model whose adapter `name` (configured as `config`) trains, or every weight
-    /// without one.
-    pub fn new(lm: CausalLm, adapter: Option<(String, AdapterConfig)>) -> Self {
+    /// `lm` training what `trained` says: its adapter (attached and active), or every weight
+    /// (prepared by [`crate::full::prepare`]).
+    pub fn new(lm: CausalLm, trained: Trained) -> Self {
         Self {
             lm,
-            adapter,
+            trained,
             snapshot: OptimizerSnapshot::default(),
             steps_taken: 0,
             after_step_error: AfterStepError::default(),
+        }
+    }
+
+    /// The adapter trained, with its configuration as the method last updated it (AdaLoRA's
+    /// rank pattern); none in full fine-tuning.
+    pub fn adapter(&self) -> Option<(&str, &AdapterConfig)> {
+        match &self.trained {
+            Trained::Adapter { name, config } => Some((name, &**config)),
+            Trained::Full(_) => None,
+        }
+    }
+
+    /// The model as it is saved: a tied head tied again in full fine-tuning.
+    pub fn to_save(&self) -> CausalLm {
+        match &self.trained {
+            Trained::Full(Some(tied)) => tied.retie(self.lm.clone()),
+            _ => self.lm.clone(),
+        }
+    }
+
+    /// Makes `grads` the gradients of the weights as the optimizer steps them (a tied head's
+    /// added to the embedding's).
+    pub fn fold_gradients(&self, grads: &mut GradientsParams) {
+        if let Trained::Full(Some(tied)) = &self.trained {
+            tied.fold_gradients(grads);
         }
     }
 
@@ -74,8 +115,7 @@ impl TrainableLm {
     pub fn loss(&self, batch: &LmBatch) -> Tensor<1> {
         let loss = self.lm_loss(batch);
         let extra = self
-            .adapter
-            .as_ref()
+            .adapter()
             .and_then(|(name, config)| peft_core::adapters::extra_loss(&self.lm, name, config));
         match extra {
             Some(term) => loss + term,
@@ -112,21 +152,24 @@ impl TrainStep for TrainableLm {
     ) -> Self {
         let snapshot = self.snapshot.clone();
         let acts = self
-            .adapter
-            .as_ref()
+            .adapter()
             .is_some_and(|(_, config)| config.acts_after_optimizer_step());
         let applied = acts.then(|| copy_gradients(&self, &grads));
         let mut model = optim.step(lr, self, grads);
-        if let (Some(grads), Some((name, config))) = (applied, model.adapter.as_mut()) {
-            let step = OptimizerStep {
-                before: model.steps_taken,
-                grads: &grads,
-            };
-            if let Err(error) =
-                peft_core::adapters::after_optimizer_step(&mut model.lm, name, config, &step)
-            {
-                model.after_step_error.set(error.to_string());
+        match (&mut model.trained, applied) {
+            (Trained::Adapter { name, config }, Some(grads)) => {
+                let step = OptimizerStep {
+                    before: model.steps_taken,
+                    grads: &grads,
+                };
+                if let Err(error) =
+                    peft_core::adapters::after_optimizer_step(&mut model.lm, name, config, &step)
+                {
+                    model.after_step_error.set(error.to_string());
+                }
             }
+            (Trained::Full(Some(tied)), _) => tied.refresh(&mut model.lm),
+            _ => {}
         }
         model.steps_taken += 1;
         snapshot.offer(optim);
@@ -255,6 +298,8 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Tokens processed per second over the step.
     pub tokens_per_s: f64,
+    /// The step's wall time, in milliseconds.
+    pub step_ms: f64,
 }
 
 impl ItemLazy for LmOutput {

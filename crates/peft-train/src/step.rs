@@ -46,6 +46,11 @@ pub struct StepGradients {
 }
 
 impl StepGradients {
+    /// The summed, clipped gradients, by parameter id, as the optimizer will apply them.
+    pub fn gradients(&self) -> &GradientsParams {
+        &self.grads
+    }
+
     /// Advances the schedule and applies the optimizer (and the adapter method's work after
     /// it, whose error this returns).
     pub fn apply(self, learner: &mut Learner<TrainableLm>) -> Result<StepOutput> {
@@ -105,10 +110,12 @@ pub fn step_gradients(
         tokens += output.item.tokens;
     }
     let model = learner.model();
-    let (grads, norm) = clip_by_global_norm(&model, accumulator.grads(), max_grad_norm);
+    let mut grads = accumulator.grads();
+    model.fold_gradients(&mut grads);
+    let (grads, norm) = clip_by_global_norm(&model, grads, max_grad_norm);
     let grad_norm = norm.ok_or_else(|| {
         TrainError::NothingToTrain(
-            "the loss has no gradient with respect to any adapter tensor".into(),
+            "the loss has no gradient with respect to any trained tensor".into(),
         )
     })?;
     Ok(StepGradients {

@@ -17,10 +17,10 @@ use burn::train::{
     SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
     TrainingItem, ValidLoader,
 };
-use peft_core::AdapterConfig;
+use peft_models::FolderFiles;
 
 use crate::batch::ExampleLoader;
-use crate::checkpoint::{self, AdapterToSave, TrainerState};
+use crate::checkpoint::{self, ModelToSave, TrainerState};
 use crate::data::BatchPlan;
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
@@ -96,8 +96,9 @@ pub struct StepStrategy {
     pub settings: LoopSettings,
     /// Output folder.
     pub out: std::path::PathBuf,
-    /// Name and configuration of the adapter being trained.
-    pub adapter: (String, AdapterConfig),
+    /// What a fully trained model's folder holds besides the weights (none when an adapter
+    /// trains).
+    pub folder_files: Option<Arc<FolderFiles>>,
     /// Filled in as the loop runs.
     pub report: Arc<Mutex<LoopReport>>,
     /// No dashboard: print a line per logged step and evaluation, and warnings as they come.
@@ -123,7 +124,12 @@ impl SupervisedLearningStrategy<TrainableLm> for StepStrategy {
         };
         let mut run = Run {
             strategy: self,
-            initial: trainable_tensors(&learner.model()),
+            // Full fine-tuning moves every weight: keeping their starting values would double
+            // the weights' memory for a check meant for adapters.
+            initial: match learner.model().adapter() {
+                Some(_) => trainable_tensors(&learner.model()),
+                None => Vec::new(),
+            },
             learner,
             processor: components.event_processor,
             interrupter,
@@ -227,6 +233,7 @@ impl Run<'_> {
             loss: f64::from(loss_value),
             grad_norm: f64::from(norm_value),
             tokens_per_s: output.tokens as f64 / seconds,
+            step_ms: seconds * 1e3,
         };
         {
             let mut report = self.lock_report();
@@ -235,13 +242,7 @@ impl Run<'_> {
         }
         if step % s.log_every == 0 || step == s.max_steps {
             let base_lr = lr.base();
-            self.metrics.step(
-                step,
-                stats.loss,
-                base_lr,
-                stats.tokens_per_s,
-                stats.grad_norm,
-            )?;
+            self.metrics.step(step, &stats, base_lr)?;
             if self.strategy.plain_log {
                 println!("{}", step_line(step, s.max_steps, &stats, base_lr));
             }
@@ -317,9 +318,6 @@ impl Run<'_> {
                 "the optimizer state of step {step} was not captured for its checkpoint"
             ))
         })?;
-        // The model's own copy of the config: the method may have updated it while training
-        // (AdaLoRA's rank pattern).
-        let (name, config) = model.adapter.as_ref().unwrap_or(&self.strategy.adapter);
         let state = TrainerState {
             step,
             micro_batches: self
@@ -329,10 +327,11 @@ impl Run<'_> {
         };
         let dir = checkpoint::save(
             &self.strategy.out,
-            &AdapterToSave {
-                model: &model.lm,
-                name,
-                config,
+            // The model's own copy of the adapter's config: the method may have updated it
+            // while training (AdaLoRA's rank pattern).
+            &ModelToSave {
+                model: &model,
+                files: self.strategy.folder_files.as_deref(),
             },
             optimizer,
             &state,
@@ -376,24 +375,12 @@ impl Run<'_> {
     /// micro-batches, the first adapter tensor that holds NaN or an infinity (the update was
     /// not applied, so this is the state the step started from) and the last good checkpoint.
     fn non_finite(&self, step: usize, loss: f32, grad_norm: f32, indices: &[usize]) -> TrainError {
-        let (name, _) = &self.strategy.adapter;
-        let weights = match peft_core::adapter_folder::adapter_tensors(
-            &self.learner.model().lm,
-            name,
-            None,
-        ) {
-            Ok(tensors) => match tensors
-                .iter()
-                .find_map(|(key, t)| t.first_non_finite().map(|(i, v)| (key, i, v)))
-            {
-                Some((key, index, value)) => {
-                    format!("adapter tensor {key} already held {value} at flat index {index}")
-                }
-                None => "every adapter tensor was finite: the base model or the batch's \
-                         tokens produced it (or the learning rate is too high)"
-                    .into(),
-            },
-            Err(e) => format!("the adapter tensors could not be read: {e}"),
+        let model = self.learner.model();
+        let weights = match model.adapter() {
+            Some((name, _)) => first_non_finite_adapter_tensor(&model.lm, name),
+            None => "full fine-tuning: the loss, the learning rate or the batch's tokens \
+                     produced it"
+                .into(),
         };
         let last_good = match &self.lock_report().last_checkpoint {
             Some(dir) => format!("the last good checkpoint is {}", dir.display()),
@@ -423,6 +410,24 @@ impl Run<'_> {
         self.processor
             .process_valid(event)
             .map_err(|e| TrainError::Learner(e.to_string()))
+    }
+}
+
+/// Which adapter tensor of `lm` holds NaN or an infinity, in a sentence.
+fn first_non_finite_adapter_tensor(lm: &peft_models::CausalLm, name: &str) -> String {
+    match peft_core::adapter_folder::adapter_tensors(lm, name, None) {
+        Ok(tensors) => match tensors
+            .iter()
+            .find_map(|(key, t)| t.first_non_finite().map(|(i, v)| (key, i, v)))
+        {
+            Some((key, index, value)) => {
+                format!("adapter tensor {key} already held {value} at flat index {index}")
+            }
+            None => "every adapter tensor was finite: the base model or the batch's tokens \
+                     produced it (or the learning rate is too high)"
+                .into(),
+        },
+        Err(e) => format!("the adapter tensors could not be read: {e}"),
     }
 }
 

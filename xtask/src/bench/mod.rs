@@ -188,7 +188,7 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 /// `cargo build --release -p peft-cli` with the features the backends need.
-fn build_cli(root: &Path, backends: &[String]) -> Result<PathBuf> {
+pub(crate) fn build_cli(root: &Path, backends: &[String]) -> Result<PathBuf> {
     let mut features = Vec::new();
     for backend in backends {
         match backend.as_str() {

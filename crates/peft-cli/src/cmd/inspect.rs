@@ -1,6 +1,7 @@
 //! `peft-cli inspect`: what a model is made of, and what an adapter on it would train.
 
 use anyhow::{Context, Result};
+use burn::module::Module;
 use peft_core::{count_parameters, ParameterReport, ProjectionHost, DEFAULT_ADAPTER};
 
 use super::method::MethodFlags;
@@ -23,18 +24,23 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(method) = args.method.method {
         let mut section = method.0.defaults();
         args.method.apply(&mut section)?;
-        let mut config = section.adapter_config();
-        if let Some(tokenizer) = loaded.tokenizer.as_ref() {
-            peft_train::tokenize_init_text(&mut config, tokenizer)?;
+        match section.adapter_config() {
+            Some(mut config) => {
+                if let Some(tokenizer) = loaded.tokenizer.as_ref() {
+                    peft_train::tokenize_init_text(&mut config, tokenizer)?;
+                }
+                let name = if !args.model.adapter.is_empty() {
+                    "inspected"
+                } else {
+                    DEFAULT_ADAPTER
+                };
+                peft_core::attach_adapter(&mut loaded.model, name, &config)
+                    .context("cannot attach the adapter")?;
+                peft_core::set_adapter(&mut loaded.model, name)?;
+            }
+            // Full fine-tuning trains every weight.
+            None => loaded.model = loaded.model.unfreeze(),
         }
-        let name = if !args.model.adapter.is_empty() {
-            "inspected"
-        } else {
-            DEFAULT_ADAPTER
-        };
-        peft_core::attach_adapter(&mut loaded.model, name, &config)
-            .context("cannot attach the adapter")?;
-        peft_core::set_adapter(&mut loaded.model, name)?;
     }
     println!("model: {}", loaded.source.display());
     for (key, value) in loaded.config.describe() {

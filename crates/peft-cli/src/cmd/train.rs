@@ -184,7 +184,7 @@ fn some<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
     }
 }
 
-/// Trains, then says where the adapter is and how it went.
+/// Trains, then says where the adapter (or the fully trained model) is and how it went.
 pub fn run(args: Args) -> Result<()> {
     let config = args.config()?;
     let choice = match (args.backend, &config.model.backend) {
@@ -220,7 +220,11 @@ pub fn run(args: Args) -> Result<()> {
             eprintln!("warning: {warning}");
         }
     }
-    println!("adapter: {}", summary.final_adapter.display());
+    let saved = match config.method.method() {
+        peft_train::config::Method::Full => "model",
+        _ => "adapter",
+    };
+    println!("{saved}: {}", summary.final_adapter.display());
     Ok(())
 }
 

@@ -15,8 +15,8 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::options::{
-    AdaLoraOptions, BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions,
-    VeraOptions,
+    AdaLoraOptions, BottleneckOptions, FullOptions, Ia3Options, LoraOptions, PrefixOptions,
+    PromptOptions, VeraOptions,
 };
 use crate::error::{Result, TrainError};
 
@@ -42,11 +42,13 @@ pub enum Method {
     Vera,
     /// AdaLoRA.
     Adalora,
+    /// Full fine-tuning: every weight, no adapter.
+    Full,
 }
 
 impl Method {
     /// Every method, in the order help texts list them.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Self::Lora,
         Self::Dora,
         Self::Prefix,
@@ -56,6 +58,7 @@ impl Method {
         Self::Pfeiffer,
         Self::Vera,
         Self::Adalora,
+        Self::Full,
     ];
 
     /// The name in `[method] name` and `--method`.
@@ -70,6 +73,7 @@ impl Method {
             Self::Pfeiffer => "pfeiffer",
             Self::Vera => "vera",
             Self::Adalora => "adalora",
+            Self::Full => "full",
         }
     }
 
@@ -91,6 +95,9 @@ impl Method {
             Self::Adalora => {
                 "AdaLoRA: LoRA in SVD form whose rank budget moves to the targets that matter"
             }
+            Self::Full => {
+                "Full fine-tuning: every weight trains; saved as a Hugging Face model folder"
+            }
         }
     }
 
@@ -111,6 +118,7 @@ impl Method {
             Self::Pfeiffer => MethodSection::Pfeiffer(BottleneckOptions::default()),
             Self::Vera => MethodSection::Vera(VeraOptions::default()),
             Self::Adalora => MethodSection::Adalora(AdaLoraOptions::default()),
+            Self::Full => MethodSection::Full(FullOptions {}),
         }
     }
 }
@@ -137,6 +145,8 @@ pub enum MethodSection {
     Vera(VeraOptions),
     /// AdaLoRA.
     Adalora(AdaLoraOptions),
+    /// Full fine-tuning (no options: the learning rate and the rest are `[training]`'s).
+    Full(FullOptions),
 }
 
 impl Default for MethodSection {
@@ -170,6 +180,7 @@ impl MethodSection {
             Self::Pfeiffer(_) => Method::Pfeiffer,
             Self::Vera(_) => Method::Vera,
             Self::Adalora(_) => Method::Adalora,
+            Self::Full(_) => Method::Full,
         }
     }
 
@@ -206,6 +217,7 @@ impl MethodSection {
             Method::Pfeiffer => Self::Pfeiffer(options(method, table)?),
             Method::Vera => Self::Vera(options(method, table)?),
             Method::Adalora => Self::Adalora(options(method, table)?),
+            Method::Full => Self::Full(options(method, table)?),
         })
     }
 
@@ -305,10 +317,11 @@ impl MethodSection {
         }
     }
 
-    /// The PEFT adapter configuration this section describes. Prompt tuning from text still
-    /// needs the text's token ids (`init_token_ids`), which the caller's tokenizer gives.
-    pub fn adapter_config(&self) -> AdapterConfig {
-        match self {
+    /// The PEFT adapter configuration this section describes (none for full fine-tuning).
+    /// Prompt tuning from text still needs the text's token ids (`init_token_ids`), which the
+    /// caller's tokenizer gives.
+    pub fn adapter_config(&self) -> Option<AdapterConfig> {
+        Some(match self {
             Self::Lora(o) | Self::Dora(o) => {
                 let mut c = LoraConfig {
                     r: o.rank,
@@ -389,7 +402,8 @@ impl MethodSection {
                 c.targets.target_modules = target_modules(&o.target);
                 AdapterConfig::AdaLora(c)
             }
-        }
+            Self::Full(_) => return None,
+        })
     }
 }
 

@@ -13,8 +13,8 @@ use crate::error::{Result, TrainError};
 
 pub use method::{target_modules, Method, MethodSection};
 pub use options::{
-    AdaLoraOptions, BottleneckOptions, Ia3Options, LoraOptions, PrefixOptions, PromptOptions,
-    VeraOptions,
+    AdaLoraOptions, BottleneckOptions, FullOptions, Ia3Options, LoraOptions, PrefixOptions,
+    PromptOptions, VeraOptions,
 };
 
 /// Everything a training run needs to know.

@@ -188,3 +188,8 @@ impl Default for AdaLoraOptions {
         }
     }
 }
+
+/// Full fine-tuning, which has no options of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullOptions {}

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::Device;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
-use peft_core::{AdapterConfig, DEFAULT_ADAPTER};
-use peft_models::CausalLm;
+use peft_models::FolderFiles;
 
 use super::inputs::Trainee;
 use crate::batch::ExampleLoader;
@@ -18,7 +17,7 @@ use crate::config::{TrainConfig, TrainingSection};
 use crate::data::BatchPlan;
 use crate::error::{Result, TrainError};
 use crate::metrics::{LmMetric, LmQuantity};
-use crate::model::TrainableLm;
+use crate::model::{TrainableLm, Trained};
 use crate::plain;
 use crate::schedule::{learning_rates, WarmupSchedule};
 use crate::step::optimizer;
@@ -26,10 +25,11 @@ use crate::strategy::{LoopReport, LoopSettings, StepStrategy};
 
 /// A finished fit.
 pub(super) struct Fitted {
-    /// The trained model, adapter attached.
-    pub lm: CausalLm,
-    /// The adapter's configuration.
-    pub adapter: AdapterConfig,
+    /// The trained model (adapter attached when one trained), with what it trained (the
+    /// adapter's configuration as its method left it).
+    pub model: TrainableLm,
+    /// What the fully trained model's folder holds besides the weights.
+    pub folder_files: Option<Arc<FolderFiles>>,
     /// The loop's counts, losses and warnings.
     pub report: LoopReport,
     /// The step a resumed run started from.
@@ -46,7 +46,8 @@ pub(super) fn fit(
     let t = &config.training;
     let Trainee {
         lm,
-        mut adapter,
+        mut trained,
+        folder_files,
         eos_id,
         train,
         valid,
@@ -83,7 +84,10 @@ pub(super) fn fit(
     let start_step = resume_from.as_ref().map_or(0, |(state, _)| state.step);
     let has_valid = !valid.is_empty();
     let settings = loop_settings(t, &plan, has_valid, start_step);
-    adapter.prepare_training(settings.max_steps, resume_from.is_some())?;
+    if let Trained::Adapter { config, .. } = &mut trained {
+        config.prepare_training(settings.max_steps, resume_from.is_some())?;
+    }
+    let folder_files = folder_files.map(Arc::new);
     let loader = |examples, device: Device| {
         ExampleLoader::new(Arc::new(examples), t.batch_size, eos_id, device)
     };
@@ -91,7 +95,6 @@ pub(super) fn fit(
     let valid_loader = loader(valid, device.clone().inner());
     let report = Arc::new(Mutex::new(LoopReport::default()));
     let plain_log = !std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let named = (DEFAULT_ADAPTER.to_string(), adapter.clone());
     let strategy = StepStrategy {
         device: device.clone(),
         train: train_loader.clone(),
@@ -100,11 +103,11 @@ pub(super) fn fit(
         valid: has_valid.then(|| valid_loader.clone()),
         settings: settings.clone(),
         out: t.out.clone(),
-        adapter: named.clone(),
+        folder_files: folder_files.clone(),
         report: report.clone(),
         plain_log,
     };
-    let model = TrainableLm::new(lm, Some(named)).with_steps_taken(start_step);
+    let model = TrainableLm::new(lm, trained).with_steps_taken(start_step);
     let schedule = WarmupSchedule::new(
         t.lr,
         t.warmup_steps,
@@ -133,10 +136,9 @@ pub(super) fn fit(
         return Err(TrainError::Learner(error.to_string()));
     }
     report.steps = report.steps.max(start_step);
-    let adapter = result.model.adapter.map_or(adapter, |(_, config)| config);
     Ok(Fitted {
-        lm: result.model.lm,
-        adapter,
+        model: result.model,
+        folder_files,
         report,
         resumed_from: resume_from.map(|(state, _)| state.step),
     })

@@ -1,29 +1,35 @@
 //! What a run trains on and with: the base model, the tokenized data, the adapter (fresh, or
-//! the checkpoint's when resuming), and the `[test]` scores of the base model.
+//! the checkpoint's when resuming) or every weight (the checkpoint's model when resuming), and
+//! the `[test]` scores of the base model.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::Device;
 use peft_core::{AdapterConfig, ParameterReport, DEFAULT_ADAPTER};
-use peft_models::{CausalLm, LoadedModel, TextTokenizer};
+use peft_models::{CausalLm, FolderFiles, LoadedModel, TextTokenizer};
 
 use super::test_set::TestSet;
 use crate::checkpoint::TrainerState;
-use crate::config::{RunFiles, TrainConfig};
+use crate::config::{Method, RunFiles, TrainConfig};
 use crate::data::{self, eos_id, Example, Tokenization};
 use crate::error::{Result, TrainError};
 use crate::eval::{self, EvalReport};
+use crate::full;
+use crate::model::Trained;
 
 /// LoRA-family adapters rarely learn anything below this learning rate.
 const LOWEST_USEFUL_LR: f64 = 1e-5;
 
-/// What the fit trains: the model with its adapter, and the data.
+/// What the fit trains: the model with its adapter (or every weight), and the data.
 pub(super) struct Trainee {
-    /// The model with the adapter attached and active.
+    /// The model, with the adapter attached and active when one trains.
     pub lm: CausalLm,
-    /// The adapter's configuration as attached (the model's defaults filled in).
-    pub adapter: AdapterConfig,
+    /// What trains: the adapter, configured as attached (the model's defaults filled in), or
+    /// every weight.
+    pub trained: Trained,
+    /// What the fully trained model's folder holds besides the weights.
+    pub folder_files: Option<FolderFiles>,
     /// The id appended to every example (and padding).
     pub eos_id: u32,
     /// Training examples.
@@ -54,6 +60,8 @@ pub(super) fn load(
 ) -> Result<(Trainee, RunNotes)> {
     let model_path = peft_fetch::resolve(&files.model)?;
     let loaded = peft_models::load_model(&model_path, device)?;
+    let full = config.method.method() == Method::Full;
+    let folder_files = full.then(|| FolderFiles::of(&loaded)).transpose()?;
     let eos_id = eos_id(&loaded)?;
     let (train, valid) = load_examples(config, &files.train, &loaded, eos_id)?;
     let stop_ids = eval::stop_ids(&loaded)?;
@@ -72,20 +80,41 @@ pub(super) fn load(
         device: device.clone().inner(),
     };
     let test_before = test.score(config, &lm.valid(), "base model")?;
-    let adapter = attach(&mut lm, config, &test.tokenizer, resume_from)?;
     let valid_path = config.data.valid.as_deref().unwrap_or(&files.train);
     data::check_lengths(&lm, &files.train, &train, config.data.seq_len)?;
     data::check_lengths(&lm, valid_path, &valid, config.data.seq_len)?;
-    let parameters = ParameterReport::of(&lm);
-    if parameters.trainable == 0 {
-        return Err(TrainError::NothingToTrain(
-            "the adapter adds no trainable tensor to this model".into(),
-        ));
-    }
-    let warnings = early_warnings(config, &adapter, resume_from.is_some());
+    let (lm, trained, parameters) = if full {
+        let lm = match resume_from {
+            Some((_, dir)) => peft_models::load_model(dir, device)?.model,
+            None => lm,
+        };
+        // Every weight trains; counted before a tied head gets an id of its own.
+        let total = peft_core::count_parameters(&lm);
+        let parameters = ParameterReport {
+            trainable: total,
+            total,
+        };
+        let (lm, tied_head) = full::prepare(lm);
+        (lm, Trained::Full(tied_head), parameters)
+    } else {
+        let adapter = attach(&mut lm, config, &test.tokenizer, resume_from)?;
+        let parameters = ParameterReport::of(&lm);
+        if parameters.trainable == 0 {
+            return Err(TrainError::NothingToTrain(
+                "the adapter adds no trainable tensor to this model".into(),
+            ));
+        }
+        let trained = Trained::Adapter {
+            name: DEFAULT_ADAPTER.into(),
+            config: Box::new(adapter),
+        };
+        (lm, trained, parameters)
+    };
+    let warnings = early_warnings(config, &trained, resume_from.is_some());
     let trainee = Trainee {
         lm,
-        adapter,
+        trained,
+        folder_files,
         eos_id,
         train,
         valid,
@@ -100,16 +129,20 @@ pub(super) fn load(
 }
 
 /// Warnings about the settings, printed at once when there is no dashboard.
-fn early_warnings(config: &TrainConfig, adapter: &AdapterConfig, resumed: bool) -> Vec<String> {
+fn early_warnings(config: &TrainConfig, trained: &Trained, resumed: bool) -> Vec<String> {
     let mut warnings = Vec::new();
-    if config.training.lr < LOWEST_USEFUL_LR {
+    let adapter = match trained {
+        Trained::Adapter { config, .. } => Some(&**config),
+        Trained::Full(_) => None,
+    };
+    if adapter.is_some() && config.training.lr < LOWEST_USEFUL_LR {
         warnings.push(format!(
             "learning rate {} is far below what LoRA needs (typically 1e-4 to 1e-3); the \
              adapter will barely move",
             config.training.lr
         ));
     }
-    if resumed && matches!(adapter, AdapterConfig::PrefixTuning(c) if c.prefix_projection) {
+    if resumed && matches!(adapter, Some(AdapterConfig::PrefixTuning(c)) if c.prefix_projection) {
         warnings.push(
             "checkpoints hold the prefix with its MLP folded in (as PEFT saves it); training \
              continues on the folded prefix with fresh optimizer state for it"
@@ -139,7 +172,14 @@ fn attach(
             Ok(peft_core::load_adapter(lm, DEFAULT_ADAPTER, dir)?)
         }
         (None, None) => {
-            let mut adapter = config.method.adapter_config();
+            let mut adapter =
+                config
+                    .method
+                    .adapter_config()
+                    .ok_or_else(|| TrainError::InvalidValue {
+                        key: "method.name".into(),
+                        message: format!("{} attaches no adapter", config.method.method().name()),
+                    })?;
             tokenize_init_text(&mut adapter, tokenizer)?;
             Ok(peft_core::attach_adapter(lm, DEFAULT_ADAPTER, &adapter)?.config)
         }

@@ -1,12 +1,12 @@
-//! The results: the final adapter in PEFT's format, `[test]` scored with it, the summary.
+//! The results: the final adapter in PEFT's format (or the fully trained model as a Hugging
+//! Face folder), `[test]` scored with it, the summary.
 
 use burn::module::Module;
-use peft_core::DEFAULT_ADAPTER;
 
 use super::fit::Fitted;
 use super::inputs::RunNotes;
 use super::summary::{TestScores, TrainSummary, FINAL_DIR};
-use crate::checkpoint::{self, AdapterToSave};
+use crate::checkpoint::{self, ModelToSave};
 use crate::config::TrainConfig;
 use crate::error::Result;
 
@@ -18,20 +18,20 @@ pub(super) fn finish(
 ) -> Result<TrainSummary> {
     let out = &config.training.out;
     let Fitted {
-        lm,
-        adapter,
+        model,
+        folder_files,
         mut report,
         resumed_from,
     } = fitted;
     let final_adapter = out.join(FINAL_DIR);
-    checkpoint::save_adapter_folder(
+    checkpoint::save_final(
         &final_adapter,
-        &AdapterToSave {
-            model: &lm,
-            name: DEFAULT_ADAPTER,
-            config: &adapter,
+        &ModelToSave {
+            model: &model,
+            files: folder_files.as_deref(),
         },
     )?;
+    let lm = model.to_save();
     let mut warnings = notes.warnings;
     warnings.append(&mut report.warnings);
     let test = match notes.test_before {
@@ -40,7 +40,9 @@ pub(super) fn finish(
             // merges: the same function up to float rounding, and generation runs as fast as
             // the base model's.
             let mut scored = lm.valid();
-            let what = if peft_core::active_adapter_merges(&scored) {
+            let what = if model.adapter().is_none() {
+                "fully trained model"
+            } else if peft_core::active_adapter_merges(&scored) {
                 peft_core::merge_and_unload(&mut scored, true)?;
                 "trained adapter (merged into a copy of the weights)"
             } else {

@@ -17,7 +17,7 @@ pub struct TrainSummary {
     pub model: CausalLm,
     /// Optimizer steps completed, counting those before a resume.
     pub steps: usize,
-    /// Where the final adapter was saved.
+    /// Where the final adapter (in full fine-tuning, the model) was saved.
     pub final_adapter: PathBuf,
     /// Loss of the last step.
     pub last_loss: Option<f64>,

@@ -21,7 +21,7 @@ use peft_models::loss::HostLabels;
 use peft_models::{random_model, CausalLm, ModelConfig};
 use peft_train::batch::LmBatch;
 use peft_train::config::{LoraOptions, Method, MethodSection, Schedule};
-use peft_train::model::TrainableLm;
+use peft_train::model::{TrainableLm, Trained};
 use peft_train::schedule::WarmupSchedule;
 use peft_train::step::optimizer_step;
 use serde::Serialize;
@@ -47,7 +47,7 @@ pub struct Args {
     /// `full` fine-tuning (every weight trained), or a PEFT method (lora, dora, prefix, prompt,
     /// ia3, houlsby, pfeiffer, vera) with its default targets.
     #[arg(long, default_value = "lora", value_parser = parse_method)]
-    method: BenchMethod,
+    method: Method,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -85,24 +85,11 @@ pub struct Args {
     print_config: bool,
 }
 
-/// `full` (`None`) or a PEFT method.
-type BenchMethod = Option<Method>;
-
-fn parse_method(text: &str) -> Result<BenchMethod, String> {
-    match text {
-        "full" => Ok(None),
-        other => Method::from_name(&other.to_lowercase())
-            .map(Some)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-                format!("{other:?} is not full, {}", names.join(", "))
-            }),
-    }
-}
-
-/// The method's name in rows.
-fn method_name(method: BenchMethod) -> String {
-    method.map_or("full", Method::name).to_string()
+fn parse_method(text: &str) -> Result<Method, String> {
+    Method::from_name(&text.to_lowercase()).ok_or_else(|| {
+        let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+        format!("{text:?} is not one of {}", names.join(", "))
+    })
 }
 
 /// One benchmark row, as `cargo xtask bench` collects it.
@@ -143,10 +130,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.steps == 0 || args.batch == 0 || args.seq < 2 {
         bail!("--steps and --batch must be at least 1 and --seq at least 2");
     }
-    if !args.targets.is_empty() && !matches!(args.method, Some(Method::Lora | Method::Dora)) {
+    if !args.targets.is_empty() && !matches!(args.method, Method::Lora | Method::Dora) {
         bail!(
             "--targets applies to lora and dora, not {}",
-            method_name(args.method)
+            args.method.name()
         );
     }
     let selected = backend::select(args.backend)?;
@@ -172,11 +159,7 @@ pub fn run(args: Args) -> Result<()> {
     let train_device = device.clone().autodiff();
     train_device.seed(0);
     let mut lm = random_model(&config, &train_device)?;
-    let adapter = attach(&mut lm, &args)?;
-    let mut parameters = ParameterReport::of(&lm);
-    if adapter.is_none() {
-        parameters.trainable = parameters.total;
-    }
+    let (trained, parameters) = attach(&mut lm, &args)?;
     let matmul_params = matmul_parameters(&lm);
     if args.seq > lm.context_length() {
         bail!(
@@ -195,12 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let batch = random_batch(&args, lm.vocab_size(), &train_device)?;
-    let model = TrainableLm::new(
-        lm,
-        adapter
-            .clone()
-            .map(|config| (DEFAULT_ADAPTER.to_string(), config)),
-    );
+    let model = TrainableLm::new(lm, trained);
     let total = args
         .warmup
         .checked_add(args.steps)
@@ -220,13 +198,17 @@ pub fn run(args: Args) -> Result<()> {
             device_peak = Some(device_peak.unwrap_or(0).max(usage.bytes_reserved));
         }
     }
-    let trained = learner.model().lm;
+    let model = learner.model();
+    let trained = model.to_save();
     let tokens = (args.batch * args.seq) as f64;
     let median = median(&mut step_ms);
     let tokens_per_s = tokens / (median / 1e3);
     // Training FLOPs per token: forward 2N, input gradients 2N, weight gradients 2N for the
     // weights that train (N = parameters in matrix multiplications; attention scores left out).
-    let flops_per_token = if args.method.is_none() { 6.0 } else { 4.0 } * matmul_params;
+    let flops_per_token = match args.method {
+        Method::Full => 6.0,
+        _ => 4.0,
+    } * matmul_params;
     let peak_tflops = args
         .peak_tflops
         .or_else(|| peak::known_peak_tflops(&selected.description, args.dtype));
@@ -238,8 +220,8 @@ pub fn run(args: Args) -> Result<()> {
         0 => None,
         n => Some(generation_speed(&inference, n, &device)?),
     };
-    let adapter_bytes = match &adapter {
-        Some(config) => saved_adapter_bytes(&trained, config)?,
+    let adapter_bytes = match model.adapter() {
+        Some((_, config)) => saved_adapter_bytes(&trained, config)?,
         None => (parameters.total * bytes_per_float(args.dtype)) as u64,
     };
     let (peak_mem_bytes, peak_mem_kind) = match device_peak {
@@ -250,7 +232,7 @@ pub fn run(args: Args) -> Result<()> {
         backend: format!("{:?}", args.backend).to_lowercase(),
         device: selected.description,
         model: args.model,
-        method: method_name(args.method),
+        method: args.method.name().to_string(),
         targets: (!args.targets.is_empty()).then(|| args.targets.join(",")),
         batch: args.batch,
         seq: args.seq,
@@ -274,22 +256,9 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Attaches the method (full fine-tuning unfreezes every weight instead); returns the adapter
-/// config to save.
-fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<AdapterConfig>> {
-    let Some(method) = args.method else {
-        // The tied head is a contiguous copy of the embedding under the embedding's id
-        // (fast inference); trained, the two would share optimizer state of different
-        // shapes, so full fine-tuning trains the head as its own copy.
-        for (key, projection) in lm.projections_mut() {
-            if key == "lm_head" {
-                let weight = projection.base.weight.val();
-                projection.base.weight = burn::module::Param::from_tensor(weight);
-            }
-        }
-        *lm = lm.clone().unfreeze();
-        return Ok(None);
-    };
+/// Attaches the method (full fine-tuning makes every weight trainable instead, as `train`
+/// does); returns what trains and the parameter counts.
+fn attach(lm: &mut CausalLm, args: &Args) -> Result<(Trained, ParameterReport)> {
     let lora = LoraOptions {
         rank: args.rank,
         alpha: 2.0 * args.rank as f64,
@@ -297,13 +266,28 @@ fn attach(lm: &mut CausalLm, args: &Args) -> Result<Option<AdapterConfig>> {
         target: args.targets.clone(),
         ..LoraOptions::default()
     };
-    let section = match method {
+    let section = match args.method {
         Method::Lora => MethodSection::Lora(lora),
         Method::Dora => MethodSection::Dora(lora),
         other => other.defaults(),
     };
-    let report = peft_core::attach_adapter(lm, DEFAULT_ADAPTER, &section.adapter_config())?;
-    Ok(Some(report.config))
+    let Some(config) = section.adapter_config() else {
+        // Every weight trains; counted before a tied head gets an id of its own.
+        let total = peft_core::count_parameters(lm);
+        let parameters = ParameterReport {
+            trainable: total,
+            total,
+        };
+        let (prepared, tied_head) = peft_train::full::prepare(lm.clone());
+        *lm = prepared;
+        return Ok((Trained::Full(tied_head), parameters));
+    };
+    let report = peft_core::attach_adapter(lm, DEFAULT_ADAPTER, &config)?;
+    let trained = Trained::Adapter {
+        name: DEFAULT_ADAPTER.into(),
+        config: Box::new(report.config),
+    };
+    Ok((trained, ParameterReport::of(lm)))
 }
 
 /// Parameters of every projection (weights that take part in matrix multiplications).
