@@ -191,6 +191,96 @@ fn logits_runs_a_mixed_adapter_batch_from_the_command_line() {
     assert!(worst <= 1e-4, "mixed batch: max abs error {worst:e}");
 }
 
+/// `generate --prompts` continues a file of prompts in one batch, each row with the adapter its
+/// record names (alpha, the base model, beta): the same text as each prompt generated alone with
+/// its adapter; a record naming an adapter not loaded and a line that is not JSON are refused
+/// naming them.
+#[test]
+fn generate_continues_a_file_of_prompts_each_with_its_adapter() {
+    let case = fixtures().join("llama-mixed-batch");
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = |name: &str| path_str(&case.join("adapters").join(name)).to_string();
+    let base = path_str(&case.join("base")).to_string();
+    let common = [
+        "--backend",
+        "ndarray",
+        "--model",
+        &base,
+        "--max-new-tokens",
+        "6",
+    ];
+    let prompts = [
+        ("alpha", "abc ->"),
+        ("__base__", "hello there"),
+        ("beta", "rust"),
+    ];
+    let file = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = prompts
+        .iter()
+        .map(|(a, p)| serde_json::json!({"prompt": p, "adapter": a}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (alpha, beta) = (
+        format!("alpha={}", adapter("alpha")),
+        format!("beta={}", adapter("beta")),
+    );
+    let mixed = |file: &Path| {
+        let mut args = vec!["generate"];
+        args.extend(common);
+        args.extend([
+            "--adapter",
+            &alpha,
+            "--adapter",
+            &beta,
+            "--prompts",
+            path_str(file),
+        ]);
+        peft_cli(&args)
+    };
+    let out = mixed(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for (i, (name, prompt)) in prompts.iter().enumerate() {
+        let mut args = vec!["generate"];
+        args.extend(common);
+        let dir = adapter(name);
+        if *name != "__base__" {
+            args.extend(["--adapter", &dir]);
+        }
+        args.extend(["--prompt", prompt]);
+        let alone = peft_cli_ok(&args);
+        assert_eq!(rows[i]["record"], i + 1);
+        assert_eq!(rows[i]["adapter"], *name);
+        // Streaming holds back the bytes of a character the last token left incomplete; the
+        // batch decodes them as U+FFFD.
+        assert_eq!(
+            rows[i]["completion"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches('\u{FFFD}'),
+            alone.trim_end_matches('\n'),
+            "{name}: {prompt:?}"
+        );
+    }
+
+    std::fs::write(
+        &file,
+        serde_json::json!({"prompt": "x", "adapter": "gamma"}).to_string(),
+    )
+    .unwrap();
+    assert_fails_with(&mixed(&file), &["gamma"]);
+    std::fs::write(&file, "{\"prompt\": \"x\"}\nnot json").unwrap();
+    assert_fails_with(&mixed(&file), &["prompts.jsonl:2", "not valid JSON"]);
+}
+
 /// `eval` on records that name their adapter (`"adapter"`: a name given with --adapter, or
 /// `__base__`; none: the first --adapter) scores each with that adapter: answers in file order
 /// and a loss weighted by labelled tokens, equal to evaluating each record alone with its
