@@ -87,8 +87,23 @@ fn ndarray() -> Result<SelectedDevice> {
     let device = Device::ndarray();
     Ok(SelectedDevice {
         device,
-        description: "ndarray (CPU)".into(),
+        description: format!(
+            "ndarray (CPU{})",
+            if openblas() { ", OpenBLAS" } else { "" }
+        ),
     })
+}
+
+/// Whether ndarray's matrix products run in OpenBLAS (Burn's `openblas-system` feature).
+#[cfg(unix)]
+pub fn openblas() -> bool {
+    crate::openblas::linked()
+}
+
+/// Whether ndarray's matrix products run in OpenBLAS (never looked up off Unix).
+#[cfg(not(unix))]
+pub fn openblas() -> bool {
+    false
 }
 
 #[cfg(not(feature = "ndarray"))]

@@ -229,7 +229,10 @@ pub fn run(args: Args) -> Result<()> {
         None => (process_peak_rss()?, "process peak RSS"),
     };
     let row = Row {
-        backend: format!("{:?}", args.backend).to_lowercase(),
+        backend: match args.backend {
+            BackendChoice::Ndarray if backend::openblas() => "ndarray+openblas".into(),
+            choice => format!("{choice:?}").to_lowercase(),
+        },
         device: selected.description,
         model: args.model,
         method: args.method.name().to_string(),
