@@ -87,23 +87,8 @@ fn ndarray() -> Result<SelectedDevice> {
     let device = Device::ndarray();
     Ok(SelectedDevice {
         device,
-        description: format!(
-            "ndarray (CPU{})",
-            if openblas() { ", OpenBLAS" } else { "" }
-        ),
+        description: "ndarray (CPU)".into(),
     })
-}
-
-/// Whether ndarray's matrix products run in OpenBLAS (Burn's `openblas-system` feature).
-#[cfg(unix)]
-pub fn openblas() -> bool {
-    crate::openblas::linked()
-}
-
-/// Whether ndarray's matrix products run in OpenBLAS (never looked up off Unix).
-#[cfg(not(unix))]
-pub fn openblas() -> bool {
-    false
 }
 
 #[cfg(not(feature = "ndarray"))]

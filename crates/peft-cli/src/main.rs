@@ -2,8 +2,6 @@
 
 mod backend;
 mod cmd;
-#[cfg(unix)]
-mod openblas;
 
 use std::process::ExitCode;
 
@@ -42,8 +40,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    #[cfg(unix)]
-    openblas::tame_worker_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(*args),

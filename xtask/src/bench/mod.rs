@@ -14,8 +14,6 @@ use serde_json::{json, Value};
 const USAGE: &str = "usage: cargo xtask bench [options]
 
   --backends LIST   ndarray,flex,wgpu,cuda                 [default: ndarray,flex,wgpu]
-                    or ndarray+openblas (ndarray on the system OpenBLAS, instead of ndarray;
-                    needs libopenblas-dev)
   --models LIST     tiny,gpt2-124m,smollm2-135m,qwen2.5-0.5b,llama-1b
                     [default: tiny,smollm2-135m]
   --methods LIST    full,lora,dora,prefix,prompt,ia3,houlsby,pfeiffer,vera [default: full,lora]
@@ -194,16 +192,10 @@ pub(crate) fn build_cli(root: &Path, backends: &[String]) -> Result<PathBuf> {
     let mut features = Vec::new();
     for backend in backends {
         match backend.as_str() {
-            "ndarray" | "flex" | "wgpu" | "cuda" => features.push(backend.clone()),
-            "ndarray+openblas" => features.push("openblas".into()),
-            other => bail!(
-                "unknown backend {other:?}; expected ndarray, ndarray+openblas, flex, wgpu or cuda"
-            ),
+            "ndarray" | "flex" | "wgpu" => features.push(backend.clone()),
+            "cuda" => features.push("cuda".into()),
+            other => bail!("unknown backend {other:?}; expected ndarray, flex, wgpu or cuda"),
         }
-    }
-    // OpenBLAS replaces ndarray's products in the whole binary: one build cannot hold both.
-    if features.iter().any(|f| f == "ndarray") && features.iter().any(|f| f == "openblas") {
-        bail!("ndarray and ndarray+openblas need two builds of peft-cli; bench them in two runs");
     }
     eprintln!(
         "building peft-cli (release, features {}); the first build takes a while",
@@ -226,12 +218,6 @@ pub(crate) fn build_cli(root: &Path, backends: &[String]) -> Result<PathBuf> {
         bail!("building peft-cli failed ({status})");
     }
     Ok(target_dir(root).join("release").join("peft-cli"))
-}
-
-/// The `--backend` of `peft-cli` that runs `backend` (ndarray+openblas is ndarray in a binary
-/// built with the `openblas` feature).
-fn cli_backend(backend: &str) -> &str {
-    backend.strip_suffix("+openblas").unwrap_or(backend)
 }
 
 /// One row set's shape: model, method, LoRA targets and batch×seq (one row per backend).
@@ -339,13 +325,7 @@ fn measure(cli: &Path, plan: &Plan) -> Result<Vec<Value>> {
 fn bench_row(cli: &Path, plan: &Plan, backend: &str, spec: &RowSpec) -> Result<Value> {
     let mut command = Command::new(cli);
     command
-        .args([
-            "bench",
-            "--backend",
-            cli_backend(backend),
-            "--model",
-            &spec.model,
-        ])
+        .args(["bench", "--backend", backend, "--model", &spec.model])
         .args(spec.shared_args(plan))
         .args(["--gen-tokens", &plan.gen_tokens.to_string()]);
     if let Some(peak) = plan.peak_tflops {

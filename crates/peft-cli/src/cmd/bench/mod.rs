@@ -229,10 +229,7 @@ pub fn run(args: Args) -> Result<()> {
         None => (process_peak_rss()?, "process peak RSS"),
     };
     let row = Row {
-        backend: match args.backend {
-            BackendChoice::Ndarray if backend::openblas() => "ndarray+openblas".into(),
-            choice => format!("{choice:?}").to_lowercase(),
-        },
+        backend: format!("{:?}", args.backend).to_lowercase(),
         device: selected.description,
         model: args.model,
         method: args.method.name().to_string(),
