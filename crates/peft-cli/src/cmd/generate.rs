@@ -157,23 +157,18 @@ fn read_prompts(path: &Path) -> Result<Vec<PromptRecord>> {
         let Some(prompt) = value.get("prompt").and_then(|p| p.as_str()) else {
             bail!("{}: expected a string `prompt`", at());
         };
-        let adapter = match value.get("adapter") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(name)) => Some(name.clone()),
-            Some(other) => bail!(
-                "{}: `adapter` must be an adapter's name, found {other}",
-                at()
-            ),
-        };
-        records.push(PromptRecord {
-            prompt: prompt.to_string(),
-            adapter,
-        });
+        records.push(prompt.to_string());
     }
     if records.is_empty() {
         bail!("{}: no prompt in the file", path.display());
     }
-    Ok(records)
+    // The `adapter` field as `eval` reads it.
+    let adapters = peft_train::data::record_adapters(path)?;
+    Ok(records
+        .into_iter()
+        .zip(adapters)
+        .map(|(prompt, adapter)| PromptRecord { prompt, adapter })
+        .collect())
 }
 
 /// Continues every prompt of `path` in one batch, each row with the adapter its record names,
