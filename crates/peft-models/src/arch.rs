@@ -12,6 +12,7 @@ use crate::error::{ModelError, Result};
 use crate::nn::attention::KvCache;
 use crate::nn::embedding::Embedding;
 use crate::nn::projections::HasProjections;
+use crate::nn::virtual_input::cache_for_prefix;
 use crate::weights::gguf::{GgufFile, HfName};
 use crate::weights::Weights;
 
@@ -65,6 +66,33 @@ pub trait ArchConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwned {
 
 /// A causal language model of one architecture; it holds the model-wide adapters' slot.
 pub trait Architecture: Module + HasProjections {
+    /// What every decoder layer reads beside its input (positions, the attention mask).
+    type LayerInputs;
+
+    /// The first decoder layer's input `[batch, seq, hidden]` from input embeddings, and what
+    /// every layer reads beside it: the active adapter's virtual tokens added (with `cache`, a
+    /// prefix put into it on a first pass), position embeddings where the architecture adds
+    /// them, and the mask. Arguments as for [`Architecture::hidden_states`].
+    fn decoder_input(
+        &self,
+        x: Tensor<3>,
+        padding_mask: Option<&Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> (Tensor<3>, Self::LayerInputs);
+
+    /// Decoder layer `index` applied to its input `x`; with `cache`, the new positions'
+    /// keys/values appended to the layer's.
+    fn decoder_layer(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        inputs: &Self::LayerInputs,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3>;
+
+    /// The norm after the last layer: its output is what the output head reads.
+    fn final_norm(&self, x: Tensor<3>) -> Tensor<3>;
+
     /// The last hidden states `[batch, seq, hidden]` (after the final norm, what the output
     /// head reads) from input embeddings `[batch, seq, hidden]`. `padding_mask`
     /// (`[batch, past + seq]`, 1 = token) masks padded keys; with `cache`, only the new
@@ -75,7 +103,16 @@ pub trait Architecture: Module + HasProjections {
         x: Tensor<3>,
         padding_mask: Option<&Tensor<2, Int>>,
         cache: Option<&mut KvCache>,
-    ) -> Tensor<3>;
+    ) -> Tensor<3> {
+        let mut own_cache = None;
+        let layers = self.num_layers();
+        let mut cache = cache_for_prefix(self.model_adapters(), cache, &mut own_cache, layers);
+        let (mut x, inputs) = self.decoder_input(x, padding_mask, cache.as_deref_mut());
+        for index in 0..layers {
+            x = self.decoder_layer(index, x, &inputs, cache.as_deref_mut());
+        }
+        self.final_norm(x)
+    }
 
     /// The output head: logits are `lm_head(hidden_states)`.
     fn lm_head(&self) -> &Projection;
@@ -97,6 +134,16 @@ pub trait Architecture: Module + HasProjections {
 
     /// The same, mutable.
     fn model_adapters_mut(&mut self) -> &mut ModelAdapters;
+}
+
+/// Work generic over the architecture, done on a [`crate::CausalLm`] by
+/// [`crate::CausalLm::visit_architecture`] (the enum's variants hold different types).
+pub trait ArchitectureVisitor {
+    /// What it gives back.
+    type Output;
+
+    /// Does the work on `model`.
+    fn visit<A: Architecture>(self, model: &A) -> Self::Output;
 }
 
 /// A config error naming `key` in the file at `path` (for the architectures' own checks).

@@ -21,6 +21,7 @@
 
 pub mod arch;
 pub mod chat;
+pub mod checkpointing;
 pub mod error;
 pub mod export;
 pub mod generate;

@@ -125,7 +125,7 @@ pub fn lm_loss_in_chunks(
 
 /// [`lm_loss_in_chunks`] from the last hidden states `[batch, seq, hidden]` and the output
 /// head.
-fn loss_of_hidden(
+pub(crate) fn loss_of_hidden(
     hidden: Tensor<3>,
     head: &Projection,
     labels: &HostLabels,

@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::tensor::{Int, Tensor};
 use peft_core::{ModelAdapters, ModelGeometry, Projection, ProjectionHost};
 
-use crate::arch::{ArchConfig, Architecture};
+use crate::arch::{ArchConfig, Architecture, ArchitectureVisitor};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::hf_json::parse;
@@ -167,6 +167,13 @@ macro_rules! register_architectures {
             ) -> Tensor<3> {
                 match self {
                     $(Self::$variant(m) => m.hidden_states(x, padding_mask, cache),)*
+                }
+            }
+
+            /// What `visitor` does with the model's concrete architecture.
+            pub fn visit_architecture<V: ArchitectureVisitor>(&self, visitor: V) -> V::Output {
+                match self {
+                    $(Self::$variant(m) => visitor.visit(m),)*
                 }
             }
 

@@ -5,16 +5,17 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Tensor;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use peft_core::method::api::OptimizerStep;
-use peft_core::AdapterConfig;
+use peft_core::{AdapterConfig, ProjectionHost};
 use peft_models::loss::lm_loss;
 use peft_models::CausalLm;
 
 use crate::batch::LmBatch;
+use crate::error::TrainError;
 use crate::full::TiedHead;
 
 /// What a run trains.
@@ -54,6 +55,10 @@ pub struct TrainableLm {
     /// report (Burn's optimizer hook cannot return an error).
     #[module(skip)]
     pub after_step_error: AfterStepError,
+    /// Whether training steps recompute each decoder layer in backward instead of keeping its
+    /// activations ([`TrainableLm::with_gradient_checkpointing`]).
+    #[module(skip)]
+    pub gradient_checkpointing: bool,
 }
 
 impl TrainableLm {
@@ -66,7 +71,40 @@ impl TrainableLm {
             snapshot: OptimizerSnapshot::default(),
             steps_taken: 0,
             after_step_error: AfterStepError::default(),
+            gradient_checkpointing: false,
         }
+    }
+
+    /// The same model, its training steps with per-layer activation checkpointing when `on`
+    /// (see [`peft_models::checkpointing`]). Refused for an adapter with dropout (the
+    /// recomputed layers would draw other masks than the forward pass did) and for prefix
+    /// tuning (its keys and values enter every layer).
+    pub fn with_gradient_checkpointing(mut self, on: bool) -> crate::error::Result<Self> {
+        if on {
+            if let Some((_, config)) = self.adapter() {
+                let dropout = config.dropout();
+                if dropout > 0.0 {
+                    return Err(TrainError::InvalidValue {
+                        key: "training.gradient_checkpointing".into(),
+                        message: format!(
+                            "cannot recompute layers with dropout ({dropout}): the recomputed \
+                             layers would draw other dropout masks than the forward pass; set \
+                             the method's dropout to 0 or train without checkpointing"
+                        ),
+                    });
+                }
+            }
+            if self.lm.model_adapters().prefix_active() {
+                return Err(TrainError::InvalidValue {
+                    key: "training.gradient_checkpointing".into(),
+                    message: "prefix tuning puts its keys and values into every layer; train \
+                              it without checkpointing"
+                        .into(),
+                });
+            }
+        }
+        self.gradient_checkpointing = on;
+        Ok(self)
     }
 
     /// The adapter trained, with its configuration as the method last updated it (AdaLoRA's
@@ -114,12 +152,41 @@ impl TrainableLm {
     /// method adds (AdaLoRA's orthogonality regulariser).
     pub fn loss(&self, batch: &LmBatch) -> Tensor<1> {
         let loss = self.lm_loss(batch);
-        let extra = self
-            .adapter()
-            .and_then(|(name, config)| peft_core::adapters::extra_loss(&self.lm, name, config));
-        match extra {
+        match self.extra_loss() {
             Some(term) => loss + term,
             None => loss,
+        }
+    }
+
+    /// The term the adapter's method adds to the loss, if any.
+    fn extra_loss(&self) -> Option<Tensor<1>> {
+        self.adapter()
+            .and_then(|(name, config)| peft_core::adapters::extra_loss(&self.lm, name, config))
+    }
+
+    /// [`TrainStep::step`] with per-layer activation checkpointing: the gradients of every
+    /// backward pass summed, the method's term taken in one more.
+    fn checkpointed_step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
+        let weight = batch.loss_weight;
+        let layerwise = self.lm.layerwise_backward(
+            batch.input_ids.clone(),
+            Some(&batch.attention_mask),
+            &batch.labels,
+            weight,
+        );
+        let mut loss = layerwise.loss;
+        let mut passes = layerwise.passes;
+        if let Some(extra) = self.extra_loss().map(|term| term.mul_scalar(weight)) {
+            passes.push(extra.backward());
+            loss = loss + extra.detach();
+        }
+        let mut summed = GradientsAccumulator::new();
+        for grads in passes {
+            summed.accumulate(self, GradientsParams::from_grads(grads, self));
+        }
+        TrainOutput {
+            grads: summed.grads(),
+            item: self.output(&batch, loss),
         }
     }
 
@@ -138,6 +205,9 @@ impl TrainStep for TrainableLm {
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
+        if self.gradient_checkpointing {
+            return self.checkpointed_step(batch);
+        }
         let loss = self.loss(&batch).mul_scalar(batch.loss_weight);
         let grads = loss.backward();
         let output = self.output(&batch, loss.detach());

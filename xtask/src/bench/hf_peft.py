@@ -59,6 +59,8 @@ def main():
                    help="LoRA/DoRA target modules, comma-separated, or all-linear")
     p.add_argument("--dtype", default="f32")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="transformers' per-layer activation checkpointing")
     a = p.parse_args()
     with open(a.config) as f:
         config = json.load(f)
@@ -73,6 +75,14 @@ def main():
     if model is None:
         print(json.dumps({"error": f"PEFT has no method {a.method}"}))
         return
+    if a.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
+        # transformers 5 renamed it activation checkpointing; older releases have the old name.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)

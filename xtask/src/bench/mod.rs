@@ -28,6 +28,8 @@ const USAGE: &str = "usage: cargo xtask bench [options]
   --rank R          LoRA/DoRA rank (alpha = 2R)            [default: 16]
   --gen-tokens N    new tokens for the generation speed    [default: 32]
   --dtype D         f32 | f16 | bf16                       [default: f32]
+  --gradient-checkpointing
+                    recompute each decoder layer in backward, on both sides
   --peak-tflops F   the device's peak TFLOP/s for MFU (known NVIDIA GPUs are looked up)
   --compare-hf      also time transformers + PEFT (needs python3 with torch, transformers, peft)
   --hf-device D     torch device for --compare-hf          [default: cuda for cuda rows, else cpu]
@@ -50,6 +52,8 @@ struct Plan {
     warmup: usize,
     rank: usize,
     dtype: String,
+    /// Per-layer activation checkpointing on both sides.
+    gradient_checkpointing: bool,
     gen_tokens: usize,
     peak_tflops: Option<f64>,
     compare_hf: bool,
@@ -70,6 +74,7 @@ impl Plan {
             warmup: 2,
             rank: 16,
             dtype: "f32".into(),
+            gradient_checkpointing: false,
             gen_tokens: 32,
             peak_tflops: None,
             compare_hf: false,
@@ -105,6 +110,7 @@ impl Plan {
                 "--rank" => plan.rank = number(value()?)?,
                 "--gen-tokens" => plan.gen_tokens = number(value()?)?,
                 "--dtype" => plan.dtype = value()?,
+                "--gradient-checkpointing" => plan.gradient_checkpointing = true,
                 "--peak-tflops" => {
                     let v = value()?;
                     plan.peak_tflops = Some(
@@ -270,6 +276,9 @@ impl RowSpec {
             args.extend([flag.to_string(), value.to_string()]);
         }
         args.extend(["--dtype".into(), plan.dtype.clone()]);
+        if plan.gradient_checkpointing {
+            args.push("--gradient-checkpointing".into());
+        }
         if let Some(targets) = &self.targets {
             args.extend(["--targets".into(), targets.clone()]);
         }

@@ -60,11 +60,16 @@ fn chart_value(v: f64) -> String {
     }
 }
 
-/// The method with its targets when the row names them: `lora (all-linear)`.
+/// The method with its targets when the row names them and `+ckpt` with per-layer activation
+/// checkpointing: `lora (all-linear) +ckpt`.
 fn method_label(row: &Value) -> String {
-    match row.get("targets").and_then(Value::as_str) {
+    let method = match row.get("targets").and_then(Value::as_str) {
         Some(targets) => format!("{} ({targets})", text(row, "method")),
         None => text(row, "method").to_string(),
+    };
+    match row.get("gradient_checkpointing").and_then(Value::as_bool) {
+        Some(true) => format!("{method} +ckpt"),
+        _ => method,
     }
 }
 
@@ -304,7 +309,13 @@ mod tests {
             markdown(&[all_linear.clone()]).contains("| lora (all-linear) |"),
             "targets are shown"
         );
-        assert!(svg(&[all_linear]).contains(">lora (all-linear) 4×128</text>"));
+        assert!(svg(&[all_linear.clone()]).contains(">lora (all-linear) 4×128</text>"));
+        let mut checkpointed = all_linear;
+        checkpointed["gradient_checkpointing"] = true.into();
+        assert!(
+            markdown(&[checkpointed]).contains("| lora (all-linear) +ckpt |"),
+            "checkpointing is shown"
+        );
         let chart = svg(&rows);
         // Two bars per panel, two panels, plus two legend squares.
         assert_eq!(chart.matches("<rect x=").count(), 6, "{chart}");

@@ -85,6 +85,11 @@ pub struct Args {
     /// Clip the global gradient norm to G; 0 disables [default: 1].
     #[arg(long, value_name = "G")]
     pub max_grad_norm: Option<f64>,
+    /// Keep only each decoder layer's input for backward and recompute the layer there, as
+    /// transformers' gradient checkpointing does: the activations of one layer instead of all of
+    /// them, for one more forward pass per step. Not with dropout or prefix tuning.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Seed of initialisation, data order and dropout [default: 42].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
@@ -158,6 +163,7 @@ impl Args {
         }
         set(&mut t.weight_decay, &self.weight_decay);
         set(&mut t.max_grad_norm, &self.max_grad_norm);
+        t.gradient_checkpointing |= self.gradient_checkpointing;
         set(&mut t.seed, &self.seed);
         some(&mut t.eval_every, &self.eval_every);
         some(&mut t.save_every, &self.save_every);

@@ -14,7 +14,7 @@ use crate::nn::attention::{attention_mask, scaled_dot_product, KvCache};
 use crate::nn::embedding::Embedding;
 use crate::nn::norm::LayerNorm;
 use crate::nn::projections::has_projections;
-use crate::nn::virtual_input::{cache_for_prefix, prepare, Prepared};
+use crate::nn::virtual_input::{prepare, Prepared};
 use crate::weights::Weights;
 
 /// Causal self-attention with a fused qkv projection.
@@ -179,35 +179,44 @@ impl Gpt2 {
 }
 
 impl Architecture for Gpt2 {
+    /// The attention mask (position embeddings are added to the first layer's input).
+    type LayerInputs = Tensor<4, Bool>;
+
     /// Position embeddings are added here.
-    fn hidden_states(
+    fn decoder_input(
         &self,
         x: Tensor<3>,
         padding_mask: Option<&Tensor<2, Int>>,
         cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        let m = &self.transformer;
-        let mut own_cache = None;
-        let mut cache = cache_for_prefix(&self.adapters, cache, &mut own_cache, m.h.len());
+    ) -> (Tensor<3>, Tensor<4, Bool>) {
         let Prepared {
             x,
             padding_mask,
             past,
             positions,
-        } = prepare(&self.adapters, x, padding_mask, cache.as_deref_mut());
+        } = prepare(&self.adapters, x, padding_mask, cache);
         let [batch, seq, _] = x.dims();
         let device = x.device();
-        let mut x = x + m.wpe.forward(positions);
+        let x = x + self.transformer.wpe.forward(positions);
         let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), None, &device);
-        for (i, block) in m.h.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = x.clone()
-                + block
-                    .attn
-                    .forward(block.ln_1.forward(x), &mask, layer_cache);
-            x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
-        }
-        m.ln_f.forward(x)
+        (x, mask)
+    }
+
+    fn decoder_layer(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        mask: &Tensor<4, Bool>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let block = &self.transformer.h[index];
+        let cache = cache.map(|c| (c, index));
+        let x = x.clone() + block.attn.forward(block.ln_1.forward(x), mask, cache);
+        x.clone() + block.mlp.forward(block.ln_2.forward(x))
+    }
+
+    fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        self.transformer.ln_f.forward(x)
     }
 
     fn lm_head(&self) -> &Projection {

@@ -17,7 +17,7 @@ use crate::nn::embedding::Embedding;
 use crate::nn::norm::RmsNorm;
 use crate::nn::projections::{has_projections, has_projections_enum};
 use crate::nn::rope::{apply_rotary, RotaryEmbedding};
-use crate::nn::virtual_input::{cache_for_prefix, prepare, Prepared};
+use crate::nn::virtual_input::{prepare, Prepared};
 use crate::weights::Weights;
 
 /// The query, key and value projections of an attention block.
@@ -360,22 +360,30 @@ impl Llama {
     }
 }
 
+/// What every LLaMA layer reads beside its input.
+pub struct LlamaLayerInputs {
+    /// RoPE's cosines and sines at the inputs' positions.
+    rope: (Tensor<4>, Tensor<4>),
+    /// Which keys each query may see.
+    mask: Tensor<4, Bool>,
+}
+
 impl Architecture for Llama {
-    fn hidden_states(
+    type LayerInputs = LlamaLayerInputs;
+
+    fn decoder_input(
         &self,
         x: Tensor<3>,
         padding_mask: Option<&Tensor<2, Int>>,
         cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
+    ) -> (Tensor<3>, LlamaLayerInputs) {
         let m = &self.model;
-        let mut own_cache = None;
-        let mut cache = cache_for_prefix(&self.adapters, cache, &mut own_cache, m.layers.len());
         let Prepared {
             mut x,
             padding_mask,
             past,
             positions,
-        } = prepare(&self.adapters, x, padding_mask, cache.as_deref_mut());
+        } = prepare(&self.adapters, x, padding_mask, cache);
         // Gemma scales whatever embeddings reach the model, prompt tuning's virtual ones too.
         if let Some(scale) = m.embed_scale {
             x = x.mul_scalar(scale);
@@ -384,14 +392,28 @@ impl Architecture for Llama {
         let device = x.device();
         let rope = m.rotary_emb.cos_sin(positions);
         let mask = attention_mask(batch, seq, past, padding_mask.as_ref(), m.window, &device);
-        for (i, layer) in m.layers.iter().enumerate() {
-            let attn_in = layer.input_layernorm.forward(x.clone());
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = x + layer.self_attn.forward(attn_in, &rope, &mask, layer_cache);
-            let mlp_in = layer.post_attention_layernorm.forward(x.clone());
-            x = x + layer.mlp.forward(mlp_in);
-        }
-        m.norm.forward(x)
+        (x, LlamaLayerInputs { rope, mask })
+    }
+
+    fn decoder_layer(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        inputs: &LlamaLayerInputs,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let layer = &self.model.layers[index];
+        let attn_in = layer.input_layernorm.forward(x.clone());
+        let cache = cache.map(|c| (c, index));
+        let x = x + layer
+            .self_attn
+            .forward(attn_in, &inputs.rope, &inputs.mask, cache);
+        let mlp_in = layer.post_attention_layernorm.forward(x.clone());
+        x + layer.mlp.forward(mlp_in)
+    }
+
+    fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        self.model.norm.forward(x)
     }
 
     fn lm_head(&self) -> &Projection {

@@ -134,6 +134,10 @@ pub struct TrainingSection {
     pub weight_decay: f64,
     /// Clip the global gradient norm to this (0 disables clipping).
     pub max_grad_norm: f64,
+    /// Keep only each decoder layer's input for backward and recompute the layer there
+    /// (transformers' `gradient_checkpointing`): activation memory of one layer instead of all,
+    /// for one more forward pass per step.
+    pub gradient_checkpointing: bool,
     /// Seed of initialisation, shuffling and dropout.
     pub seed: u64,
     /// Evaluate on the validation data every this many steps (and at the end).
@@ -158,6 +162,7 @@ impl Default for TrainingSection {
             schedule: Schedule::Linear,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
+            gradient_checkpointing: false,
             seed: 42,
             eval_every: None,
             save_every: None,

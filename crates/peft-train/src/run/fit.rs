@@ -107,7 +107,9 @@ pub(super) fn fit(
         report: report.clone(),
         plain_log,
     };
-    let model = TrainableLm::new(lm, trained).with_steps_taken(start_step);
+    let model = TrainableLm::new(lm, trained)
+        .with_steps_taken(start_step)
+        .with_gradient_checkpointing(t.gradient_checkpointing)?;
     let schedule = WarmupSchedule::new(
         t.lr,
         t.warmup_steps,

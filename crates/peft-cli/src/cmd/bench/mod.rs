@@ -71,6 +71,10 @@ pub struct Args {
     /// Float type of weights and compute.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+    /// Recompute each decoder layer in backward instead of keeping its activations (as
+    /// `train --gradient-checkpointing`).
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// New tokens for the generation measurement (0 skips it).
     #[arg(long, default_value_t = 32)]
     gen_tokens: usize,
@@ -104,6 +108,7 @@ struct Row {
     batch: usize,
     seq: usize,
     dtype: Dtype,
+    gradient_checkpointing: bool,
     steps: usize,
     step_ms_median: f64,
     step_ms_min: f64,
@@ -178,7 +183,8 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let batch = random_batch(&args, lm.vocab_size(), &train_device)?;
-    let model = TrainableLm::new(lm, trained);
+    let model =
+        TrainableLm::new(lm, trained).with_gradient_checkpointing(args.gradient_checkpointing)?;
     let total = args
         .warmup
         .checked_add(args.steps)
@@ -237,6 +243,7 @@ pub fn run(args: Args) -> Result<()> {
         batch: args.batch,
         seq: args.seq,
         dtype: args.dtype,
+        gradient_checkpointing: args.gradient_checkpointing,
         steps: args.steps,
         step_ms_median: median,
         step_ms_min: step_ms.first().copied().unwrap_or(median),
