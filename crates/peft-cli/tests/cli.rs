@@ -1090,6 +1090,63 @@ fn train_final_adapter_loads_with_the_adapter_flag() {
     );
 }
 
+/// `train --gradient-checkpointing` trains as the plain run does without dropout: the same
+/// losses at every step and an adapter giving the same logits (to 1e-5); with dropout (the
+/// default 0.05) it trains too, its masks replayed in the recomputed layers.
+#[test]
+fn train_with_gradient_checkpointing_follows_the_plain_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = training_data(dir.path());
+    let flags = [
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-2",
+        "--target",
+        "q_proj,v_proj,lm_head",
+    ];
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let flags: Vec<&str> = flags.iter().chain(extra).copied().collect();
+        let run = train_cli(&data, &out, &flags);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+            .collect();
+        (losses, fixture_logits(&out.join("final"), dir.path()))
+    };
+    let (plain_losses, plain_logits) = run("plain", &["--dropout", "0"]);
+    let (losses, logits) = run(
+        "checkpointed",
+        &["--dropout", "0", "--gradient-checkpointing"],
+    );
+    assert_eq!(losses.len(), 4, "one loss per step");
+    for (got, want) in losses.iter().zip(&plain_losses) {
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "{losses:?} vs {plain_losses:?}"
+        );
+    }
+    let scale = plain_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = plain_logits
+        .iter()
+        .zip(&logits)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-5 * scale, "final logits differ by {diff}");
+
+    let (dropout_losses, _) = run("dropout", &["--gradient-checkpointing"]);
+    assert!(
+        dropout_losses.iter().all(|l| l.is_finite()) && dropout_losses != plain_losses,
+        "{dropout_losses:?}"
+    );
+}
+
 #[test]
 fn train_scores_test_data_before_and_after_and_eval_agrees() {
     let dir = tempfile::tempdir().unwrap();

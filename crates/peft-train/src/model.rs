@@ -1,6 +1,7 @@
 //! The model as Burn's Learner sees it: a causal LM with adapters, its training and
 //! validation steps, and what each step reports.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -11,6 +12,7 @@ use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use peft_core::method::api::OptimizerStep;
 use peft_core::{AdapterConfig, ProjectionHost};
+use peft_models::checkpointing::layer_seed;
 use peft_models::loss::lm_loss;
 use peft_models::CausalLm;
 
@@ -55,10 +57,13 @@ pub struct TrainableLm {
     /// report (Burn's optimizer hook cannot return an error).
     #[module(skip)]
     pub after_step_error: AfterStepError,
-    /// Whether training steps recompute each decoder layer in backward instead of keeping its
-    /// activations ([`TrainableLm::with_gradient_checkpointing`]).
+    /// With per-layer activation checkpointing, the seed its dropout replay starts from
+    /// ([`TrainableLm::with_gradient_checkpointing`]); `None` keeps every activation.
     #[module(skip)]
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: Option<u64>,
+    /// Micro-batches run since the last optimizer step: each draws its own dropout masks.
+    #[module(skip)]
+    micro_batches: MicroBatchCount,
 }
 
 impl TrainableLm {
@@ -71,39 +76,29 @@ impl TrainableLm {
             snapshot: OptimizerSnapshot::default(),
             steps_taken: 0,
             after_step_error: AfterStepError::default(),
-            gradient_checkpointing: false,
+            gradient_checkpointing: None,
+            micro_batches: MicroBatchCount::default(),
         }
     }
 
     /// The same model, its training steps with per-layer activation checkpointing when `on`
-    /// (see [`peft_models::checkpointing`]). Refused for an adapter with dropout (the
-    /// recomputed layers would draw other masks than the forward pass did) and for prefix
-    /// tuning (its keys and values enter every layer).
-    pub fn with_gradient_checkpointing(mut self, on: bool) -> crate::error::Result<Self> {
-        if on {
-            if let Some((_, config)) = self.adapter() {
-                let dropout = config.dropout();
-                if dropout > 0.0 {
-                    return Err(TrainError::InvalidValue {
-                        key: "training.gradient_checkpointing".into(),
-                        message: format!(
-                            "cannot recompute layers with dropout ({dropout}): the recomputed \
-                             layers would draw other dropout masks than the forward pass; set \
-                             the method's dropout to 0 or train without checkpointing"
-                        ),
-                    });
-                }
-            }
-            if self.lm.model_adapters().prefix_active() {
-                return Err(TrainError::InvalidValue {
-                    key: "training.gradient_checkpointing".into(),
-                    message: "prefix tuning puts its keys and values into every layer; train \
-                              it without checkpointing"
-                        .into(),
-                });
-            }
+    /// (see [`peft_models::checkpointing`]), dropout replayed from masks seeded by `seed`, the
+    /// step and the micro-batch. Refused for prefix tuning, whose keys and values enter every
+    /// layer.
+    pub fn with_gradient_checkpointing(
+        mut self,
+        on: bool,
+        seed: u64,
+    ) -> crate::error::Result<Self> {
+        if on && self.lm.model_adapters().prefix_active() {
+            return Err(TrainError::InvalidValue {
+                key: "training.gradient_checkpointing".into(),
+                message: "prefix tuning puts its keys and values into every layer; train it \
+                          without checkpointing"
+                    .into(),
+            });
         }
-        self.gradient_checkpointing = on;
+        self.gradient_checkpointing = on.then_some(seed);
         Ok(self)
     }
 
@@ -166,13 +161,17 @@ impl TrainableLm {
 
     /// [`TrainStep::step`] with per-layer activation checkpointing: the gradients of every
     /// backward pass summed, the method's term taken in one more.
-    fn checkpointed_step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
+    fn checkpointed_step(&self, batch: LmBatch, seed: u64) -> TrainOutput<LmOutput> {
         let weight = batch.loss_weight;
+        // Each step and micro-batch its own masks, the same again after a resume.
+        let micro_batch = self.micro_batches.next();
+        let step_seed = layer_seed(seed, (self.steps_taken << 16) + micro_batch);
         let layerwise = self.lm.layerwise_backward(
             batch.input_ids.clone(),
             Some(&batch.attention_mask),
             &batch.labels,
             weight,
+            step_seed,
         );
         let mut loss = layerwise.loss;
         let mut passes = layerwise.passes;
@@ -205,8 +204,8 @@ impl TrainStep for TrainableLm {
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
-        if self.gradient_checkpointing {
-            return self.checkpointed_step(batch);
+        if let Some(seed) = self.gradient_checkpointing {
+            return self.checkpointed_step(batch, seed);
         }
         let loss = self.loss(&batch).mul_scalar(batch.loss_weight);
         let grads = loss.backward();
@@ -225,6 +224,7 @@ impl TrainStep for TrainableLm {
             .adapter()
             .is_some_and(|(_, config)| config.acts_after_optimizer_step());
         let applied = acts.then(|| copy_gradients(&self, &grads));
+        self.micro_batches.reset();
         let mut model = optim.step(lr, self, grads);
         match (&mut model.trained, applied) {
             (Trained::Adapter { name, config }, Some(grads)) => {
@@ -277,6 +277,27 @@ fn copy_gradients<M: Module>(model: &M, grads: &GradientsParams) -> GradientsPar
     };
     model.visit(&mut copy);
     copy.to
+}
+
+/// A count of micro-batches shared by the clones of one model (Burn's `Learner` steps a clone).
+#[derive(Clone, Default)]
+struct MicroBatchCount(Arc<AtomicUsize>);
+
+impl MicroBatchCount {
+    /// The count before this call, counting this call.
+    fn next(&self) -> usize {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for MicroBatchCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MicroBatchCount")
+    }
 }
 
 /// The error of the method's work after an optimizer step, shared between the model Burn's

@@ -87,7 +87,8 @@ pub struct Args {
     pub max_grad_norm: Option<f64>,
     /// Keep only each decoder layer's input for backward and recompute the layer there, as
     /// transformers' gradient checkpointing does: the activations of one layer instead of all of
-    /// them, for one more forward pass per step. Not with dropout or prefix tuning.
+    /// them, for one more forward pass per step; dropout masks are drawn again alike. Not with
+    /// prefix tuning.
     #[arg(long)]
     pub gradient_checkpointing: bool,
     /// Seed of initialisation, data order and dropout [default: 42].

@@ -109,7 +109,7 @@ pub(super) fn fit(
     };
     let model = TrainableLm::new(lm, trained)
         .with_steps_taken(start_step)
-        .with_gradient_checkpointing(t.gradient_checkpointing)?;
+        .with_gradient_checkpointing(t.gradient_checkpointing, t.seed)?;
     let schedule = WarmupSchedule::new(
         t.lr,
         t.warmup_steps,

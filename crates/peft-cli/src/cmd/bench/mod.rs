@@ -183,8 +183,8 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let batch = random_batch(&args, lm.vocab_size(), &train_device)?;
-    let model =
-        TrainableLm::new(lm, trained).with_gradient_checkpointing(args.gradient_checkpointing)?;
+    let model = TrainableLm::new(lm, trained)
+        .with_gradient_checkpointing(args.gradient_checkpointing, 0)?;
     let total = args
         .warmup
         .checked_add(args.steps)
