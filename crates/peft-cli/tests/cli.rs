@@ -1054,20 +1054,22 @@ fn train_guards_against_empty_data_and_a_useless_learning_rate() {
     );
 }
 
+/// A short run that memorises the training data: four steps at a high rate, the head adapted.
+const SHORT_RUN: [&str; 6] = [
+    "--max-steps",
+    "4",
+    "--lr",
+    "1e-2",
+    "--target",
+    "q_proj,v_proj,lm_head",
+];
+
 #[test]
 fn train_final_adapter_loads_with_the_adapter_flag() {
     let dir = tempfile::tempdir().unwrap();
     let data = training_data(dir.path());
     let out = dir.path().join("run");
-    let flags = [
-        "--max-steps",
-        "4",
-        "--lr",
-        "1e-2",
-        "--target",
-        "q_proj,v_proj,lm_head",
-    ];
-    let run = train_cli(&data, &out, &flags);
+    let run = train_cli(&data, &out, &SHORT_RUN);
     assert!(
         run.status.success(),
         "{}",
@@ -1097,17 +1099,9 @@ fn train_final_adapter_loads_with_the_adapter_flag() {
 fn train_with_gradient_checkpointing_follows_the_plain_run() {
     let dir = tempfile::tempdir().unwrap();
     let data = training_data(dir.path());
-    let flags = [
-        "--max-steps",
-        "4",
-        "--lr",
-        "1e-2",
-        "--target",
-        "q_proj,v_proj,lm_head",
-    ];
     let run = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let flags: Vec<&str> = flags.iter().chain(extra).copied().collect();
+        let flags: Vec<&str> = SHORT_RUN.iter().chain(extra).copied().collect();
         let run = train_cli(&data, &out, &flags);
         assert!(
             run.status.success(),
