@@ -106,13 +106,6 @@ macro_rules! register_methods {
                 }
             }
 
-            /// The probability of the dropout the method applies in training.
-            pub fn dropout(&self) -> f64 {
-                match self {
-                    $(Self::$variant(c) => c.dropout(),)*
-                }
-            }
-
             /// Learns the weight shapes `[in, out]` of the projections about to be adapted.
             pub fn fit_to_targets(&mut self, shapes: &[[usize; 2]]) {
                 match self {

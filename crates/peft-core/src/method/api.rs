@@ -57,12 +57,6 @@ pub trait MethodConfig: Clone + std::fmt::Debug + Serialize + DeserializeOwned {
         false
     }
 
-    /// The probability of the dropout it applies in training (LoRA's `lora_dropout`); 0 by
-    /// default.
-    fn dropout(&self) -> f64 {
-        0.0
-    }
-
     /// Learns the weight shapes `[in, out]` of the projections it is about to adapt, before
     /// their layers are made (VeRA sizes its shared projections by the widest). Nothing by
     /// default.

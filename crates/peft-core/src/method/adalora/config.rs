@@ -132,10 +132,6 @@ impl Default for AdaLoraConfig {
 impl MethodConfig for AdaLoraConfig {
     const PEFT_TYPE: &'static str = "ADALORA";
 
-    fn dropout(&self) -> f64 {
-        self.lora_dropout
-    }
-
     fn check_json(value: &Value) -> Result<()> {
         for field in MUST_BE_DEFAULT {
             if let Some(v) = value.get(field).filter(|v| !is_default(v)) {

@@ -161,10 +161,6 @@ impl LoraConfig {
 impl MethodConfig for LoraConfig {
     const PEFT_TYPE: &'static str = "LORA";
 
-    fn dropout(&self) -> f64 {
-        self.lora_dropout
-    }
-
     fn check_json(value: &Value) -> Result<()> {
         for field in MUST_BE_DEFAULT {
             if let Some(v) = value.get(field).filter(|v| !is_default(v)) {

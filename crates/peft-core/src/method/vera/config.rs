@@ -75,10 +75,6 @@ impl Default for VeraConfig {
 impl MethodConfig for VeraConfig {
     const PEFT_TYPE: &'static str = "VERA";
 
-    fn dropout(&self) -> f64 {
-        self.vera_dropout
-    }
-
     fn check_json(value: &Value) -> Result<()> {
         if let Some(bias) = value.get("bias").filter(|b| !b.is_null() && *b != "none") {
             return Err(PeftError::Config {
