@@ -99,16 +99,20 @@ fn layerwise_backward<A: Architecture>(model: &A, args: LayerwiseBackward) -> La
     let device = input_ids.device();
     let layers = model.num_layers();
 
+    // The first layer's input, its graph kept for the last pass; what every layer reads beside
+    // its input (positions, the mask) holds no graph and serves both passes below.
+    let embeddings = model.token_embedding().forward(input_ids);
+    let (first, inputs) = model.decoder_input(embeddings, padding_mask, None);
+
     // Forward with no tensor tracked (no graph is recorded; dropout still draws), keeping each
     // layer's input.
     let untracked = model.clone().no_grad();
-    let embeddings = untracked.token_embedding().forward(input_ids.clone());
-    let (mut x, untracked_inputs) = untracked.decoder_input(embeddings, padding_mask, None);
+    let mut x = first.clone().detach();
     let mut layer_inputs = Vec::with_capacity(layers);
     for index in 0..layers {
         layer_inputs.push(x.clone());
         device.seed(layer_seed(dropout_seed, index));
-        x = untracked.decoder_layer(index, x, &untracked_inputs, None);
+        x = untracked.decoder_layer(index, x, &inputs, None);
     }
 
     // The final norm, the head and the loss, from the last layer's output.
@@ -120,8 +124,6 @@ fn layerwise_backward<A: Architecture>(model: &A, args: LayerwiseBackward) -> La
     passes.push(grads);
 
     // Each layer from the last, recomputed with autodiff from its input and the same seed.
-    let embeddings = model.token_embedding().forward(input_ids);
-    let (first, inputs) = model.decoder_input(embeddings, padding_mask, None);
     for (index, input) in layer_inputs.into_iter().enumerate().rev() {
         let Some(output_grad) = grad.take() else {
             break;

@@ -111,21 +111,25 @@ pub fn record_adapters(path: &Path) -> Result<Vec<Option<String>>> {
             line: index + 1,
             message: format!("not valid JSON: {e}"),
         })?;
-        names.push(match value.get("adapter") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(name)) => Some(name.clone()),
-            Some(other) => {
-                return Err(TrainError::Data {
-                    path: path.to_path_buf(),
-                    line: index + 1,
-                    message: format!(
-                        "`adapter` must be an adapter's name (a string), found {other}"
-                    ),
-                })
-            }
-        });
+        names.push(record_adapter(&value).map_err(|message| TrainError::Data {
+            path: path.to_path_buf(),
+            line: index + 1,
+            message,
+        })?);
     }
     Ok(names)
+}
+
+/// The `adapter` field of one record: the adapter's name, `None` where the record names none;
+/// the error says what a non-string value is.
+pub fn record_adapter(record: &Value) -> std::result::Result<Option<String>, String> {
+    match record.get("adapter") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => Ok(Some(name.clone())),
+        Some(other) => Err(format!(
+            "`adapter` must be an adapter's name (a string), found {other}"
+        )),
+    }
 }
 
 fn parse_record(value: &Value) -> std::result::Result<Record, String> {

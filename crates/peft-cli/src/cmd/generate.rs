@@ -3,12 +3,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use peft_core::BASE_ROW;
 use peft_models::chat::{apply_chat_template, ChatMessage};
 use peft_models::generate::{generate, generate_batch, SamplingConfig};
 use peft_models::tokenizer::{TextTokenizer, TokenStream};
 use peft_models::LoadedModel;
+use peft_train::data::record_adapter;
 
 use super::ModelArgs;
 
@@ -157,18 +158,17 @@ fn read_prompts(path: &Path) -> Result<Vec<PromptRecord>> {
         let Some(prompt) = value.get("prompt").and_then(|p| p.as_str()) else {
             bail!("{}: expected a string `prompt`", at());
         };
-        records.push(prompt.to_string());
+        // The `adapter` field as `eval` reads it.
+        let adapter = record_adapter(&value).map_err(|message| anyhow!("{}: {message}", at()))?;
+        records.push(PromptRecord {
+            prompt: prompt.to_string(),
+            adapter,
+        });
     }
     if records.is_empty() {
         bail!("{}: no prompt in the file", path.display());
     }
-    // The `adapter` field as `eval` reads it.
-    let adapters = peft_train::data::record_adapters(path)?;
-    Ok(records
-        .into_iter()
-        .zip(adapters)
-        .map(|(prompt, adapter)| PromptRecord { prompt, adapter })
-        .collect())
+    Ok(records)
 }
 
 /// Continues every prompt of `path` in one batch, each row with the adapter its record names,
