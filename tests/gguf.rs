@@ -11,14 +11,27 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use burn::train::Learner;
 use common::*;
 use half::f16;
+use peft_core::{load_adapter, PackFormat, ProjectionHost};
+use peft_models::loss::HostLabels;
 use peft_models::weights::gguf::{tokenizer, GgufFile};
-use peft_models::{load_model, TextTokenizer};
+use peft_models::{load_model, load_model_quantized, TextTokenizer};
+use peft_train::batch::LmBatch;
+use peft_train::config::Schedule;
+use peft_train::model::{TrainableLm, Trained};
+use peft_train::schedule::{learning_rates, WarmupSchedule};
+use peft_train::step::step_gradients;
+use peft_train::{adamw, TrainConfig};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 const F32: u32 = 0;
+const Q4_0: u32 = 2;
+const Q4_1: u32 = 3;
 const Q8_0: u32 = 8;
 const Q2_K: u32 = 10;
 
@@ -139,6 +152,48 @@ fn quantize_q8_0(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     (bytes, dequantized)
 }
 
+/// llama.cpp's `quantize_row_q4_0_ref` (`signed`: d = max / -8 of the value of largest
+/// magnitude, q = min(15, trunc(x/d + 8.5)), value (q − 8)·d) or `quantize_row_q4_1_ref` (d =
+/// (max − min)/15, m = min, q = min(15, trunc((x − m)/d + 0.5)), value q·d + m). Returns the
+/// blocks and the values they dequantize to.
+fn quantize_q4(values: &[f32], signed: bool) -> (Vec<u8>, Vec<f32>) {
+    let mut bytes = Vec::new();
+    let mut dequantized = vec![0.0; values.len()];
+    for (b, block) in values.chunks_exact(32).enumerate() {
+        let (d, m) = if signed {
+            let max = block
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            (max / -8.0, 0.0)
+        } else {
+            let min = block.iter().copied().fold(f32::INFINITY, f32::min);
+            let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            ((max - min) / 15.0, min)
+        };
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (d16, m16) = (f16::from_f32(d), f16::from_f32(m));
+        bytes.extend(d16.to_le_bytes());
+        if !signed {
+            bytes.extend(m16.to_le_bytes());
+        }
+        let code = |x: f32| match signed {
+            true => ((x * id + 8.5) as i8).min(15) as u8,
+            false => (((x - m) * id + 0.5) as i8).min(15) as u8,
+        };
+        let value = |q: u8| match signed {
+            true => (q as i32 - 8) as f32 * d16.to_f32(),
+            false => q as f32 * d16.to_f32() + m16.to_f32(),
+        };
+        for j in 0..16 {
+            let (lo, hi) = (code(block[j]), code(block[j + 16]));
+            bytes.push(lo | (hi << 4));
+            dequantized[b * 32 + j] = value(lo);
+            dequantized[b * 32 + j + 16] = value(hi);
+        }
+    }
+    (bytes, dequantized)
+}
+
 /// `convert_hf_to_gguf.py`'s `permute`: within each head, HF row `i * half + j` goes to
 /// llama.cpp row `2j + i`.
 fn permute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
@@ -222,6 +277,8 @@ fn read_fixture_weights(case: &str) -> BTreeMap<String, Tensor2> {
 enum Variant {
     F32,
     Q8_0,
+    Q4_0,
+    Q4_1,
     /// F32 without `output.weight`: the head is the embedding.
     Tied,
 }
@@ -271,14 +328,25 @@ fn write_case(dir: &Path, variant: Variant) {
         if variant == Variant::Tied && name == "lm_head.weight" {
             continue;
         }
-        let quantize = variant == Variant::Q8_0 && t.shape.len() == 2;
         let (rows, cols) = (t.shape[0], *t.shape.last().unwrap());
-        let (stored, values) = if quantize {
-            let (bytes, deq) = quantize_q8_0(&t.values);
-            ((Q8_0, bytes), deq)
-        } else {
-            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            ((F32, bytes), t.values.clone())
+        let (stored, values) = match variant {
+            _ if t.shape.len() != 2 => (
+                (F32, t.values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                t.values.clone(),
+            ),
+            Variant::Q8_0 => {
+                let (bytes, deq) = quantize_q8_0(&t.values);
+                ((Q8_0, bytes), deq)
+            }
+            Variant::Q4_0 | Variant::Q4_1 => {
+                let signed = variant == Variant::Q4_0;
+                let (bytes, deq) = quantize_q4(&t.values, signed);
+                ((if signed { Q4_0 } else { Q4_1 }, bytes), deq)
+            }
+            Variant::F32 | Variant::Tied => (
+                (F32, t.values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                t.values.clone(),
+            ),
         };
         // Quantization works within rows, so permuting rows before or after it is the same.
         let permuted_heads = match name.as_str() {
@@ -956,4 +1024,222 @@ fn a_gguf_model_saves_as_a_hugging_face_folder_that_loads_back() {
         loaded.tokenizer().unwrap().encode(text, true).unwrap()
     );
     assert_eq!(reloaded.eos_token_ids, vec![0]);
+}
+
+/// The logits of the model at `path` loaded with its linear weights packed as `format`
+/// blocks: every projection, and with a `tied` head the embedding too.
+fn packed_logits(path: &Path, format: PackFormat, tied: bool) -> Vec<f32> {
+    let device = ndarray_device();
+    let expected = Expected::load("llama-base");
+    let loaded = load_model_quantized(path, &device, Some(format)).unwrap();
+    let projections = loaded.model.projections();
+    assert!(projections.iter().all(|(_, p)| p.base.is_packed()));
+    // A tied head and the embedding read one packed table; an untied embedding stays f32.
+    let embedding_packed = loaded.model.token_embedding().dense().is_none();
+    assert_eq!(embedding_packed, tied, "{}", path.display());
+    to_vec(loaded.model.forward(
+        int_tensor(&expected.i64("input_ids"), &device),
+        Some(&int_tensor(&expected.i64("attention_mask"), &device)),
+        None,
+    ))
+}
+
+/// QLoRA's base: a GGUF's Q4_0, Q4_1 and Q8_0 blocks kept packed on the device give the
+/// logits of the same file dequantized to f32 at load (the blocks expand exactly; 1e-5 allows
+/// for the order of the sums). An f32 checkpoint quantized as it loads lands within the error
+/// of the same quantization written by llama.cpp's reference quantizer.
+#[test]
+fn packed_gguf_blocks_give_the_logits_of_the_dequantized_model() {
+    let mask = Expected::load("llama-base").i64("attention_mask");
+    let reference = logits_of(&case_dir("llama-base").join("base"));
+    let mut gguf_error = BTreeMap::new();
+    for (variant, name, format) in [
+        (Variant::Q4_0, "Q4_0", PackFormat::Q4),
+        (Variant::Q4_1, "Q4_1", PackFormat::Q4),
+        (Variant::Q8_0, "Q8_0", PackFormat::Q8),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_case(dir.path(), variant);
+        let path = dir.path().join("model.gguf");
+        let dense = logits_of(&path);
+        let packed = packed_logits(&path, format, false);
+        let err = max_abs_diff_masked(&packed, &dense, &mask.values, 384);
+        let own = max_abs_diff_masked(&dense, &reference, &mask.values, 384);
+        eprintln!("{name}: packed vs dequantized {err:e}; dequantized vs f32 {own:e}");
+        assert!(err <= 1e-5, "{name}: packed logits differ by {err:e}");
+        gguf_error.insert(format!("{format:?}"), own);
+    }
+    // A head tied to the embedding: one packed table for both (8-bit codes, as the rest here).
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), Variant::Tied);
+    let path = dir.path().join("model.gguf");
+    let tied = max_abs_diff_masked(
+        &packed_logits(&path, PackFormat::Q8, true),
+        &logits_of(&path),
+        &mask.values,
+        384,
+    );
+    eprintln!("tied F32 GGUF packed: {tied:e} from its f32 logits");
+    assert!(tied > 0.0 && tied <= 2.0 * gguf_error["Q8"], "{tied:e}");
+    for format in [PackFormat::Q4, PackFormat::Q8] {
+        let packed = packed_logits(&case_dir("llama-base").join("base"), format, false);
+        let err = max_abs_diff_masked(&packed, &reference, &mask.values, 384);
+        let llama_cpp = gguf_error[&format!("{format:?}")];
+        eprintln!(
+            "f32 checkpoint quantized to {format:?}: {err:e} from f32 (llama.cpp's: {llama_cpp:e})"
+        );
+        assert!(err > 0.0 && err <= 2.0 * llama_cpp, "{format:?}: {err:e}");
+    }
+}
+
+/// A batch of the LoRA fixture's inputs and labels.
+fn lora_fixture_batch(device: &burn::tensor::Device) -> LmBatch {
+    let expected = Expected::load("llama-lora");
+    let labels = expected.i64("labels");
+    LmBatch {
+        input_ids: int_tensor(&expected.i64("input_ids"), device),
+        attention_mask: int_tensor(&expected.i64("attention_mask"), device),
+        labels: HostLabels::new(labels.values, labels.shape[1]),
+        learned_tokens: 0,
+        tokens: 0,
+        loss_weight: 1.0,
+    }
+}
+
+/// One step's loss and the LoRA fixture adapter's gradients (by parameter id) on the model
+/// at `path`, packed as `quantize` says; a packed base trains layer by layer, as `train` runs
+/// it.
+fn lora_step(path: &Path, quantize: Option<PackFormat>) -> (f32, BTreeMap<String, Vec<f32>>) {
+    let device = ndarray_device().autodiff();
+    let mut loaded = load_model_quantized(path, &device, quantize).unwrap();
+    let dir = case_dir("llama-lora").join("adapter");
+    let config = load_adapter(&mut loaded.model, "default", &dir).unwrap();
+    let trained = Trained::Adapter {
+        name: "default".into(),
+        config: Box::new(config),
+    };
+    let model = TrainableLm::new(loaded.model, trained)
+        .with_gradient_checkpointing(quantize.is_some(), 0)
+        .unwrap();
+    let rates = learning_rates(WarmupSchedule::new(1e-3, 0, 1, Schedule::Constant, 0), None);
+    let mut learner = Learner::new(model, adamw(0.0).init(), rates);
+    let step = step_gradients(&mut learner, [lora_fixture_batch(&device)], 0.0).unwrap();
+    struct Collect<'a> {
+        grads: &'a burn::optim::GradientsParams,
+        out: BTreeMap<String, Vec<f32>>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(grad) = self.grads.get::<D>(param.id) {
+                self.out.insert(param.id.to_string(), to_vec(grad));
+            }
+        }
+    }
+    let mut collect = Collect {
+        grads: step.gradients(),
+        out: BTreeMap::new(),
+    };
+    learner.model().visit(&mut collect);
+    (to_vec(step.loss.clone())[0], collect.out)
+}
+
+/// QLoRA's gradients: LoRA on a packed Q4_1 base, trained layer by layer with each layer's
+/// weights expanded only while it runs, gives the loss and adapter gradients of LoRA on the
+/// same file dequantized to f32 and trained the ordinary way (1e-5, relative L2).
+#[test]
+fn qlora_gives_the_gradients_of_lora_on_the_dequantized_base() {
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), Variant::Q4_1);
+    let path = dir.path().join("model.gguf");
+    let (dense_loss, dense) = lora_step(&path, None);
+    let (loss, packed) = lora_step(&path, Some(PackFormat::Q4));
+    assert!(
+        (loss - dense_loss).abs() <= 1e-5 * dense_loss,
+        "{loss} vs {dense_loss}"
+    );
+    assert!(!dense.is_empty());
+    assert_eq!(
+        packed.keys().collect::<Vec<_>>(),
+        dense.keys().collect::<Vec<_>>()
+    );
+    let worst = dense
+        .iter()
+        .map(|(id, want)| relative_l2(&packed[id], want))
+        .fold(0.0f32, f32::max);
+    eprintln!("QLoRA vs LoRA on the dequantized base: worst relative L2 {worst:e}");
+    assert!(worst <= 1e-5, "{worst:e}");
+}
+
+/// `train --quantize q4` on a Q4_1 GGUF: the loss falls, the saved adapter is an ordinary
+/// PEFT LoRA adapter that reloads onto the dequantized base to the logits training ended
+/// with, and merging into the packed base is refused by name.
+#[test]
+fn qlora_training_lowers_the_loss_and_its_adapter_reloads_onto_the_dequantized_base() {
+    use peft_train::config::{LoraOptions, MethodSection, Quantize};
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), Variant::Q4_1);
+    let path = dir.path().join("model.gguf");
+    let data = dir.path().join("train.jsonl");
+    let lines: Vec<String> = ["abc", "hello", "rust"]
+        .iter()
+        .map(|w| {
+            let done: String = w.chars().rev().collect();
+            serde_json::json!({"prompt": format!("{w} ->"), "completion": format!(" {done}")})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let mut config = TrainConfig::default();
+    config.model.path = Some(path.clone());
+    config.model.quantize = Some(Quantize::Q4);
+    config.data.train = Some(data);
+    config.method = MethodSection::Lora(LoraOptions {
+        target: vec!["q_proj".into(), "v_proj".into(), "lm_head".into()],
+        dropout: 0.0,
+        ..LoraOptions::default()
+    });
+    config.training.lr = 1e-2;
+    config.training.schedule = Schedule::Constant;
+    config.training.batch_size = 3;
+    config.training.max_steps = Some(30);
+    config.training.out = dir.path().join("run");
+    let device = ndarray_device();
+    let mut summary = peft_train::train(&config, &device, false).unwrap();
+    let losses: Vec<f64> = std::fs::read_to_string(dir.path().join("run/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect();
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    eprintln!("QLoRA loss {first} -> {last}");
+    assert!(
+        last <= 0.2 * first,
+        "loss fell from {first} to {last}, less than 80%"
+    );
+
+    let logits = |model: &peft_models::CausalLm| {
+        let expected = Expected::load("llama-base");
+        to_vec(model.forward(
+            int_tensor(&expected.i64("input_ids"), &device),
+            Some(&int_tensor(&expected.i64("attention_mask"), &device)),
+            None,
+        ))
+    };
+    let mut dense = load_model(&path, &device).unwrap();
+    load_adapter(&mut dense.model, "default", &summary.final_adapter).unwrap();
+    let (trained, reloaded) = (logits(&summary.model), logits(&dense.model));
+    let diff = trained
+        .iter()
+        .zip(&reloaded)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff <= 1e-5,
+        "reloaded onto the dequantized base: logits differ by {diff:e}"
+    );
+
+    let err = peft_core::merge_adapter(&mut summary.model, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--quantize"), "{err}");
 }

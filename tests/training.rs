@@ -427,7 +427,7 @@ fn a_tied_head_trains_as_one_weight_with_the_embedding() {
 
     // The reference: the tied loss with the head as the embedding's transpose, by autodiff.
     let lm = loaded.model.clone().unfreeze();
-    let embedding = lm.token_embedding().weight.val();
+    let embedding = lm.token_embedding().dense().unwrap().val();
     let hidden = lm.hidden_states(batch.input_ids.clone(), Some(&batch.attention_mask), None);
     let logits = hidden.matmul(embedding.clone().transpose().unsqueeze::<3>());
     let grads = causal_lm_loss(logits, batch.labels.to_tensor(&device)).backward();
@@ -435,7 +435,10 @@ fn a_tied_head_trains_as_one_weight_with_the_embedding() {
 
     let (lm, tied) = peft_train::full::prepare(loaded.model);
     assert!(tied.is_some(), "GPT-2 ties its head");
-    let (embedding_id, head_id) = (lm.token_embedding().weight.id, lm.lm_head().base.weight.id);
+    let (embedding_id, head_id) = (
+        lm.token_embedding().dense().unwrap().id,
+        lm.lm_head().base.as_dense().unwrap().weight.id,
+    );
     let model = TrainableLm::new(lm, Trained::Full(tied));
     let schedule = WarmupSchedule::new(1e-3, 0, 1, Schedule::Constant, 0);
     let mut learner = Learner::new(model, adamw(0.0).init(), learning_rates(schedule, None));
@@ -452,8 +455,16 @@ fn a_tied_head_trains_as_one_weight_with_the_embedding() {
 
     step.apply(&mut learner).unwrap();
     let model = learner.model();
-    let embedding = to_vec(model.lm.token_embedding().weight.val().transpose());
-    let head = to_vec(model.lm.lm_head().base.weight.val());
+    let embedding = to_vec(
+        model
+            .lm
+            .token_embedding()
+            .dense()
+            .unwrap()
+            .val()
+            .transpose(),
+    );
+    let head = to_vec(model.lm.lm_head().base.weight());
     assert_eq!(embedding, head, "the head follows the trained embedding");
 }
 

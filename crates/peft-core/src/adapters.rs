@@ -135,7 +135,7 @@ pub(crate) fn attach(
         .projections()
         .into_iter()
         .filter(|(key, _)| report.adapted.contains(key))
-        .map(|(_, proj)| proj.base.weight.dims())
+        .map(|(_, proj)| proj.base.dims())
         .collect();
     let mut config = config;
     config.fit_to_targets(&shapes);
@@ -144,7 +144,7 @@ pub(crate) fn attach(
             proj.attach_copy(name);
         } else if report.adapted.contains(&key) {
             let layer = with_stable_ids(
-                config.new_layer(&key, &proj.base)?,
+                config.new_layer(&key, &proj.base.as_linear())?,
                 &format!("{name}/{key}"),
             );
             proj.attach(name, layer);
@@ -166,7 +166,7 @@ fn attach_model_adapter(
     let device = model
         .projections()
         .first()
-        .map(|(_, p)| p.base.weight.device())
+        .map(|(_, p)| p.base.device())
         .ok_or_else(|| PeftError::State("the model has no projections".into()))?;
     let context = ModelContext {
         geometry: model.geometry(),

@@ -29,13 +29,22 @@ struct StableIds {
     path: Vec<String>,
 }
 
+/// The containers whose variant names are left out of paths: a projection's base weight and
+/// an embedding's table kept their paths `….base.weight` and `….weight` (and so their ids in
+/// checkpoints) when they became enums of a dense and a packed form.
+const TRANSPARENT: [&str; 2] = ["Enum:FrozenLinear", "Enum:EmbeddingTable"];
+
 impl ModuleMapper for StableIds {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        if !TRANSPARENT.contains(&container_type) {
+            self.path.push(name.to_string());
+        }
     }
 
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !TRANSPARENT.contains(&container_type) {
+            self.path.pop();
+        }
     }
 
     fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
@@ -70,6 +79,22 @@ mod tests {
         assert_eq!(a.weight.id, b.weight.id);
         assert_ne!(a.weight.id, c.weight.id);
         assert_ne!(a.weight.id, a.bias.as_ref().unwrap().id);
+    }
+
+    /// A projection's base weight keeps the id of its path `base.weight`, as before the base
+    /// became an enum (full fine-tuning checkpoints find their optimizer state by it).
+    #[test]
+    fn a_projection_base_weight_is_identified_by_its_path_without_the_variant() {
+        let layer = linear();
+        let projection = crate::Projection::new(
+            "q_proj",
+            layer.weight,
+            layer.bias,
+            crate::WeightLayout::Linear,
+        );
+        let projection = with_stable_ids(projection, "full");
+        let weight = projection.base.as_dense().unwrap().weight.id;
+        assert_eq!(weight, ParamId::from(fnv1a("full/base.weight")));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! which the model's forward pass consults.
 //!
 //! Layers, bottom up (a module only uses modules of its own layer or below):
-//! - leaves: [`error`], [`json`], [`tensors`], [`files`], [`geometry`], [`target`], `ids`, `mode`;
+//! - leaves: [`error`], [`json`], [`tensors`], [`files`], [`geometry`], [`target`], `ids`, `mode`,
+//!   [`packed`] (block-quantized weights), then [`frozen`] (a projection's frozen base);
 //! - [`method`]: the contract ([`method::api`]) and one folder per method;
 //! - [`registry`]: the enums that hold every method;
 //! - [`projection`], [`model_adapters`], then [`host`]: where adapters live on a model;
@@ -20,6 +21,7 @@ pub mod adapter_folder;
 pub mod adapters;
 pub mod error;
 pub mod files;
+pub mod frozen;
 pub mod geometry;
 pub mod host;
 mod ids;
@@ -27,6 +29,7 @@ pub mod json;
 pub mod method;
 mod mode;
 pub mod model_adapters;
+pub mod packed;
 pub mod projection;
 pub mod registry;
 pub mod report;
@@ -42,11 +45,13 @@ pub use adapters::{
     unload_adapter, unmerge_adapter, AttachReport, BASE_ROW,
 };
 pub use error::{PeftError, Result};
+pub use frozen::FrozenLinear;
 pub use geometry::ModelGeometry;
 pub use host::ProjectionHost;
 pub use ids::with_stable_ids;
 pub use mode::eval_mode;
 pub use model_adapters::ModelAdapters;
+pub use packed::{BlockCodes, PackFormat, PackedWeight};
 pub use projection::{Projection, WeightLayout};
 pub use registry::{Adapter, AdapterConfig, ModelAdapter};
 pub use report::{count_parameters, ParameterReport};

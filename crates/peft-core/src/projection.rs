@@ -1,12 +1,16 @@
 //! The linear projection every model uses, and the adapters attached to it.
 
+use std::borrow::Cow;
+
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::{PeftError, Result};
+use crate::frozen::{FrozenLinear, PackedLinear};
 use crate::ids::with_stable_ids;
 use crate::method::api::Merged;
+use crate::packed::PackedWeight;
 use crate::registry::Adapter;
 
 /// How the checkpoint stores this projection's weight; Burn always holds it `[in, out]`.
@@ -71,9 +75,11 @@ fn on_rows<const D: usize>(x: Tensor<D>, layer: impl FnOnce(Tensor<2>) -> Tensor
     out.reshape(dims)
 }
 
-/// What a projection computes: one linear layer, or an adapter beside the base.
+/// What a projection computes: the frozen base alone, a trainable copy, or an adapter beside
+/// the base.
 enum Computation<'a> {
-    Linear(&'a Linear),
+    Base,
+    Copy(&'a Linear),
     Adapted(&'a Adapter),
 }
 
@@ -85,7 +91,7 @@ pub struct Projection {
     #[module(skip)]
     pub path: String,
     /// The frozen base layer.
-    pub base: Linear,
+    pub base: FrozenLinear,
     /// Adapters attached here.
     pub adapters: Vec<NamedAdapter>,
     /// Trainable full copies (`modules_to_save`).
@@ -107,12 +113,29 @@ impl Projection {
         bias: Option<Param<Tensor<1>>>,
         layout: WeightLayout,
     ) -> Self {
+        let base = FrozenLinear::Dense(Linear {
+            weight: weight.set_require_grad(false),
+            bias: bias.map(|b| b.set_require_grad(false)),
+        });
+        Self::with_base(path.into(), base, layout)
+    }
+
+    /// A frozen projection at module path `path` whose weight stays packed (QLoRA's base).
+    pub fn packed(
+        path: impl Into<String>,
+        weight: PackedWeight,
+        bias: Option<Param<Tensor<1>>>,
+        layout: WeightLayout,
+    ) -> Self {
+        let bias = bias.map(|b| b.set_require_grad(false));
+        let base = FrozenLinear::Packed(PackedLinear { weight, bias });
+        Self::with_base(path.into(), base, layout)
+    }
+
+    fn with_base(path: String, base: FrozenLinear, layout: WeightLayout) -> Self {
         Self {
-            path: path.into(),
-            base: Linear {
-                weight: weight.set_require_grad(false),
-                bias: bias.map(|b| b.set_require_grad(false)),
-            },
+            path,
+            base,
             adapters: Vec::new(),
             saved: Vec::new(),
             layout,
@@ -139,12 +162,12 @@ impl Projection {
 
     /// Input width.
     pub fn in_features(&self) -> usize {
-        self.base.weight.dims()[0]
+        self.base.dims()[0]
     }
 
     /// Output width.
     pub fn out_features(&self) -> usize {
-        self.base.weight.dims()[1]
+        self.base.dims()[1]
     }
 
     /// Applies the projection, with the active adapter, to the last dimension of `x`.
@@ -169,7 +192,7 @@ impl Projection {
                 continue;
             };
             let sub = x.clone().select(0, index.clone());
-            let adapted = on_rows(sub, |x| adapter.forward(x, &self.base));
+            let adapted = on_rows(sub, |x| adapter.forward(x, &self.base.as_linear()));
             let change = adapted - out.clone().select(0, index.clone());
             out = out.select_assign(0, index.clone(), change, IndexingUpdateOp::Add);
         }
@@ -180,7 +203,7 @@ impl Projection {
     /// `rows[i]` (`None`: the base alone); `None` ends the mixed batch.
     pub fn set_rows(&mut self, rows: Option<&[Option<String>]>) {
         self.state.rows = rows.map(|rows| {
-            let device = self.base.weight.device();
+            let device = self.base.device();
             // Only adapters attached here change anything; the other rows run the base.
             let mut names: Vec<&str> = rows
                 .iter()
@@ -212,18 +235,20 @@ impl Projection {
     /// [`Self::forward`] on rows `[rows, in]`.
     fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         match self.computation() {
-            Computation::Linear(linear) => linear.forward(x),
-            Computation::Adapted(adapter) => adapter.forward(x, &self.base),
+            Computation::Base => self.base.forward(x),
+            Computation::Copy(linear) => linear.forward(x),
+            Computation::Adapted(adapter) => adapter.forward(x, &self.base.as_linear()),
         }
     }
 
-    /// The one linear layer that computes this projection as it stands (the base, or the
-    /// active adapter's trainable copy), or `None` while an unmerged adapter computes beside the
-    /// base. A caller may then multiply by its weight directly, e.g. to compute a loss in
-    /// chunks of rows.
-    pub fn as_linear(&self) -> Option<&Linear> {
+    /// The one linear layer that computes this projection as it stands (the base, a packed
+    /// base expanded for this use, or the active adapter's trainable copy), or `None` while an
+    /// unmerged adapter computes beside the base. A caller may then multiply by its weight
+    /// directly, e.g. to compute a loss in chunks of rows.
+    pub fn as_linear(&self) -> Option<Cow<'_, Linear>> {
         match self.computation() {
-            Computation::Linear(linear) => Some(linear),
+            Computation::Base => Some(self.base.as_linear()),
+            Computation::Copy(linear) => Some(Cow::Borrowed(linear)),
             Computation::Adapted(_) => None,
         }
     }
@@ -232,10 +257,10 @@ impl Projection {
     /// the base.
     fn computation(&self) -> Computation<'_> {
         let Some(active) = self.state.active.as_deref() else {
-            return Computation::Linear(&self.base);
+            return Computation::Base;
         };
         if let Some(copy) = self.saved.iter().find(|c| c.name == active) {
-            return Computation::Linear(&copy.layer);
+            return Computation::Copy(&copy.layer);
         }
         let merged = self
             .state
@@ -244,7 +269,7 @@ impl Projection {
             .is_some_and(|(name, _)| name == active);
         match self.adapter(active) {
             Some(adapter) if !merged => Computation::Adapted(adapter),
-            _ => Computation::Linear(&self.base),
+            _ => Computation::Base,
         }
     }
 
@@ -276,12 +301,8 @@ impl Projection {
     /// follow from the name and this projection's path.
     pub fn attach_copy(&mut self, name: &str) {
         let layer = Linear {
-            weight: Param::from_tensor(self.base.weight.val().detach()),
-            bias: self
-                .base
-                .bias
-                .as_ref()
-                .map(|b| Param::from_tensor(b.val().detach())),
+            weight: Param::from_tensor(self.base.weight().detach()),
+            bias: self.base.bias().map(|b| Param::from_tensor(b.detach())),
         };
         self.saved.push(SavedCopy {
             name: name.to_string(),
@@ -320,8 +341,14 @@ impl Projection {
         let Some(adapter) = self.adapter(&active) else {
             return Ok(());
         };
-        let bias = self.base.bias.as_ref().map(|b| b.val());
-        let Some(Merged { weight, bias, memo }) = adapter.merge(self.base.weight.val(), bias)
+        if self.base.is_packed() {
+            return Err(PeftError::State(format!(
+                "{module} keeps its base weight packed (quantized); load the model without \
+                 --quantize to merge adapter {active:?} into it"
+            )));
+        }
+        let Some(Merged { weight, bias, memo }) =
+            adapter.merge(self.base.weight(), self.base.bias())
         else {
             return Err(cannot_merge(&active, module, adapter));
         };
@@ -348,8 +375,7 @@ impl Projection {
             return;
         };
         if let Some(adapter) = self.adapter(&name) {
-            let bias = self.base.bias.as_ref().map(|b| b.val());
-            let (weight, bias) = adapter.unmerge(self.base.weight.val(), bias, memo);
+            let (weight, bias) = adapter.unmerge(self.base.weight(), self.base.bias(), memo);
             self.set_base(weight.detach(), bias);
         }
     }
@@ -359,10 +385,10 @@ impl Projection {
         if let Some(copy_name) = self.state.active.clone() {
             if let Some(i) = self.saved.iter().position(|c| c.name == copy_name) {
                 let copy = self.saved.swap_remove(i);
-                self.base = Linear {
+                self.base = FrozenLinear::Dense(Linear {
                     weight: copy.layer.weight.set_require_grad(false),
                     bias: copy.layer.bias.map(|b| b.set_require_grad(false)),
-                };
+                });
             }
         }
         self.adapters.clear();
@@ -370,13 +396,17 @@ impl Projection {
         self.state = AdapterState::default();
     }
 
+    /// Replaces the (dense) base weight and bias.
     fn set_base(&mut self, weight: Tensor<2>, bias: Option<Tensor<1>>) {
+        let Some(base) = self.base.as_dense_mut() else {
+            return;
+        };
         // A new id: a merged weight is a different tensor (and no longer tied to an embedding).
-        self.base.weight = Param::from_tensor(weight).set_require_grad(false);
-        if let (Some(old), Some(new)) = (&self.base.bias, bias) {
+        base.weight = Param::from_tensor(weight).set_require_grad(false);
+        if let (Some(old), Some(new)) = (&base.bias, bias) {
             let mut param = Param::from_tensor(new.detach()).set_require_grad(false);
             param.id = old.id;
-            self.base.bias = Some(param);
+            base.bias = Some(param);
         }
     }
 }
@@ -423,7 +453,13 @@ mod tests {
             rank: 3,
             scale: 2.0,
         };
-        LoraLayer::init(&proj.base, shape, dropout, &LoraInit::Default(init), dora)
+        LoraLayer::init(
+            &proj.base.as_linear(),
+            shape,
+            dropout,
+            &LoraInit::Default(init),
+            dora,
+        )
     }
 
     fn attach(proj: &mut Projection, layer: LoraLayer) {
@@ -440,7 +476,7 @@ mod tests {
         for dora in [false, true] {
             let device = Device::flex();
             let mut proj = random_projection(&device);
-            let original = values(proj.base.weight.val());
+            let original = values(proj.base.weight());
             let layer = lora(&proj, 0.0, false, dora);
             attach(&mut proj, layer);
             let x = input(&device);
@@ -452,7 +488,7 @@ mod tests {
             assert_close(values(proj.forward(x.clone())), unmerged, 1e-4);
             proj.state.active = Some("a".into());
             proj.unmerge();
-            assert_close(values(proj.base.weight.val()), original, 1e-5);
+            assert_close(values(proj.base.weight()), original, 1e-5);
         }
     }
 
@@ -463,10 +499,10 @@ mod tests {
         let mut layer = lora(&proj, 0.0, false, false);
         layer.lora_b = Param::from_tensor(Tensor::full([3, D_OUT], f32::INFINITY, &device));
         attach(&mut proj, layer);
-        let before = values(proj.base.weight.val());
+        let before = values(proj.base.weight());
         let err = proj.merge(true).unwrap_err();
         assert!(err.to_string().contains("model.layers.0.q_proj"), "{err}");
-        assert_eq!(values(proj.base.weight.val()), before);
+        assert_eq!(values(proj.base.weight()), before);
     }
 
     #[test]

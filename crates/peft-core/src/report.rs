@@ -47,9 +47,16 @@ impl ParameterReport {
                 .sum::<usize>();
         }
         trainable += model.model_adapters().active().map_or(0, count_parameters);
+        // Packed weights are not parameters to Burn; they are to the user.
+        let packed: usize = model
+            .projections()
+            .iter()
+            .filter(|(_, proj)| proj.base.is_packed())
+            .map(|(_, proj)| proj.in_features() * proj.out_features())
+            .sum();
         Self {
             trainable,
-            total: count_parameters(model),
+            total: count_parameters(model) + packed,
         }
     }
 

@@ -145,6 +145,14 @@ fn check_finite(tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
 /// Every weight under its transformers name and layout. A tensor shared with one already
 /// written (a tied head) is written once, as transformers writes it.
 fn hf_tensors(model: &CausalLm) -> Result<BTreeMap<String, HostTensor>> {
+    let packed = model.projections().iter().any(|(_, p)| p.base.is_packed());
+    if packed || model.token_embedding().dense().is_none() {
+        return Err(ModelError::InvalidInput(
+            "the model keeps its weights packed (loaded with --quantize); load it without \
+             --quantize to save it as a model folder"
+                .into(),
+        ));
+    }
     if let Some(adapter) = model.model_adapters().adapters.first() {
         return Err(ModelError::InvalidInput(format!(
             "adapter {:?} is still attached to the model; merge and unload it before saving",
@@ -160,17 +168,20 @@ fn hf_tensors(model: &CausalLm) -> Result<BTreeMap<String, HostTensor>> {
                 "{path} still has adapters attached; merge and unload them before saving"
             )));
         }
-        if !walk.seen.insert(proj.base.weight.id) {
-            continue;
+        // A tied head is written once, with its embedding.
+        if let Some(dense) = proj.base.as_dense() {
+            if !walk.seen.insert(dense.weight.id) {
+                continue;
+            }
         }
-        let w = proj.base.weight.val();
+        let w = proj.base.weight();
         let w = match proj.layout {
             WeightLayout::Linear => w.transpose(),
             WeightLayout::Conv1D => w,
         };
         out.insert(format!("{path}.weight"), read(w)?);
-        if let Some(b) = &proj.base.bias {
-            out.insert(format!("{path}.bias"), read(b.val())?);
+        if let Some(b) = proj.base.bias() {
+            out.insert(format!("{path}.bias"), read(b)?);
         }
     }
     walk.error.map_or(Ok(out), Err)

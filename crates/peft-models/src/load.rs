@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
+use peft_core::PackFormat;
 
 use crate::error::{ModelError, Result};
 use crate::hf_json::{read_text, TokenIds};
@@ -44,13 +45,25 @@ impl LoadedModel {
 
 /// Loads a model onto `device`. `path` is a Hugging Face folder or a `.gguf` file.
 pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+    load_model_quantized(path, device, None)
+}
+
+/// [`load_model`], keeping the linear projections' weights packed in blocks when `quantize`
+/// is set (QLoRA's base): a GGUF's Q4_0, Q4_1 and Q8_0 blocks as stored, any other weight
+/// quantized to `quantize` as it loads. Embeddings, norms and a head tied to the embedding
+/// stay in f32.
+pub fn load_model_quantized(
+    path: &Path,
+    device: &Device,
+    quantize: Option<PackFormat>,
+) -> Result<LoadedModel> {
     if path.is_file() {
         let named_gguf = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         // A `.gguf` that is truncated or has a wrong magic gets the GGUF reader's own message.
         if named_gguf || gguf::is_gguf(path) {
-            return load_gguf(path, device);
+            return load_gguf(path, device, quantize);
         }
         return Err(not_a_model(path));
     }
@@ -64,7 +77,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
     }
     let config = ModelConfig::from_file(&path.join("config.json"))?;
     let weights = open_weights(path)?;
-    let model = build(&config, &weights, device)?;
+    let model = build(&config, &weights, device, quantize)?;
     let tokenizer = if path.join("tokenizer.json").exists() {
         Some(TextTokenizer::from_folder(path)?)
     } else {
@@ -82,10 +95,10 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
 
 /// Loads a GGUF file onto `device`: weights dequantized to f32, the tokenizer and chat
 /// template from its metadata.
-fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
+fn load_gguf(path: &Path, device: &Device, quantize: Option<PackFormat>) -> Result<LoadedModel> {
     let (config, weights) = ModelConfig::from_gguf(GgufFile::open(path)?)?;
     let tokenizer = gguf::tokenizer(weights.file())?;
-    let model = build(&config, &weights, device)?;
+    let model = build(&config, &weights, device, quantize)?;
     let eos_token_ids = config.eos_token_ids();
     Ok(LoadedModel {
         model,
@@ -98,17 +111,26 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
 
 /// Builds `config`'s architecture from `weights`, checking names and shapes and refusing
 /// tensors the architecture does not use.
-fn build(config: &ModelConfig, weights: &dyn WeightSource, device: &Device) -> Result<CausalLm> {
-    let loader = WeightLoader::new(weights, device);
+fn build(
+    config: &ModelConfig,
+    weights: &dyn WeightSource,
+    device: &Device,
+    quantize: Option<PackFormat>,
+) -> Result<CausalLm> {
+    let loader = WeightLoader::new(weights, device).with_quantize(quantize);
     let model = config.build(&loader.root())?;
     loader.finish(|name| config.is_ignorable_tensor(name))?;
     Ok(model)
 }
 
 /// A model of `config`'s architecture with random weights on `device`: real shapes without a
-/// checkpoint, for benchmarks.
-pub fn random_model(config: &ModelConfig, device: &Device) -> Result<CausalLm> {
-    config.build(&WeightLoader::random(device).root())
+/// checkpoint, for benchmarks; linear weights packed when `quantize` is set.
+pub fn random_model(
+    config: &ModelConfig,
+    device: &Device,
+    quantize: Option<PackFormat>,
+) -> Result<CausalLm> {
+    config.build(&WeightLoader::random(device).with_quantize(quantize).root())
 }
 
 /// The error for a `--model` that is a file but not a GGUF: a file from a model folder names

@@ -144,7 +144,7 @@ pub(crate) fn loss_of_hidden(
     let picked = hidden.reshape([batch * seq, width]).select(0, upload(rows));
     let vocab = head.out_features();
     let chunk_rows = (chunk_elements / vocab.max(1)).max(1);
-    chunked_cross_entropy(picked, linear, upload(targets), chunk_rows)
+    chunked_cross_entropy(picked, &linear, upload(targets), chunk_rows)
 }
 
 /// Mean cross-entropy of `linear(hidden)` `[rows, vocab]` against `targets` `[rows]`, computed

@@ -36,6 +36,8 @@ macro_rules! register_architectures {
         }
 
         /// A causal language model of any supported architecture.
+        // One per process: the variants' sizes do not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(burn::module::Module, Debug)]
         pub enum CausalLm {
             $(

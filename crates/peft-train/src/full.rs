@@ -4,9 +4,10 @@
 //! trains as transformers trains it, one weight receiving the gradients of both its uses.
 
 use burn::module::{Module, Param, ParamId};
+use burn::nn::Linear;
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
-use peft_core::ProjectionHost;
+use peft_core::{Projection, ProjectionHost};
 use peft_models::CausalLm;
 
 /// The scope of the stable parameter ids of a fully trained model.
@@ -25,14 +26,20 @@ pub struct TiedHead {
 
 /// `lm` with every weight trainable under stable ids, and its tied head when it has one.
 pub fn prepare(lm: CausalLm) -> (CausalLm, Option<TiedHead>) {
-    let tied = lm.lm_head().base.weight.id == lm.token_embedding().weight.id;
+    let embedding_id = |lm: &CausalLm| lm.token_embedding().dense().map(|table| table.id);
+    let tied = dense_id(lm.lm_head()).is_some() && dense_id(lm.lm_head()) == embedding_id(&lm);
     // Ids from each parameter's path: the head's differs from the embedding's from here on.
     let lm = peft_core::with_stable_ids(lm.unfreeze(), ID_SCOPE);
-    let tied_head = tied.then(|| TiedHead {
-        head: lm.lm_head().base.weight.id,
-        embedding: lm.token_embedding().weight.id,
-    });
+    let tied_head = match (tied, dense_id(lm.lm_head()), embedding_id(&lm)) {
+        (true, Some(head), Some(embedding)) => Some(TiedHead { head, embedding }),
+        _ => None,
+    };
     (lm, tied_head)
+}
+
+/// The id of a projection's base weight, unless it is packed (and so not a parameter).
+fn dense_id(projection: &Projection) -> Option<ParamId> {
+    projection.base.as_dense().map(|layer| layer.weight.id)
 }
 
 impl TiedHead {
@@ -53,34 +60,36 @@ impl TiedHead {
     /// Sets the head's weight to the embedding's transpose after an optimizer step (on the
     /// device: a contiguous copy, made by reshaping the transposed view).
     pub fn refresh(&self, lm: &mut CausalLm) {
-        let copy = contiguous_transpose(lm.token_embedding().weight.val());
+        let Some(table) = lm.token_embedding().dense() else {
+            return;
+        };
+        let copy = contiguous_transpose(table.val());
         if let Some(head) = self.head_mut(lm) {
-            head.base.weight = head
-                .base
-                .weight
-                .clone()
-                .map(|old| match old.is_require_grad() {
-                    true => copy.detach().require_grad(),
-                    false => copy.detach(),
-                });
+            head.weight = head.weight.clone().map(|old| match old.is_require_grad() {
+                true => copy.detach().require_grad(),
+                false => copy.detach(),
+            });
         }
     }
 
     /// `lm` with its head tied again (the embedding's id and value), as the source model had
     /// it: written once when saved, as transformers writes a tied model.
     pub fn retie(&self, mut lm: CausalLm) -> CausalLm {
-        let copy = contiguous_transpose(lm.token_embedding().weight.val());
+        let Some(table) = lm.token_embedding().dense() else {
+            return lm;
+        };
+        let copy = contiguous_transpose(table.val());
         if let Some(head) = self.head_mut(&mut lm) {
-            head.base.weight = Param::initialized(self.embedding, copy.detach());
+            head.weight = Param::initialized(self.embedding, copy.detach());
         }
         lm
     }
 
-    fn head_mut<'a>(&self, lm: &'a mut CausalLm) -> Option<&'a mut peft_core::Projection> {
+    fn head_mut<'a>(&self, lm: &'a mut CausalLm) -> Option<&'a mut Linear> {
         lm.projections_mut()
             .into_iter()
-            .map(|(_, projection)| projection)
-            .find(|projection| projection.base.weight.id == self.head)
+            .filter_map(|(_, projection)| projection.base.as_dense_mut())
+            .find(|layer| layer.weight.id == self.head)
     }
 }
 

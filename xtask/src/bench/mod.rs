@@ -30,6 +30,8 @@ const USAGE: &str = "usage: cargo xtask bench [options]
   --dtype D         f32 | f16 | bf16                       [default: f32]
   --gradient-checkpointing
                     recompute each decoder layer in backward, on both sides
+  --quantize Q      q4 | q8: QLoRA, burn-peft's base packed in blocks (it then trains layer by
+                    layer, so the HF side runs with gradient checkpointing)
   --peak-tflops F   the device's peak TFLOP/s for MFU (known NVIDIA GPUs are looked up)
   --compare-hf      also time transformers + PEFT (needs python3 with torch, transformers, peft)
   --hf-device D     torch device for --compare-hf          [default: cuda for cuda rows, else cpu]
@@ -54,6 +56,8 @@ struct Plan {
     dtype: String,
     /// Per-layer activation checkpointing on both sides.
     gradient_checkpointing: bool,
+    /// `q4` or `q8`: burn-peft's base packed in blocks.
+    quantize: Option<String>,
     gen_tokens: usize,
     peak_tflops: Option<f64>,
     compare_hf: bool,
@@ -75,6 +79,7 @@ impl Plan {
             rank: 16,
             dtype: "f32".into(),
             gradient_checkpointing: false,
+            quantize: None,
             gen_tokens: 32,
             peak_tflops: None,
             compare_hf: false,
@@ -111,6 +116,7 @@ impl Plan {
                 "--gen-tokens" => plan.gen_tokens = number(value()?)?,
                 "--dtype" => plan.dtype = value()?,
                 "--gradient-checkpointing" => plan.gradient_checkpointing = true,
+                "--quantize" => plan.quantize = Some(value()?),
                 "--peak-tflops" => {
                     let v = value()?;
                     plan.peak_tflops = Some(
@@ -276,7 +282,8 @@ impl RowSpec {
             args.extend([flag.to_string(), value.to_string()]);
         }
         args.extend(["--dtype".into(), plan.dtype.clone()]);
-        if plan.gradient_checkpointing {
+        // A packed base trains layer by layer: the HF side checkpoints alike.
+        if plan.gradient_checkpointing || plan.quantize.is_some() {
             args.push("--gradient-checkpointing".into());
         }
         if let Some(targets) = &self.targets {
@@ -337,6 +344,9 @@ fn bench_row(cli: &Path, plan: &Plan, backend: &str, spec: &RowSpec) -> Result<V
         .args(["bench", "--backend", backend, "--model", &spec.model])
         .args(spec.shared_args(plan))
         .args(["--gen-tokens", &plan.gen_tokens.to_string()]);
+    if let Some(quantize) = &plan.quantize {
+        command.args(["--quantize", quantize]);
+    }
     if let Some(peak) = plan.peak_tflops {
         command.args(["--peak-tflops", &peak.to_string()]);
     }

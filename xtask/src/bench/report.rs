@@ -60,17 +60,20 @@ fn chart_value(v: f64) -> String {
     }
 }
 
-/// The method with its targets when the row names them and `+ckpt` with per-layer activation
-/// checkpointing: `lora (all-linear) +ckpt`.
+/// The method with its targets when the row names them, `+ckpt` with per-layer activation
+/// checkpointing and `+q4`/`+q8` on a packed base: `lora (all-linear) +ckpt +q4`.
 fn method_label(row: &Value) -> String {
-    let method = match row.get("targets").and_then(Value::as_str) {
+    let mut method = match row.get("targets").and_then(Value::as_str) {
         Some(targets) => format!("{} ({targets})", text(row, "method")),
         None => text(row, "method").to_string(),
     };
-    match row.get("gradient_checkpointing").and_then(Value::as_bool) {
-        Some(true) => format!("{method} +ckpt"),
-        _ => method,
+    if row.get("gradient_checkpointing").and_then(Value::as_bool) == Some(true) {
+        method.push_str(" +ckpt");
     }
+    if let Some(quantize) = row.get("quantize").and_then(Value::as_str) {
+        let _ = write!(method, " +{quantize}");
+    }
+    method
 }
 
 /// A chart group: model, then method and shape (rows of several shapes share one chart).
@@ -313,8 +316,14 @@ mod tests {
         let mut checkpointed = all_linear;
         checkpointed["gradient_checkpointing"] = true.into();
         assert!(
-            markdown(&[checkpointed]).contains("| lora (all-linear) +ckpt |"),
+            markdown(&[checkpointed.clone()]).contains("| lora (all-linear) +ckpt |"),
             "checkpointing is shown"
+        );
+        let mut quantized = checkpointed;
+        quantized["quantize"] = "q4".into();
+        assert!(
+            markdown(&[quantized]).contains("| lora (all-linear) +ckpt +q4 |"),
+            "a packed base is shown"
         );
         let chart = svg(&rows);
         // Two bars per panel, two panels, plus two legend squares.

@@ -68,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
         "module", "in", "out", "params"
     );
     for (name, proj) in loaded.model.projections() {
-        let bias = proj.base.bias.as_ref().map_or(0, |b| b.dims()[0]);
+        let bias = proj.base.bias().map_or(0, |b| b.dims()[0]);
         let params = proj.in_features() * proj.out_features() + bias;
         let active = proj.state.active.as_deref().unwrap_or_default();
         let adapter = match (

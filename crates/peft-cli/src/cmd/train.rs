@@ -9,6 +9,7 @@ use peft_train::config::Schedule;
 use peft_train::{TestScores, TrainConfig, TrainError};
 
 use super::method::MethodFlags;
+use super::QuantizeChoice;
 use crate::backend::{self, BackendChoice};
 
 /// Options of `train`; each one overrides the configuration file's value.
@@ -29,6 +30,13 @@ pub struct Args {
     /// `smollm2-135m-instruct` (see `peft-cli inspect --help` for what each reads).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// QLoRA: keep the base's linear weights packed in 4- or 8-bit blocks (a GGUF's Q4_0,
+    /// Q4_1 and Q8_0 blocks as stored, other weights quantized as they load) and train layer by
+    /// layer, so that only one layer's weights are expanded to f32 at a time
+    /// [default: the configuration's `model.quantize`, else off]. Not with full fine-tuning or
+    /// prefix tuning.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeChoice>,
     /// Continue training a saved adapter (a PEFT adapter folder, ours or Hugging Face PEFT's),
     /// as PEFT's is_trainable=True loads it: its adapter_config.json is the method, so the
     /// method flags (--method, --rank, ...) are refused with it.
@@ -129,6 +137,9 @@ impl Args {
             (None, None) => TrainConfig::default(),
         };
         some(&mut c.model.path, &self.model);
+        if let Some(quantize) = self.quantize {
+            c.model.quantize = Some(quantize.config());
+        }
         some(&mut c.data.train, &self.data);
         some(&mut c.data.valid, &self.valid);
         set(&mut c.data.valid_fraction, &self.valid_fraction);

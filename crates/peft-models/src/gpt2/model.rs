@@ -163,13 +163,13 @@ impl Gpt2 {
         let activation = c
             .activation()
             .map_err(|(key, message)| config_error("config.json", key, message))?;
-        let wte = Embedding::load(&vb.pp("wte"), c.vocab_size, d)?;
+        let head = root.pp("lm_head");
+        let (wte, lm_head) = Embedding::load_tied(&vb.pp("wte"), head.path(), c.vocab_size, d)?;
         let wpe = Embedding::load(&vb.pp("wpe"), c.n_positions, d)?;
         let h = (0..c.n_layer)
             .map(|i| Gpt2Block::load(&vb.pp("h").pp(i), c, i, activation))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::load(&vb.pp("ln_f"), d, c.layer_norm_epsilon)?;
-        let lm_head = Projection::tied_to(root.pp("lm_head").path(), &wte.weight);
         Ok(Self {
             transformer: Gpt2Model { wte, wpe, h, ln_f },
             lm_head,
@@ -236,7 +236,7 @@ impl Architecture for Gpt2 {
     }
 
     fn geometry(&self) -> ModelGeometry {
-        let [vocab_size, hidden_size] = self.transformer.wte.weight.dims();
+        let [vocab_size, hidden_size] = [self.transformer.wte.rows(), self.transformer.wte.width()];
         let num_heads = self.transformer.h.first().map_or(1, |b| b.attn.num_heads);
         ModelGeometry {
             model_type: Gpt2Config::MODEL_TYPE.into(),

@@ -318,7 +318,16 @@ impl Llama {
     /// Builds the model from the checkpoint's top scope `root`.
     pub fn load(c: &LlamaConfig, root: &Weights) -> Result<Self> {
         let vb = root.pp("model");
-        let embed_tokens = Embedding::load(&vb.pp("embed_tokens"), c.vocab_size, c.hidden_size)?;
+        let embed = vb.pp("embed_tokens");
+        let (embed_tokens, tied_head) = match c.tied() {
+            true => {
+                let head = root.pp("lm_head");
+                let (embedding, head) =
+                    Embedding::load_tied(&embed, head.path(), c.vocab_size, c.hidden_size)?;
+                (embedding, Some(head))
+            }
+            false => (Embedding::load(&embed, c.vocab_size, c.hidden_size)?, None),
+        };
         let layers = (0..c.num_hidden_layers)
             .map(|i| LlamaLayer::load(&vb.pp("layers").pp(i), c))
             .collect::<Result<Vec<_>>>()?;
@@ -328,9 +337,9 @@ impl Llama {
             c.rms_norm_eps,
             c.norm_offset(),
         )?;
-        let lm_head = match c.tied() {
-            true => Projection::tied_to(root.pp("lm_head").path(), &embed_tokens.weight),
-            false => root
+        let lm_head = match tied_head {
+            Some(head) => head,
+            None => root
                 .pp("lm_head")
                 .linear(c.hidden_size, c.vocab_size, false)?,
         };
@@ -341,7 +350,7 @@ impl Llama {
             c.head_dim(),
             c.rope_theta(),
             &rope_kind,
-            &embed_tokens.weight.device(),
+            &embed_tokens.device(),
         );
         Ok(Self {
             model: LlamaModel {
@@ -433,7 +442,10 @@ impl Architecture for Llama {
     }
 
     fn geometry(&self) -> ModelGeometry {
-        let [vocab_size, hidden_size] = self.model.embed_tokens.weight.dims();
+        let [vocab_size, hidden_size] = [
+            self.model.embed_tokens.rows(),
+            self.model.embed_tokens.width(),
+        ];
         let attn = self.model.layers.first().map(|l| &l.self_attn);
         ModelGeometry {
             model_type: self.model_type.into(),

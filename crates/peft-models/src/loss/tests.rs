@@ -36,8 +36,9 @@ fn trainable_head(with_bias: bool, device: &Device) -> Projection {
         with_bias.then(|| Param::from_tensor(b)),
         WeightLayout::Linear,
     );
-    head.base.weight = head.base.weight.set_require_grad(true);
-    head.base.bias = head.base.bias.map(|b| b.set_require_grad(true));
+    let base = head.base.as_dense_mut().expect("a dense head");
+    base.weight = base.weight.clone().set_require_grad(true);
+    base.bias = base.bias.clone().map(|b| b.set_require_grad(true));
     head
 }
 
@@ -50,9 +51,9 @@ fn loss_and_grads(
     let loss = loss_of(hidden.clone(), head);
     let grads = loss.backward();
     let mut out = vec![values(loss.detach()), values(hidden.grad(&grads).unwrap())];
-    out.push(values(head.base.weight.val().grad(&grads).unwrap()));
-    if let Some(bias) = &head.base.bias {
-        out.push(values(bias.val().grad(&grads).unwrap()));
+    out.push(values(head.base.weight().grad(&grads).unwrap()));
+    if let Some(bias) = head.base.bias() {
+        out.push(values(bias.grad(&grads).unwrap()));
     }
     out
 }

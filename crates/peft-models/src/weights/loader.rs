@@ -10,7 +10,7 @@ use std::fmt::Display;
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use peft_core::{HostTensor, Projection, WeightLayout};
+use peft_core::{BlockCodes, HostTensor, PackFormat, PackedWeight, Projection, WeightLayout};
 
 use super::source::WeightSource;
 use crate::error::{ModelError, Result};
@@ -23,6 +23,7 @@ pub struct WeightLoader<'a> {
     used: RefCell<BTreeSet<String>>,
     progress: ProgressBar,
     random: bool,
+    quantize: Option<PackFormat>,
 }
 
 /// The source of [`WeightLoader::random`]: holds nothing.
@@ -76,7 +77,16 @@ impl<'a> WeightLoader<'a> {
             used: RefCell::new(BTreeSet::new()),
             progress,
             random: false,
+            quantize: None,
         }
+    }
+
+    /// The same loader, keeping every linear projection's weight packed in blocks
+    /// ([`PackedWeight`]): as stored where the file holds Q4_0, Q4_1 or Q8_0 blocks, else
+    /// quantized to `format` as it loads.
+    pub fn with_quantize(mut self, format: Option<PackFormat>) -> Self {
+        self.quantize = format;
+        self
     }
 
     /// A loader that makes every tensor up, drawn on `device` (benchmarks: real shapes
@@ -88,6 +98,7 @@ impl<'a> WeightLoader<'a> {
             used: RefCell::new(BTreeSet::new()),
             progress: ProgressBar::hidden(),
             random: true,
+            quantize: None,
         }
     }
 
@@ -121,8 +132,8 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
-    /// Reads `name`, checking that its shape is `expected`.
-    fn host(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+    /// Checks that `name` is stored with shape `expected`.
+    fn check_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
         let found = self
             .source
             .shape(name)
@@ -138,6 +149,18 @@ impl<'a> WeightLoader<'a> {
                 source_desc: self.source.describe(),
             });
         }
+        Ok(())
+    }
+
+    /// Marks `name` as read.
+    fn mark_used(&self, name: &str) {
+        self.progress.inc(self.source.stored_bytes(name));
+        self.used.borrow_mut().insert(name.to_string());
+    }
+
+    /// Reads `name`, checking that its shape is `expected`.
+    fn host(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        self.check_shape(name, expected)?;
         let tensor = self.source.read_f32(name)?;
         // Once per tensor at load: a NaN weight would otherwise reach every logit silently.
         if let Some((index, value)) = tensor.first_non_finite() {
@@ -148,9 +171,45 @@ impl<'a> WeightLoader<'a> {
                 index,
             });
         }
-        self.progress.inc(self.source.stored_bytes(name));
-        self.used.borrow_mut().insert(name.to_string());
+        self.mark_used(name);
         Ok(tensor)
+    }
+
+    /// The frozen weight `[d_in, d_out]` stored under `name` (`[d_out, d_in]`, or as is with
+    /// `conv1d`) as block codes on the device: the file's own blocks where it holds a type
+    /// they represent exactly, else its values quantized to `format`.
+    fn packed(
+        &self,
+        name: &str,
+        [d_in, d_out]: [usize; 2],
+        conv1d: bool,
+        format: PackFormat,
+    ) -> Result<PackedWeight> {
+        let codes = if self.random {
+            let values = self.param(name, [d_out, d_in], false)?.val();
+            let values =
+                HostTensor::read(values).map_err(|e| ModelError::Backend(e.to_string()))?;
+            BlockCodes::quantize(format, &values.data, d_out, d_in)
+        } else if conv1d {
+            let values = self.host(name, &[d_in, d_out])?.transposed();
+            BlockCodes::quantize(format, &values.data, d_out, d_in)
+        } else {
+            self.check_shape(name, &[d_out, d_in])?;
+            match self.source.read_codes(name)? {
+                Some(codes) => {
+                    self.mark_used(name);
+                    codes
+                }
+                None => BlockCodes::quantize(
+                    format,
+                    &self.host(name, &[d_out, d_in])?.data,
+                    d_out,
+                    d_in,
+                ),
+            }
+        };
+        PackedWeight::upload(&codes, name, &self.device)
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))
     }
 
     /// A frozen tensor of `shape` stored under `name` in that layout (`transposed`: stored as
@@ -239,31 +298,57 @@ impl<'l> Weights<'l> {
             .param(&join(&self.key, name), [rows, cols], false)
     }
 
+    /// The embedding table `name` `[rows, width]` packed as the weight `[width, rows]` of the
+    /// output head tied to it, when the loader quantizes: a GGUF's blocks as stored, other
+    /// values in 8-bit codes whatever the format asked (the output head is where llama.cpp's
+    /// 4-bit files keep more bits too); `None` when it does not.
+    pub fn tied_table(
+        &self,
+        name: &str,
+        rows: usize,
+        width: usize,
+    ) -> Result<Option<PackedWeight>> {
+        if self.loader.quantize.is_none() {
+            return Ok(None);
+        }
+        let name = join(&self.key, name);
+        let table = self
+            .loader
+            .packed(&name, [width, rows], false, PackFormat::Q8)?;
+        Ok(Some(table))
+    }
+
     /// This scope as a PyTorch `nn.Linear` (weight stored `[out, in]`, kept `[in, out]`), with
     /// a bias when `bias`.
     pub fn linear(&self, d_in: usize, d_out: usize, bias: bool) -> Result<Projection> {
-        let weight = self
-            .loader
-            .param(&join(&self.key, "weight"), [d_in, d_out], true)?;
         let bias = match bias {
             true => Some(self.vector("bias", d_out)?),
             false => None,
         };
-        Ok(Projection::new(
-            self.path.clone(),
-            weight,
-            bias,
-            WeightLayout::Linear,
-        ))
+        self.projection([d_in, d_out], bias, WeightLayout::Linear)
     }
 
     /// This scope as a transformers `Conv1D` (weight stored `[in, out]`, always a bias).
     pub fn conv1d(&self, d_in: usize, d_out: usize) -> Result<Projection> {
-        Ok(Projection::new(
-            self.path.clone(),
-            self.matrix("weight", d_in, d_out)?,
-            Some(self.vector("bias", d_out)?),
-            WeightLayout::Conv1D,
-        ))
+        let bias = Some(self.vector("bias", d_out)?);
+        self.projection([d_in, d_out], bias, WeightLayout::Conv1D)
+    }
+
+    /// This scope's weight `[in, out]` (stored as `layout` says) and `bias`, packed when the
+    /// loader quantizes.
+    fn projection(
+        &self,
+        shape: [usize; 2],
+        bias: Option<Param<Tensor<1>>>,
+        layout: WeightLayout,
+    ) -> Result<Projection> {
+        let name = join(&self.key, "weight");
+        let conv1d = layout == WeightLayout::Conv1D;
+        if let Some(format) = self.loader.quantize {
+            let weight = self.loader.packed(&name, shape, conv1d, format)?;
+            return Ok(Projection::packed(self.path.clone(), weight, bias, layout));
+        }
+        let weight = self.loader.param(&name, shape, !conv1d)?;
+        Ok(Projection::new(self.path.clone(), weight, bias, layout))
     }
 }

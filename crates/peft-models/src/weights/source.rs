@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use peft_core::HostTensor;
+use peft_core::{BlockCodes, HostTensor};
 
 use crate::error::{ModelError, Result};
 
@@ -18,6 +18,11 @@ pub trait WeightSource {
     fn stored_bytes(&self, name: &str) -> u64;
     /// Reads `name` and converts it to f32.
     fn read_f32(&self, name: &str) -> Result<HostTensor>;
+    /// Reads the 2-D `name` as the block codes it is stored in, when it is stored in a type
+    /// [`BlockCodes`] holds exactly (GGUF's Q4_0, Q4_1, Q8_0); `None` otherwise.
+    fn read_codes(&self, _name: &str) -> Result<Option<BlockCodes>> {
+        Ok(None)
+    }
 }
 
 /// Opens `path` and maps it read-only; "not found" becomes [`ModelError::MissingFile`] with

@@ -69,6 +69,31 @@ pub struct ModelSection {
     /// `is_trainable=True` loads it; its `adapter_config.json` is the method, so `[method]` must
     /// stay at its defaults.
     pub adapter: Option<PathBuf>,
+    /// Keep the frozen base's linear weights packed in 4- or 8-bit blocks (QLoRA): a GGUF's
+    /// Q4_0, Q4_1 and Q8_0 blocks as stored, other weights quantized as they load. Training
+    /// then runs layer by layer (as with `training.gradient_checkpointing`), so that only one
+    /// layer's weights are ever expanded to f32.
+    pub quantize: Option<Quantize>,
+}
+
+/// `model.quantize`: the block format of a base quantized as it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantize {
+    /// 4-bit codes with a scale and minimum per 32 values (llama.cpp's Q4_1).
+    Q4,
+    /// 8-bit codes with a scale per 32 values (llama.cpp's Q8_0).
+    Q8,
+}
+
+impl Quantize {
+    /// The packed format.
+    pub fn format(self) -> peft_core::PackFormat {
+        match self {
+            Self::Q4 => peft_core::PackFormat::Q4,
+            Self::Q8 => peft_core::PackFormat::Q8,
+        }
+    }
 }
 
 /// `[data]`.
@@ -233,6 +258,25 @@ impl TrainConfig {
             ));
         }
         let bad = |key: &str, message: String| Err(bad(key, message));
+        if self.model.quantize.is_some() {
+            let method = self.method.method();
+            if matches!(method, Method::Full | Method::Prefix) {
+                return bad(
+                    "model.quantize",
+                    format!(
+                        "a quantized base cannot be trained with method {method:?}: {}",
+                        match method {
+                            Method::Full =>
+                                "full fine-tuning trains the base weights, which \
+                                             --quantize keeps frozen and packed",
+                            _ =>
+                                "a quantized base trains layer by layer, and prefix tuning \
+                                  puts its keys and values into every layer at once",
+                        }
+                    ),
+                );
+            }
+        }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return bad("training.lr", format!("{} is not a positive number", t.lr));
         }
@@ -311,5 +355,26 @@ mod tests {
         assert!(err.contains("training.lr"), "{err}");
         let err = TrainConfig::from_toml("[training]\nlearning_rate = 1.0\n").unwrap_err();
         assert!(err.contains("learning_rate"), "{err}");
+    }
+
+    /// `model.quantize` parses as `q4`/`q8` and is refused, naming the key and the method,
+    /// with full fine-tuning and prefix tuning.
+    #[test]
+    fn a_quantized_base_is_refused_for_full_and_prefix_tuning() {
+        let base = "[model]\npath = \"m\"\nquantize = \"q4\"\n[data]\ntrain = \"t.jsonl\"\n";
+        let lora = TrainConfig::from_toml(base).unwrap();
+        assert_eq!(lora.model.quantize, Some(Quantize::Q4));
+        lora.validate().unwrap();
+        for method in ["full", "prefix"] {
+            let text = format!("{base}[method]\nname = \"{method}\"\n");
+            let err = TrainConfig::from_toml(&text)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("model.quantize"), "{method}: {err}");
+        }
+        let err = TrainConfig::from_toml("[model]\nquantize = \"q3\"\n").unwrap_err();
+        assert!(err.contains("quantize"), "{err}");
     }
 }

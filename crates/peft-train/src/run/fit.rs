@@ -109,7 +109,12 @@ pub(super) fn fit(
     };
     let model = TrainableLm::new(lm, trained)
         .with_steps_taken(start_step)
-        .with_gradient_checkpointing(t.gradient_checkpointing, t.seed)?;
+        // A packed base trains layer by layer: autodiff would otherwise keep every layer's
+        // expanded weights until backward.
+        .with_gradient_checkpointing(
+            t.gradient_checkpointing || config.model.quantize.is_some(),
+            t.seed,
+        )?;
     let schedule = WarmupSchedule::new(
         t.lr,
         t.warmup_steps,

@@ -59,7 +59,8 @@ pub(super) fn load(
     resume_from: Option<&(TrainerState, PathBuf)>,
 ) -> Result<(Trainee, RunNotes)> {
     let model_path = peft_fetch::resolve(&files.model)?;
-    let loaded = peft_models::load_model(&model_path, device)?;
+    let quantize = config.model.quantize.map(|q| q.format());
+    let loaded = peft_models::load_model_quantized(&model_path, device, quantize)?;
     let full = config.method.method() == Method::Full;
     let folder_files = full.then(|| FolderFiles::of(&loaded)).transpose()?;
     let eos_id = eos_id(&loaded)?;

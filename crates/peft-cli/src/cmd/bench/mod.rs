@@ -26,6 +26,7 @@ use peft_train::schedule::WarmupSchedule;
 use peft_train::step::optimizer_step;
 use serde::Serialize;
 
+use super::QuantizeChoice;
 use crate::backend::{self, BackendChoice};
 use dtype::Dtype;
 use preset::Preset;
@@ -75,6 +76,10 @@ pub struct Args {
     /// `train --gradient-checkpointing`).
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// QLoRA: the base's linear weights packed in 4- or 8-bit blocks (random weights
+    /// quantized as `train --quantize` quantizes), trained layer by layer as `train` does.
+    #[arg(long, value_enum)]
+    quantize: Option<QuantizeChoice>,
     /// New tokens for the generation measurement (0 skips it).
     #[arg(long, default_value_t = 32)]
     gen_tokens: usize,
@@ -109,6 +114,8 @@ struct Row {
     seq: usize,
     dtype: Dtype,
     gradient_checkpointing: bool,
+    /// `q4`, `q8`, or `None` for an f32 base.
+    quantize: Option<String>,
     steps: usize,
     step_ms_median: f64,
     step_ms_min: f64,
@@ -141,6 +148,14 @@ pub fn run(args: Args) -> Result<()> {
             args.method.name()
         );
     }
+    if args.quantize.is_some() && matches!(args.method, Method::Full | Method::Prefix) {
+        bail!(
+            "--quantize keeps the base frozen and trains layer by layer: not with {}",
+            args.method.name()
+        );
+    }
+    // As `train` does: a packed base trains layer by layer.
+    let checkpointing = args.gradient_checkpointing || args.quantize.is_some();
     let selected = backend::select(args.backend)?;
     eprintln!("backend: {}", selected.description);
     let mut device = selected.device;
@@ -163,7 +178,8 @@ pub fn run(args: Args) -> Result<()> {
     let config = ModelConfig::from_json(args.model.config_json(), Path::new("(preset)"))?;
     let train_device = device.clone().autodiff();
     train_device.seed(0);
-    let mut lm = random_model(&config, &train_device)?;
+    let quantize = args.quantize.map(|q| q.config().format());
+    let mut lm = random_model(&config, &train_device, quantize)?;
     let (trained, parameters) = attach(&mut lm, &args)?;
     let matmul_params = matmul_parameters(&lm);
     if args.seq > lm.context_length() {
@@ -183,8 +199,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let batch = random_batch(&args, lm.vocab_size(), &train_device)?;
-    let model = TrainableLm::new(lm, trained)
-        .with_gradient_checkpointing(args.gradient_checkpointing, 0)?;
+    let model = TrainableLm::new(lm, trained).with_gradient_checkpointing(checkpointing, 0)?;
     let total = args
         .warmup
         .checked_add(args.steps)
@@ -243,7 +258,8 @@ pub fn run(args: Args) -> Result<()> {
         batch: args.batch,
         seq: args.seq,
         dtype: args.dtype,
-        gradient_checkpointing: args.gradient_checkpointing,
+        gradient_checkpointing: checkpointing,
+        quantize: args.quantize.map(|q| format!("{q:?}").to_lowercase()),
         steps: args.steps,
         step_ms_median: median,
         step_ms_min: step_ms.first().copied().unwrap_or(median),

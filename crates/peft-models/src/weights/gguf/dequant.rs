@@ -4,6 +4,7 @@
 //! a second tensor framework.
 
 use half::{bf16, f16};
+use peft_core::{BlockCodes, PackFormat};
 
 /// Values per block of the legacy quantizations (`QK4_0`, `QK8_0`, ...).
 const QK: usize = 32;
@@ -125,6 +126,47 @@ impl GgmlType {
             block_fn(block, &mut out);
         }
         out
+    }
+}
+
+impl GgmlType {
+    /// The blocks of a weight `[rows, cols]` as unsigned codes with a scale and offset each
+    /// ([`BlockCodes`]: `value = code · scale + offset`), for the types that are exactly that
+    /// (Q4_0, Q4_1, Q8_0); `None` for the others.
+    pub fn block_codes(self, bytes: &[u8], rows: usize, cols: usize) -> Option<BlockCodes> {
+        let blocks = bytes.len() / self.block_bytes();
+        let (format, mut codes) = match self {
+            Self::Q4_0 | Self::Q4_1 => (PackFormat::Q4, Vec::with_capacity(blocks * QK)),
+            Self::Q8_0 => (PackFormat::Q8, Vec::with_capacity(blocks * QK)),
+            _ => return None,
+        };
+        let (mut scales, mut offsets) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+        for b in bytes.chunks_exact(self.block_bytes()) {
+            let d = half_at(b, 0);
+            let (offset, qs) = match self {
+                Self::Q4_0 => (-8.0 * d, &b[2..2 + QK / 2]),
+                Self::Q4_1 => (half_at(b, 2), &b[4..4 + QK / 2]),
+                _ => (-128.0 * d, &b[2..2 + QK]),
+            };
+            match format {
+                PackFormat::Q4 => {
+                    codes.extend(qs.iter().map(|&q| q & 0x0F));
+                    codes.extend(qs.iter().map(|&q| q >> 4));
+                }
+                // A signed byte q as the unsigned code q + 128.
+                PackFormat::Q8 => codes.extend(qs.iter().map(|&q| q ^ 0x80)),
+            }
+            scales.push(d);
+            offsets.push(offset);
+        }
+        Some(BlockCodes {
+            format,
+            rows,
+            cols,
+            codes,
+            scales,
+            offsets,
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use peft_core::HostTensor;
+use peft_core::{BlockCodes, HostTensor};
 
 use super::file::GgufFile;
 use crate::error::{ModelError, Result};
@@ -54,22 +54,57 @@ impl GgufWeights {
 }
 
 /// Undoes `convert_hf_to_gguf.py`'s `permute`: within each head, llama.cpp stores row
-/// `2j + i` what transformers stores at row `i * head_dim/2 + j` (i in {0, 1}).
-fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+/// `2j + i` what transformers stores at row `i * head_dim/2 + j` (i in {0, 1}). Entry `r` is
+/// the stored row that holds transformers' row `r`.
+fn unpermuted_order(rows: usize, heads: usize) -> Vec<usize> {
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut out = vec![0.0; data.len()];
+    let mut order = vec![0; rows];
     for h in 0..heads {
         for i in 0..2 {
             for j in 0..half {
-                let hf_row = h * head_dim + i * half + j;
-                let gguf_row = h * head_dim + 2 * j + i;
-                out[hf_row * cols..(hf_row + 1) * cols]
-                    .copy_from_slice(&data[gguf_row * cols..(gguf_row + 1) * cols]);
+                order[h * head_dim + i * half + j] = h * head_dim + 2 * j + i;
             }
         }
     }
+    order
+}
+
+fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(data.len());
+    for r in unpermuted_order(rows, heads) {
+        out.extend_from_slice(&data[r * cols..(r + 1) * cols]);
+    }
     out
+}
+
+impl GgufWeights {
+    /// The GGUF entry behind transformers name `name`, with how it was stored.
+    fn entry(&self, name: &str) -> Result<(&str, &HfName)> {
+        let (gguf, stored) =
+            self.by_hf_name
+                .get(name)
+                .ok_or_else(|| ModelError::MissingTensor {
+                    name: name.to_string(),
+                    source_desc: self.describe(),
+                })?;
+        Ok((gguf, stored))
+    }
+
+    /// The heads whose rows were interleaved, checked against the row count.
+    fn permuted_heads(&self, gguf: &str, stored: &HfName, rows: usize) -> Result<Option<usize>> {
+        match stored.permuted_heads {
+            Some(heads) if heads == 0 || rows % (2 * heads) != 0 => {
+                Err(ModelError::BadWeightsFile {
+                    path: self.file.path().to_path_buf(),
+                    message: format!(
+                        "tensor {gguf:?} has {rows} rows, not a whole number of {heads} heads with an even width",
+                    ),
+                })
+            }
+            heads => Ok(heads),
+        }
+    }
 }
 
 impl WeightSource for GgufWeights {
@@ -93,35 +128,40 @@ impl WeightSource for GgufWeights {
     }
 
     fn read_f32(&self, name: &str) -> Result<HostTensor> {
-        let (gguf, stored) =
-            self.by_hf_name
-                .get(name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    name: name.to_string(),
-                    source_desc: self.describe(),
-                })?;
+        let (gguf, stored) = self.entry(name)?;
         let entry = &self.file.tensors[gguf];
         let mut data = self.file.read_f32(gguf)?;
         if stored.plus_one {
             data.iter_mut().for_each(|v| *v -= 1.0);
         }
-        if let Some(heads) = stored.permuted_heads {
-            let rows = entry.shape[0];
+        let rows = entry.shape[0];
+        if let Some(heads) = self.permuted_heads(gguf, stored, rows)? {
             let cols = entry.numel() / rows.max(1);
-            if heads == 0 || rows % (2 * heads) != 0 {
-                return Err(ModelError::BadWeightsFile {
-                    path: self.file.path().to_path_buf(),
-                    message: format!(
-                        "tensor {gguf:?} has {rows} rows, not a whole number of {heads} heads with an even width",
-                    ),
-                });
-            }
             data = unpermute_rows(&data, rows, cols, heads);
         }
         Ok(HostTensor {
             shape: entry.shape.clone(),
             data,
         })
+    }
+
+    fn read_codes(&self, name: &str) -> Result<Option<BlockCodes>> {
+        let (gguf, stored) = self.entry(name)?;
+        let entry = &self.file.tensors[gguf];
+        let [rows, cols] = entry.shape[..] else {
+            return Ok(None);
+        };
+        let codes = match entry
+            .ggml_type
+            .block_codes(self.file.tensor_bytes(entry), rows, cols)
+        {
+            Some(codes) if !stored.plus_one => codes,
+            _ => return Ok(None),
+        };
+        Ok(Some(match self.permuted_heads(gguf, stored, rows)? {
+            Some(heads) => codes.reorder_rows(&unpermuted_order(rows, heads)),
+            None => codes,
+        }))
     }
 }
 
