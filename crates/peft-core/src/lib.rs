@@ -10,7 +10,8 @@
 //!
 //! Layers, bottom up (a module only uses modules of its own layer or below):
 //! - leaves: [`error`], [`json`], [`tensors`], [`files`], [`geometry`], [`target`], `ids`, `mode`,
-//!   [`packed`] (block-quantized weights), then [`frozen`] (a projection's frozen base);
+//!   [`packed`] (block-quantized weights), [`precision`] (casts between a low-precision base
+//!   and f32 adapters), then [`frozen`] (a projection's frozen base);
 //! - [`method`]: the contract ([`method::api`]) and one folder per method;
 //! - [`registry`]: the enums that hold every method;
 //! - [`projection`], [`model_adapters`], then [`host`]: where adapters live on a model;
@@ -30,6 +31,7 @@ pub mod method;
 mod mode;
 pub mod model_adapters;
 pub mod packed;
+pub mod precision;
 pub mod projection;
 pub mod registry;
 pub mod report;

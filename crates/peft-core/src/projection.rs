@@ -11,6 +11,7 @@ use crate::frozen::{FrozenLinear, PackedLinear};
 use crate::ids::with_stable_ids;
 use crate::method::api::Merged;
 use crate::packed::PackedWeight;
+use crate::precision::{to_dtype, to_f32};
 use crate::registry::Adapter;
 
 /// How the checkpoint stores this projection's weight; Burn always holds it `[in, out]`.
@@ -236,7 +237,15 @@ impl Projection {
     fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         match self.computation() {
             Computation::Base => self.base.forward(x),
-            Computation::Copy(linear) => linear.forward(x),
+            // A trainable copy is f32 whatever the base's type: its input cast, its result
+            // cast back.
+            Computation::Copy(linear) => {
+                let dtype = x.dtype();
+                to_dtype(
+                    linear.forward(to_dtype(x, linear.weight.val().dtype())),
+                    dtype,
+                )
+            }
             Computation::Adapted(adapter) => adapter.forward(x, &self.base.as_linear()),
         }
     }
@@ -300,9 +309,13 @@ impl Projection {
     /// Attaches a trainable copy of the base under `name` (not activated); its parameter ids
     /// follow from the name and this projection's path.
     pub fn attach_copy(&mut self, name: &str) {
+        // Trained in f32, whatever the base's type.
         let layer = Linear {
-            weight: Param::from_tensor(self.base.weight().detach()),
-            bias: self.base.bias().map(|b| Param::from_tensor(b.detach())),
+            weight: Param::from_tensor(to_f32(self.base.weight().detach())),
+            bias: self
+                .base
+                .bias()
+                .map(|b| Param::from_tensor(to_f32(b.detach()))),
         };
         self.saved.push(SavedCopy {
             name: name.to_string(),
@@ -348,7 +361,7 @@ impl Projection {
             )));
         }
         let Some(Merged { weight, bias, memo }) =
-            adapter.merge(self.base.weight(), self.base.bias())
+            adapter.merge(to_f32(self.base.weight()), self.base.bias().map(to_f32))
         else {
             return Err(cannot_merge(&active, module, adapter));
         };
@@ -375,7 +388,8 @@ impl Projection {
             return;
         };
         if let Some(adapter) = self.adapter(&name) {
-            let (weight, bias) = adapter.unmerge(self.base.weight(), self.base.bias(), memo);
+            let weight = to_f32(self.base.weight());
+            let (weight, bias) = adapter.unmerge(weight, self.base.bias().map(to_f32), memo);
             self.set_base(weight.detach(), bias);
         }
     }
@@ -396,11 +410,13 @@ impl Projection {
         self.state = AdapterState::default();
     }
 
-    /// Replaces the (dense) base weight and bias.
+    /// Replaces the (dense) base weight and bias, computed in f32, in the base's type.
     fn set_base(&mut self, weight: Tensor<2>, bias: Option<Tensor<1>>) {
         let Some(base) = self.base.as_dense_mut() else {
             return;
         };
+        let dtype = base.weight.val().dtype();
+        let (weight, bias) = (to_dtype(weight, dtype), bias.map(|b| to_dtype(b, dtype)));
         // A new id: a merged weight is a different tensor (and no longer tied to an embedding).
         base.weight = Param::from_tensor(weight).set_require_grad(false);
         if let (Some(old), Some(new)) = (&base.bias, bias) {

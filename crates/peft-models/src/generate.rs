@@ -2,6 +2,7 @@
 //! them: greedy, or sampled with temperature, top-k and top-p from a seeded generator.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use peft_core::precision::to_f32;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -99,10 +100,7 @@ fn generate_rows(
         let [_, seq, dim] = hidden.dims();
         // Only the last position's logits are needed.
         let last = hidden.slice([0..batch, seq - 1..seq, 0..dim]);
-        let logits = model
-            .lm_head()
-            .forward(last)
-            .reshape([batch, model.vocab_size()]);
+        let logits = to_f32(model.lm_head().forward(last)).reshape([batch, model.vocab_size()]);
         let next: Vec<u32> = if config.temperature <= 0.0 {
             read_ints(logits.argmax(1).reshape([batch]))?
                 .into_iter()

@@ -38,6 +38,6 @@ pub mod weights;
 
 pub use error::{ModelError, Result};
 pub use export::{save_hf_folder, save_model_folder, FolderFiles};
-pub use load::{load_model, load_model_quantized, random_model, LoadedModel};
+pub use load::{load_model, load_model_as, random_model, BaseFormat, LoadedModel};
 pub use registry::{CausalLm, ModelConfig};
 pub use tokenizer::TextTokenizer;

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, FloatDType, Tensor};
 use peft_core::PackFormat;
 
 use crate::error::{ModelError, Result};
@@ -43,27 +44,61 @@ impl LoadedModel {
     }
 }
 
-/// Loads a model onto `device`. `path` is a Hugging Face folder or a `.gguf` file.
-pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
-    load_model_quantized(path, device, None)
+/// How the frozen base is held in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BaseFormat {
+    /// Linear weights packed in blocks (QLoRA's base): a GGUF's Q4_0, Q4_1 and Q8_0 blocks as
+    /// stored, any other weight quantized to this format as it loads; a tied embedding and
+    /// head share one packed table. Norms (and an untied embedding) stay f32.
+    pub quantize: Option<PackFormat>,
+    /// The float type of every base weight (and so of the activations); `None` keeps the
+    /// device's (f32). Adapters attached later are f32 whatever this is.
+    pub dtype: Option<FloatDType>,
 }
 
-/// [`load_model`], keeping the linear projections' weights packed in blocks when `quantize`
-/// is set (QLoRA's base): a GGUF's Q4_0, Q4_1 and Q8_0 blocks as stored, any other weight
-/// quantized to `quantize` as it loads. Embeddings, norms and a head tied to the embedding
-/// stay in f32.
-pub fn load_model_quantized(
-    path: &Path,
-    device: &Device,
-    quantize: Option<PackFormat>,
-) -> Result<LoadedModel> {
+impl BaseFormat {
+    /// Refuses what `device` cannot compute, and packed blocks in anything but f32.
+    fn check(&self, device: &Device) -> Result<()> {
+        let Some(dtype) = self.dtype.filter(|d| *d != FloatDType::F32) else {
+            return Ok(());
+        };
+        if self.quantize.is_some() {
+            return Err(ModelError::InvalidInput(format!(
+                "--quantize expands its blocks to f32; it cannot be combined with --dtype {}",
+                dtype_name(dtype)
+            )));
+        }
+        if !device.supports_dtype(dtype) {
+            return Err(ModelError::InvalidInput(format!(
+                "the {device:?} device does not compute in {}; use --dtype f32 there (or the \
+                 flex or cuda backend)",
+                dtype_name(dtype)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `bf16`, `f16`, `f32`: as the command line spells it.
+fn dtype_name(dtype: FloatDType) -> String {
+    format!("{dtype:?}").to_lowercase()
+}
+
+/// Loads a model onto `device`. `path` is a Hugging Face folder or a `.gguf` file.
+pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+    load_model_as(path, device, BaseFormat::default())
+}
+
+/// [`load_model`], its frozen weights held as `format` says.
+pub fn load_model_as(path: &Path, device: &Device, format: BaseFormat) -> Result<LoadedModel> {
+    format.check(device)?;
     if path.is_file() {
         let named_gguf = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         // A `.gguf` that is truncated or has a wrong magic gets the GGUF reader's own message.
         if named_gguf || gguf::is_gguf(path) {
-            return load_gguf(path, device, quantize);
+            return load_gguf(path, device, format);
         }
         return Err(not_a_model(path));
     }
@@ -77,7 +112,7 @@ pub fn load_model_quantized(
     }
     let config = ModelConfig::from_file(&path.join("config.json"))?;
     let weights = open_weights(path)?;
-    let model = build(&config, &weights, device, quantize)?;
+    let model = build(&config, &weights, device, format)?;
     let tokenizer = if path.join("tokenizer.json").exists() {
         Some(TextTokenizer::from_folder(path)?)
     } else {
@@ -95,10 +130,10 @@ pub fn load_model_quantized(
 
 /// Loads a GGUF file onto `device`: weights dequantized to f32, the tokenizer and chat
 /// template from its metadata.
-fn load_gguf(path: &Path, device: &Device, quantize: Option<PackFormat>) -> Result<LoadedModel> {
+fn load_gguf(path: &Path, device: &Device, format: BaseFormat) -> Result<LoadedModel> {
     let (config, weights) = ModelConfig::from_gguf(GgufFile::open(path)?)?;
     let tokenizer = gguf::tokenizer(weights.file())?;
-    let model = build(&config, &weights, device, quantize)?;
+    let model = build(&config, &weights, device, format)?;
     let eos_token_ids = config.eos_token_ids();
     Ok(LoadedModel {
         model,
@@ -115,22 +150,35 @@ fn build(
     config: &ModelConfig,
     weights: &dyn WeightSource,
     device: &Device,
-    quantize: Option<PackFormat>,
+    format: BaseFormat,
 ) -> Result<CausalLm> {
-    let loader = WeightLoader::new(weights, device).with_quantize(quantize);
+    let loader = WeightLoader::new(weights, device).with_quantize(format.quantize);
     let model = config.build(&loader.root())?;
     loader.finish(|name| config.is_ignorable_tensor(name))?;
-    Ok(model)
+    Ok(in_dtype(model, format.dtype))
+}
+
+/// `model` with every float parameter cast to `dtype` (read in f32, held in `dtype`).
+fn in_dtype(model: CausalLm, dtype: Option<FloatDType>) -> CausalLm {
+    struct Cast(FloatDType);
+    impl ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.0;
+            param.map(|t| t.cast(dtype))
+        }
+    }
+    match dtype {
+        Some(dtype) if dtype != FloatDType::F32 => model.map(&mut Cast(dtype)),
+        _ => model,
+    }
 }
 
 /// A model of `config`'s architecture with random weights on `device`: real shapes without a
-/// checkpoint, for benchmarks; linear weights packed when `quantize` is set.
-pub fn random_model(
-    config: &ModelConfig,
-    device: &Device,
-    quantize: Option<PackFormat>,
-) -> Result<CausalLm> {
-    config.build(&WeightLoader::random(device).with_quantize(quantize).root())
+/// checkpoint, for benchmarks; its frozen weights held as `format` says.
+pub fn random_model(config: &ModelConfig, device: &Device, format: BaseFormat) -> Result<CausalLm> {
+    format.check(device)?;
+    let loader = WeightLoader::random(device).with_quantize(format.quantize);
+    Ok(in_dtype(config.build(&loader.root())?, format.dtype))
 }
 
 /// The error for a `--model` that is a file but not a GGUF: a file from a model folder names

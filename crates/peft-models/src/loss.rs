@@ -5,6 +5,7 @@
 use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use peft_core::precision::{to_dtype, to_f32};
 use peft_core::Projection;
 
 use crate::registry::CausalLm;
@@ -137,7 +138,7 @@ pub(crate) fn loss_of_hidden(
     let linear = match head.as_linear() {
         Some(linear) if !rows.is_empty() => linear,
         // An adapter on the head, or nothing to count (NaN, as transformers gives).
-        _ => return causal_lm_loss(head.forward(hidden), labels.to_tensor(&device)),
+        _ => return causal_lm_loss(to_f32(head.forward(hidden)), labels.to_tensor(&device)),
     };
     let count = rows.len();
     let upload = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [count]), &device);
@@ -167,8 +168,14 @@ fn chunked_cross_entropy(
     let wants_hidden = hidden.is_tracked();
     let wants_weight = weight.is_tracked();
     let wants_bias = bias.as_ref().is_some_and(|b| b.is_tracked());
-    let (h, w) = (hidden.clone().detach(), weight.clone().detach());
-    let b = bias.clone().map(|b| b.detach().reshape([1, vocab]));
+    // Products in the head's type (bf16 on a bf16 base, as transformers multiplies), the
+    // softmax and the loss in f32.
+    let dtype = weight.dtype();
+    let (h, w) = (
+        to_dtype(hidden.clone().detach(), dtype),
+        weight.clone().detach(),
+    );
+    let b = bias.clone().map(|b| to_f32(b.detach().reshape([1, vocab])));
 
     let mut total = Tensor::<1>::zeros([1], &device);
     let mut grad_hidden = Vec::new();
@@ -178,7 +185,7 @@ fn chunked_cross_entropy(
         let len = chunk_rows.min(rows - start);
         let h_chunk = h.clone().narrow(0, start, len);
         let t_chunk = targets.clone().narrow(0, start, len).reshape([len, 1]);
-        let mut logits = h_chunk.clone().matmul(w.clone());
+        let mut logits = to_f32(h_chunk.clone().matmul(w.clone()));
         if let Some(b) = &b {
             logits = logits + b.clone();
         }
@@ -194,14 +201,18 @@ fn chunked_cross_entropy(
         let minus_one = Tensor::<2>::full([len, 1], -1.0, &device);
         let grad = (exp / sum).scatter(1, t_chunk, minus_one, IndexingUpdateOp::Add);
         if wants_hidden {
-            grad_hidden.push(grad.clone().matmul(w.clone().transpose()));
+            let product = to_dtype(grad.clone(), dtype).matmul(w.clone().transpose());
+            grad_hidden.push(to_dtype(product, hidden.dtype()));
         }
         if wants_weight {
-            let g = h_chunk.transpose().matmul(grad.clone());
+            let g = to_dtype(
+                h_chunk.transpose().matmul(to_dtype(grad.clone(), dtype)),
+                dtype,
+            );
             grad_weight = Some(grad_weight.map_or(g.clone(), |acc| acc + g));
         }
         if wants_bias {
-            let g = grad.sum_dim(0);
+            let g = to_dtype(grad.sum_dim(0), dtype);
             grad_bias = Some(grad_bias.map_or(g.clone(), |acc| acc + g));
         }
     }
@@ -211,15 +222,18 @@ fn chunked_cross_entropy(
     let mut add = |term: Tensor<1>| {
         surrogate = Some(surrogate.take().map_or(term.clone(), |s| s + term));
     };
+    // Each term's value cancels; in f32, so that the sum with the f32 loss is well typed.
     if wants_hidden {
         let grad = Tensor::cat(grad_hidden, 0).mul_scalar(scale);
-        add((hidden * grad).sum());
+        add(to_f32((hidden * grad).sum()));
     }
     if let Some(grad) = grad_weight {
-        add((weight * grad.mul_scalar(scale)).sum());
+        add(to_f32((weight * grad.mul_scalar(scale)).sum()));
     }
     if let (Some(bias), Some(grad)) = (bias, grad_bias) {
-        add((bias * grad.reshape([vocab]).mul_scalar(scale)).sum());
+        add(to_f32(
+            (bias * grad.reshape([vocab]).mul_scalar(scale)).sum(),
+        ));
     }
     match surrogate {
         Some(s) => loss + s.clone() - s.detach(),

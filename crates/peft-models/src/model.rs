@@ -2,6 +2,7 @@
 //! input checks, and a key/value cache of the right size.
 
 use burn::tensor::{Int, Tensor};
+use peft_core::precision::to_f32;
 use peft_core::ProjectionHost;
 
 use crate::error::{ModelError, Result};
@@ -30,8 +31,9 @@ impl CausalLm {
         padding_mask: Option<&Tensor<2, Int>>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        self.lm_head()
-            .forward(self.hidden_states_of_embeddings(x, padding_mask, cache))
+        let hidden = self.hidden_states_of_embeddings(x, padding_mask, cache);
+        // In f32 whatever the base's type, as transformers upcasts logits.
+        to_f32(self.lm_head().forward(hidden))
     }
 
     /// The last hidden states `[batch, seq, hidden]` for `input_ids`, what the output head

@@ -1,6 +1,7 @@
 //! One module per subcommand, and the options they share.
 
 pub mod bench;
+pub mod dtype;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
@@ -17,6 +18,7 @@ use peft_core::DEFAULT_ADAPTER;
 use peft_models::LoadedModel;
 
 use crate::backend::{self, BackendChoice};
+use dtype::Dtype;
 
 /// Options of every command that loads a model and computes.
 #[derive(clap::Args, Debug)]
@@ -45,6 +47,11 @@ pub struct ModelArgs {
     /// any other weight quantized to this format as it loads. Embeddings and norms stay f32.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeChoice>,
+    /// Float type of the base model's weights and of the computation through it (logits are
+    /// returned in f32; adapters compute in f32 on their input cast to it). bf16 and f16 need
+    /// a backend that computes in them (flex, cuda); not with --quantize.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
 }
 
 /// `--quantize`.
@@ -138,8 +145,11 @@ impl ModelArgs {
         let mut loaded = peft_fetch::resolve(&self.model)
             .map_err(anyhow::Error::from)
             .and_then(|path| {
-                let quantize = self.quantize.map(|q| q.config().format());
-                Ok(peft_models::load_model_quantized(&path, &device, quantize)?)
+                let format = peft_models::BaseFormat {
+                    quantize: self.quantize.map(|q| q.config().format()),
+                    dtype: Some(self.dtype.float_dtype()),
+                };
+                Ok(peft_models::load_model_as(&path, &device, format)?)
             })
             .with_context(|| format!("cannot load model {}", self.model.display()))?;
         for (i, adapter) in self.adapter.iter().enumerate() {

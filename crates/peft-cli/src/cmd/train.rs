@@ -8,6 +8,7 @@ use peft_train::checkpoint::CONFIG_FILE;
 use peft_train::config::Schedule;
 use peft_train::{TestScores, TrainConfig, TrainError};
 
+use super::dtype::Dtype;
 use super::method::MethodFlags;
 use super::QuantizeChoice;
 use crate::backend::{self, BackendChoice};
@@ -37,6 +38,13 @@ pub struct Args {
     /// prefix tuning.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeChoice>,
+    /// Float type of the frozen base's weights and of the computation through it: adapters,
+    /// their gradients and AdamW's state stay f32 (each adapter casts its input to f32 and
+    /// its result back, as PEFT does), logits are upcast to f32 for the loss. bf16 and f16
+    /// need a backend that computes in them (flex, cuda) [default: the configuration's
+    /// `model.dtype`, else f32]. Not with full fine-tuning or --quantize.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
     /// Continue training a saved adapter (a PEFT adapter folder, ours or Hugging Face PEFT's),
     /// as PEFT's is_trainable=True loads it: its adapter_config.json is the method, so the
     /// method flags (--method, --rank, ...) are refused with it.
@@ -139,6 +147,9 @@ impl Args {
         some(&mut c.model.path, &self.model);
         if let Some(quantize) = self.quantize {
             c.model.quantize = Some(quantize.config());
+        }
+        if let Some(dtype) = self.dtype {
+            c.model.dtype = Some(dtype.config());
         }
         some(&mut c.data.train, &self.data);
         some(&mut c.data.valid, &self.valid);

@@ -2,6 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
+use peft_core::precision::{to_dtype, to_f32};
 
 use crate::error::Result;
 use crate::weights::Weights;
@@ -30,13 +31,19 @@ impl RmsNorm {
 
     /// Normalises the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // The statistic in f32 whatever the activations' type, as transformers computes it;
+        // LLaMA's gain multiplies after the cast back, Gemma's `1 + w` before it.
+        let dtype = x.dtype();
+        let x = to_f32(x);
         let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
         let normed = x * (variance + self.eps).sqrt().recip();
-        let gain = match self.offset {
-            0.0 => self.weight.val(),
-            offset => self.weight.val().add_scalar(offset),
-        };
-        normed * gain.unsqueeze()
+        match self.offset {
+            0.0 => to_dtype(normed, dtype) * self.weight.val().unsqueeze(),
+            offset => {
+                let gain = to_f32(self.weight.val()).add_scalar(offset);
+                to_dtype(normed * gain.unsqueeze(), dtype)
+            }
+        }
     }
 }
 
@@ -63,6 +70,10 @@ impl LayerNorm {
 
     /// Normalises the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+        // In f32 whatever the activations' type, as torch's layer norm accumulates.
+        let dtype = x.dtype();
+        let (weight, bias) = (to_f32(self.weight.val()), to_f32(self.bias.val()));
+        let out = burn::tensor::module::layer_norm(to_f32(x), weight, Some(bias), self.eps);
+        to_dtype(out, dtype)
     }
 }

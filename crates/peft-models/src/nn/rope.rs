@@ -3,6 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use peft_core::precision::to_dtype;
 use serde::{Deserialize, Serialize};
 
 /// RoPE parameters: `rope_scaling` (4.x) or `rope_parameters` (5.x).
@@ -146,6 +147,11 @@ impl RotaryEmbedding {
 
 /// Applies RoPE to `x` `[batch, heads, seq, head_dim]`: `x * cos + rotate_half(x) * sin`.
 pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    // Tables computed in f32, applied in the activations' type (transformers' `.to(x.dtype)`).
+    let (cos, sin) = (
+        &to_dtype(cos.clone(), x.dtype()),
+        &to_dtype(sin.clone(), x.dtype()),
+    );
     let half = x.dims()[3] / 2;
     let x1 = x.clone().narrow(3, 0, half);
     let x2 = x.clone().narrow(3, half, half);

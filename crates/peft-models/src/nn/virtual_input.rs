@@ -5,6 +5,7 @@
 //! position of each input.
 
 use burn::tensor::{Int, Tensor};
+use peft_core::precision::to_dtype;
 use peft_core::ModelAdapters;
 
 use super::attention::KvCache;
@@ -53,15 +54,18 @@ pub fn prepare(
     let mut past = 0;
     if let Some(cache) = cache {
         if first_pass {
+            // The adapter's f32 keys and values in the base's type, as PEFT casts them.
+            let dtype = x.dtype();
             for (layer, (k, v)) in slot.prefix(batch).into_iter().flatten().enumerate() {
-                cache.append(layer, k, v);
+                cache.append(layer, to_dtype(k, dtype), to_dtype(v, dtype));
             }
         }
         past = cache.len();
     }
     if first_pass {
         if let Some(prompt) = slot.prompt(batch) {
-            x = Tensor::cat(vec![prompt, x], 1);
+            let dtype = x.dtype();
+            x = Tensor::cat(vec![to_dtype(prompt, dtype), x], 1);
         }
     }
     let seq = x.dims()[1];

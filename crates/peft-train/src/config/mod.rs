@@ -74,6 +74,33 @@ pub struct ModelSection {
     /// then runs layer by layer (as with `training.gradient_checkpointing`), so that only one
     /// layer's weights are ever expanded to f32.
     pub quantize: Option<Quantize>,
+    /// The frozen base's float type (and so the activations'); adapters, their gradients and
+    /// the optimizer's state stay f32 whatever it is. bf16 and f16 where the backend computes
+    /// in them (flex, cuda; wgpu f16 where the device reports it).
+    pub dtype: Option<BaseDtype>,
+}
+
+/// `model.dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtype {
+    /// 32-bit floats (the default).
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl BaseDtype {
+    /// The tensor type.
+    pub fn float_dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Self::F32 => burn::tensor::FloatDType::F32,
+            Self::Bf16 => burn::tensor::FloatDType::BF16,
+            Self::F16 => burn::tensor::FloatDType::F16,
+        }
+    }
 }
 
 /// `model.quantize`: the block format of a base quantized as it loads.
@@ -258,6 +285,21 @@ impl TrainConfig {
             ));
         }
         let bad = |key: &str, message: String| Err(bad(key, message));
+        let low_precision = self.model.dtype.is_some_and(|d| d != BaseDtype::F32);
+        if low_precision && self.method.method() == Method::Full {
+            return bad(
+                "model.dtype",
+                "full fine-tuning trains the base weights, which must then be f32 (the type \
+                 --dtype sets is the frozen base's)"
+                    .into(),
+            );
+        }
+        if low_precision && self.model.quantize.is_some() {
+            return bad(
+                "model.dtype",
+                "a quantized base (model.quantize) expands its blocks to f32; use dtype f32".into(),
+            );
+        }
         if self.model.quantize.is_some() {
             let method = self.method.method();
             if matches!(method, Method::Full | Method::Prefix) {

@@ -59,8 +59,11 @@ pub(super) fn load(
     resume_from: Option<&(TrainerState, PathBuf)>,
 ) -> Result<(Trainee, RunNotes)> {
     let model_path = peft_fetch::resolve(&files.model)?;
-    let quantize = config.model.quantize.map(|q| q.format());
-    let loaded = peft_models::load_model_quantized(&model_path, device, quantize)?;
+    let format = peft_models::BaseFormat {
+        quantize: config.model.quantize.map(|q| q.format()),
+        dtype: config.model.dtype.map(|d| d.float_dtype()),
+    };
+    let loaded = peft_models::load_model_as(&model_path, device, format)?;
     let full = config.method.method() == Method::Full;
     let folder_files = full.then(|| FolderFiles::of(&loaded)).transpose()?;
     let eos_id = eos_id(&loaded)?;

@@ -4,7 +4,6 @@
 //! memory is the row's own) and makes the tables and the chart; on a machine without a Rust
 //! toolchain the same binary runs the rows.
 
-mod dtype;
 mod peak;
 mod preset;
 
@@ -13,12 +12,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn::train::Learner;
 use peft_core::{AdapterConfig, ParameterReport, ProjectionHost, DEFAULT_ADAPTER};
 use peft_models::generate::{generate, SamplingConfig};
 use peft_models::loss::HostLabels;
-use peft_models::{random_model, CausalLm, ModelConfig};
+use peft_models::{random_model, BaseFormat, CausalLm, ModelConfig};
 use peft_train::batch::LmBatch;
 use peft_train::config::{LoraOptions, Method, MethodSection, Schedule};
 use peft_train::model::{TrainableLm, Trained};
@@ -26,9 +25,9 @@ use peft_train::schedule::WarmupSchedule;
 use peft_train::step::optimizer_step;
 use serde::Serialize;
 
+use super::dtype::Dtype;
 use super::QuantizeChoice;
 use crate::backend::{self, BackendChoice};
-use dtype::Dtype;
 use preset::Preset;
 
 /// Tokens one benchmark step may hold (`--batch` × `--seq`): a bound far past any device's
@@ -69,7 +68,9 @@ pub struct Args {
     /// left out.
     #[arg(long, value_name = "LIST|all-linear", value_delimiter = ',')]
     targets: Vec<String>,
-    /// Float type of weights and compute.
+    /// Float type of the frozen base's weights and of the computation through it, as `train
+    /// --dtype`: adapters, their gradients and AdamW's state stay f32. Not with full
+    /// fine-tuning or --quantize.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
     /// Recompute each decoder layer in backward instead of keeping its activations (as
@@ -158,28 +159,27 @@ pub fn run(args: Args) -> Result<()> {
     let checkpointing = args.gradient_checkpointing || args.quantize.is_some();
     let selected = backend::select(args.backend)?;
     eprintln!("backend: {}", selected.description);
-    let mut device = selected.device;
-    if let Some(dtype) = match args.dtype {
-        Dtype::F32 => None,
-        Dtype::F16 => Some(FloatDType::F16),
-        Dtype::Bf16 => Some(FloatDType::BF16),
-    } {
-        if !device.supports_dtype(dtype) {
+    let device = selected.device;
+    if args.dtype != Dtype::F32 {
+        if args.method == Method::Full {
+            bail!("--dtype sets the frozen base's type; full fine-tuning trains it in f32");
+        }
+        if !device.supports_dtype(args.dtype.float_dtype()) {
             bail!(
                 "{} does not compute in {:?}; use --dtype f32 there",
                 selected.description,
                 args.dtype
             );
         }
-        device
-            .configure(dtype)
-            .map_err(|e| anyhow::anyhow!("cannot set the float type: {e:?}"))?;
     }
     let config = ModelConfig::from_json(args.model.config_json(), Path::new("(preset)"))?;
     let train_device = device.clone().autodiff();
     train_device.seed(0);
-    let quantize = args.quantize.map(|q| q.config().format());
-    let mut lm = random_model(&config, &train_device, quantize)?;
+    let format = BaseFormat {
+        quantize: args.quantize.map(|q| q.config().format()),
+        dtype: Some(args.dtype.float_dtype()),
+    };
+    let mut lm = random_model(&config, &train_device, format)?;
     let (trained, parameters) = attach(&mut lm, &args)?;
     let matmul_params = matmul_parameters(&lm);
     if args.seq > lm.context_length() {

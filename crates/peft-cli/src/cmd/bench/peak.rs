@@ -1,7 +1,7 @@
 //! Datasheet peak throughput of common NVIDIA GPUs, so that `bench` reports model FLOP
 //! utilisation on them without `--peak-tflops`.
 
-use super::dtype::Dtype;
+use crate::cmd::dtype::Dtype;
 
 /// One GPU: the words its name contains and its dense (no sparsity) peaks in TFLOP/s.
 struct Gpu {

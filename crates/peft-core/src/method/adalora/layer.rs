@@ -11,6 +11,7 @@ use super::config::AdaLoraConfig;
 use crate::error::Result;
 use crate::ids::replace_value;
 use crate::method::api::{Merged, OptimizerStep, ProjectionLayer};
+use crate::precision::to_dtype;
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// What PEFT adds to `ranknum` before dividing by it.
@@ -114,9 +115,14 @@ impl ProjectionLayer for AdaLoraLayer {
             // Every singular value was pruned: PEFT's empty product adds nothing.
             return base_out;
         }
-        let x = self.dropout.forward(x);
+        // On a base of lower precision: computed in the adapter's type, cast back.
+        let (dtype, own) = (base_out.dtype(), self.lora_b.val().dtype());
+        let x = self.dropout.forward(to_dtype(x, own));
         let update = linear(linear(x, self.scaled_a(), None), self.lora_b.val(), None);
-        base_out + update * self.scale().unsqueeze::<D>()
+        to_dtype(
+            to_dtype(base_out, own) + update * self.scale().unsqueeze::<D>(),
+            dtype,
+        )
     }
 
     fn merge(&self, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Merged> {

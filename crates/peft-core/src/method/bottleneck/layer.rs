@@ -10,6 +10,7 @@ use super::config::{BottleneckConfig, NonLinearity};
 use crate::error::Result;
 use crate::ids::replace_value;
 use crate::method::api::{Merged, ProjectionLayer};
+use crate::precision::to_dtype;
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// PyTorch's `nn.LayerNorm` epsilon.
@@ -123,6 +124,9 @@ impl ProjectionLayer for BottleneckLayer {
     /// The adapter on the projection's output `h = base(x)`: `h` plus the adapter's output on it.
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
         let h = base.forward(x);
+        // On a base of lower precision: computed in the adapter's type, cast back.
+        let (dtype, own) = (h.dtype(), self.down.weight.val().dtype());
+        let h = to_dtype(h, own);
         let input = match &self.norm {
             Some(norm) => norm.forward(h.clone()),
             None => h.clone(),
@@ -134,7 +138,7 @@ impl ProjectionLayer for BottleneckLayer {
             NonLinearity::Silu => silu(down),
             NonLinearity::Tanh => tanh(down),
         };
-        h + self.up.forward(act)
+        to_dtype(h + self.up.forward(act), dtype)
     }
 
     /// A residual MLP on the output is not a linear map of the input: it cannot be merged.

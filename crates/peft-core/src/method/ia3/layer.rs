@@ -9,6 +9,7 @@ use super::config::Ia3Config;
 use crate::error::Result;
 use crate::ids::replace_value;
 use crate::method::api::{Merged, ProjectionLayer};
+use crate::precision::to_dtype;
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// What PEFT adds to the scaling before dividing it out again when unmerging.
@@ -71,10 +72,16 @@ impl ProjectionLayer for Ia3Layer {
 
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
         let scaling = self.scaling.val().unsqueeze::<D>();
+        // On a base of lower precision the scaling applies in its own type (f32) and the
+        // result is cast back, as PEFT's IA3 does.
+        let own = scaling.dtype();
         if self.feedforward {
-            base.forward(x * scaling)
+            let dtype = x.dtype();
+            base.forward(to_dtype(to_dtype(x, own) * scaling, dtype))
         } else {
-            base.forward(x) * scaling
+            let out = base.forward(x);
+            let dtype = out.dtype();
+            to_dtype(to_dtype(out, own) * scaling, dtype)
         }
     }
 

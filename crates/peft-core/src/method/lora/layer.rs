@@ -10,6 +10,7 @@ use super::config::{LoraConfig, LoraInit, LoraShape};
 use crate::error::{PeftError, Result};
 use crate::ids::replace_value;
 use crate::method::api::{Merged, ProjectionLayer};
+use crate::precision::to_dtype;
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// Low-rank update of one projection, stored in Burn's `[in, out]` layout: `A` `[in, r]`,
@@ -70,7 +71,9 @@ impl LoraLayer {
             scale: shape.scale,
         };
         if use_dora {
-            let norm = layer.weight_norm(base.weight.val());
+            // In the adapter's type (f32), whatever the base's.
+            let weight = to_dtype(base.weight.val(), layer.lora_a.val().dtype());
+            let norm = layer.weight_norm(weight);
             layer.magnitude = Some(Param::from_tensor(norm.detach()));
         }
         layer
@@ -153,6 +156,11 @@ impl ProjectionLayer for LoraLayer {
 
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
         let base_out = base.forward(x.clone());
+        // On a base of lower precision the adapter computes in its own type (f32) and its
+        // result is cast back.
+        let (dtype, own) = (base_out.dtype(), self.lora_a.val().dtype());
+        let base_out = to_dtype(base_out, own);
+        let x = to_dtype(x, own);
         let dropout_active = self.dropout.training.is_enabled()
             && x.device().is_autodiff()
             && self.dropout.prob > 0.0;
@@ -163,23 +171,27 @@ impl ProjectionLayer for LoraLayer {
             None,
         ) * self.scale;
         let Some(magnitude) = &self.magnitude else {
-            return base_out + update;
+            return to_dtype(base_out + update, dtype);
         };
         // DoRA, as PEFT's DoraLinearLayer: with the column norm of W + sBA detached,
         // out = base(x) + (m/‖W+sBA‖ - 1) · x W + (m/‖W+sBA‖) · s·B(A(x)).
-        let norm = self.weight_norm(base.weight.val()).detach();
+        let weight = to_dtype(base.weight.val(), own);
+        let norm = self.weight_norm(weight.clone()).detach();
         let factor = (magnitude.val() / norm).unsqueeze::<D>();
         // With dropout off the base output (minus bias) is x W already; with it on, PEFT
         // recomputes x W from the dropped-out input.
         let base_term = if dropout_active {
-            linear(x, base.weight.val(), None)
+            linear(x, weight, None)
         } else {
             match &base.bias {
-                Some(bias) => base_out.clone() - bias.val().unsqueeze::<D>(),
+                Some(bias) => base_out.clone() - to_dtype(bias.val(), own).unsqueeze::<D>(),
                 None => base_out.clone(),
             }
         };
-        base_out + (factor.clone() - 1.0) * base_term + factor * update
+        to_dtype(
+            base_out + (factor.clone() - 1.0) * base_term + factor * update,
+            dtype,
+        )
     }
 
     fn merge(&self, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Merged> {

@@ -10,6 +10,7 @@ use super::config::VeraConfig;
 use crate::error::{PeftError, Result};
 use crate::ids::replace_value;
 use crate::method::api::{Merged, ProjectionLayer};
+use crate::precision::to_dtype;
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// Keys of the shared projections in PEFT's files (outside any module path).
@@ -110,11 +111,13 @@ impl ProjectionLayer for VeraLayer {
 
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
         let base_out = base.forward(x.clone());
-        let x = self.dropout.forward(x);
+        // On a base of lower precision: computed in the adapter's type, cast back.
+        let (dtype, own) = (base_out.dtype(), self.lambda_d.val().dtype());
+        let x = self.dropout.forward(to_dtype(x, own));
         let h = linear(x, self.projection_a.clone(), None) * self.lambda_d.val().unsqueeze::<D>();
         let update =
             linear(h, self.projection_b.clone(), None) * self.lambda_b.val().unsqueeze::<D>();
-        base_out + update
+        to_dtype(to_dtype(base_out, own) + update, dtype)
     }
 
     fn merge(&self, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Merged> {
