@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::train::Learner;
 use common::*;
@@ -18,35 +17,10 @@ use peft_models::checkpointing::layer_seed;
 use peft_models::load_model;
 use peft_models::loss::HostLabels;
 use peft_train::adamw;
-use peft_train::batch::LmBatch;
 use peft_train::config::Schedule;
 use peft_train::model::{TrainableLm, Trained};
 use peft_train::schedule::{learning_rates, WarmupSchedule};
 use peft_train::step::step_gradients;
-
-/// Every gradient `step` holds for `model`'s parameters, by parameter id.
-fn gradients_by_id(
-    model: &TrainableLm,
-    step: &peft_train::step::StepGradients,
-) -> BTreeMap<String, Vec<f32>> {
-    struct Collect<'a> {
-        grads: &'a burn::optim::GradientsParams,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(grad) = self.grads.get::<D>(param.id) {
-                self.out.insert(param.id.to_string(), to_vec(grad));
-            }
-        }
-    }
-    let mut collect = Collect {
-        grads: step.gradients(),
-        out: BTreeMap::new(),
-    };
-    model.visit(&mut collect);
-    collect.out
-}
 
 /// `case`'s base with what trains: the fixture's PEFT adapter, prompt tuning (4 virtual
 /// tokens), or every weight.
@@ -95,16 +69,7 @@ fn gradient_checkpointing_gives_the_loss_and_gradients_of_the_plain_step() {
         ("llama-base", "full"),
     ];
     for (case, trained) in cases {
-        let expected = Expected::load(case);
-        let labels = expected.i64("labels");
-        let batch = LmBatch {
-            input_ids: int_tensor(&expected.i64("input_ids"), &device),
-            attention_mask: int_tensor(&expected.i64("attention_mask"), &device),
-            labels: HostLabels::new(labels.values, labels.shape[1]),
-            learned_tokens: 0,
-            tokens: 0,
-            loss_weight: 1.0,
-        };
+        let batch = fixture_batch(case, &device);
         let model = trainable_fixture(case, trained, &device);
         let step = |checkpointing: bool| {
             let model = model
@@ -116,7 +81,7 @@ fn gradient_checkpointing_gives_the_loss_and_gradients_of_the_plain_step() {
             let mut learner = Learner::new(model, adamw(0.0).init(), rates);
             let step = step_gradients(&mut learner, [batch.clone()], 0.0).unwrap();
             let loss = to_vec(step.loss.clone())[0];
-            (loss, gradients_by_id(&learner.model(), &step))
+            (loss, gradients_by_id(&learner.model(), step.gradients()))
         };
         let (plain_loss, plain) = step(false);
         let (loss, checkpointed) = step(true);
@@ -133,7 +98,7 @@ fn gradient_checkpointing_gives_the_loss_and_gradients_of_the_plain_step() {
         );
         let worst = plain
             .iter()
-            .map(|(id, want)| relative_l2(&checkpointed[id], want))
+            .map(|(id, want)| relative_l2(&checkpointed[id].1, &want.1))
             .fold(0.0f32, f32::max);
         eprintln!("{name}: worst relative L2 of a gradient {worst:e}");
         assert!(worst <= 1e-5, "{name}: a gradient differs by {worst:e}");

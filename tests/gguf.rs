@@ -11,16 +11,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
 use burn::train::Learner;
 use common::*;
 use half::f16;
 use peft_core::{load_adapter, PackFormat, ProjectionHost};
-use peft_models::loss::HostLabels;
 use peft_models::weights::gguf::{tokenizer, GgufFile};
 use peft_models::{load_model, load_model_as, BaseFormat, TextTokenizer};
-use peft_train::batch::LmBatch;
 use peft_train::config::Schedule;
 use peft_train::model::{TrainableLm, Trained};
 use peft_train::schedule::{learning_rates, WarmupSchedule};
@@ -1096,20 +1092,6 @@ fn packed_gguf_blocks_give_the_logits_of_the_dequantized_model() {
     }
 }
 
-/// A batch of the LoRA fixture's inputs and labels.
-fn lora_fixture_batch(device: &burn::tensor::Device) -> LmBatch {
-    let expected = Expected::load("llama-lora");
-    let labels = expected.i64("labels");
-    LmBatch {
-        input_ids: int_tensor(&expected.i64("input_ids"), device),
-        attention_mask: int_tensor(&expected.i64("attention_mask"), device),
-        labels: HostLabels::new(labels.values, labels.shape[1]),
-        learned_tokens: 0,
-        tokens: 0,
-        loss_weight: 1.0,
-    }
-}
-
 /// One step's loss and the LoRA fixture adapter's gradients (by parameter id) on the model
 /// at `path`, packed as `quantize` says; a packed base trains layer by layer, as `train` runs
 /// it.
@@ -1131,24 +1113,11 @@ fn lora_step(path: &Path, quantize: Option<PackFormat>) -> (f32, BTreeMap<String
         .unwrap();
     let rates = learning_rates(WarmupSchedule::new(1e-3, 0, 1, Schedule::Constant, 0), None);
     let mut learner = Learner::new(model, adamw(0.0).init(), rates);
-    let step = step_gradients(&mut learner, [lora_fixture_batch(&device)], 0.0).unwrap();
-    struct Collect<'a> {
-        grads: &'a burn::optim::GradientsParams,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(grad) = self.grads.get::<D>(param.id) {
-                self.out.insert(param.id.to_string(), to_vec(grad));
-            }
-        }
-    }
-    let mut collect = Collect {
-        grads: step.gradients(),
-        out: BTreeMap::new(),
-    };
-    learner.model().visit(&mut collect);
-    (to_vec(step.loss.clone())[0], collect.out)
+    let batch = fixture_batch("llama-lora", &device);
+    let step = step_gradients(&mut learner, [batch], 0.0).unwrap();
+    let grads = gradients_by_id(&learner.model(), step.gradients());
+    let grads = grads.into_iter().map(|(id, (_, g))| (id, g)).collect();
+    (to_vec(step.loss.clone())[0], grads)
 }
 
 /// QLoRA's gradients: LoRA on a packed Q4_1 base, trained layer by layer with each layer's
@@ -1187,16 +1156,7 @@ fn qlora_training_lowers_the_loss_and_its_adapter_reloads_onto_the_dequantized_b
     let dir = tempfile::tempdir().unwrap();
     write_case(dir.path(), Variant::Q4_1);
     let path = dir.path().join("model.gguf");
-    let data = dir.path().join("train.jsonl");
-    let lines: Vec<String> = ["abc", "hello", "rust"]
-        .iter()
-        .map(|w| {
-            let done: String = w.chars().rev().collect();
-            serde_json::json!({"prompt": format!("{w} ->"), "completion": format!(" {done}")})
-                .to_string()
-        })
-        .collect();
-    std::fs::write(&data, lines.join("\n")).unwrap();
+    let data = write_reversal_data(dir.path());
     let mut config = TrainConfig::default();
     config.model.path = Some(path.clone());
     config.model.quantize = Some(Quantize::Q4);
@@ -1213,11 +1173,7 @@ fn qlora_training_lowers_the_loss_and_its_adapter_reloads_onto_the_dequantized_b
     config.training.out = dir.path().join("run");
     let device = ndarray_device();
     let mut summary = peft_train::train(&config, &device, false).unwrap();
-    let losses: Vec<f64> = std::fs::read_to_string(dir.path().join("run/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
-        .collect();
+    let losses = logged_losses(&dir.path().join("run"));
     let (first, last) = (losses[0], *losses.last().unwrap());
     eprintln!("QLoRA loss {first} -> {last}");
     assert!(

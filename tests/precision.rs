@@ -11,28 +11,12 @@ use burn::tensor::{DType, Device, FloatDType, Tensor};
 use burn::train::Learner;
 use common::*;
 use peft_core::load_adapter;
-use peft_models::loss::HostLabels;
 use peft_models::{load_model_as, BaseFormat};
-use peft_train::batch::LmBatch;
 use peft_train::config::{BaseDtype, LoraOptions, MethodSection, Schedule};
 use peft_train::model::{TrainableLm, Trained};
 use peft_train::schedule::{learning_rates, WarmupSchedule};
 use peft_train::step::step_gradients;
 use peft_train::{adamw, TrainConfig};
-
-/// The fixture's inputs and labels as one batch.
-fn fixture_batch(case: &str, device: &Device) -> LmBatch {
-    let expected = Expected::load(case);
-    let labels = expected.i64("labels");
-    LmBatch {
-        input_ids: int_tensor(&expected.i64("input_ids"), device),
-        attention_mask: int_tensor(&expected.i64("attention_mask"), device),
-        labels: HostLabels::new(labels.values, labels.shape[1]),
-        learned_tokens: 0,
-        tokens: 0,
-        loss_weight: 1.0,
-    }
-}
 
 /// One step on `case`'s base held in `dtype` with its PEFT adapter: the loss and, by
 /// parameter id, each adapter gradient with its dtype.
@@ -53,25 +37,28 @@ fn step(case: &str, dtype: FloatDType) -> (f32, BTreeMap<String, (DType, Vec<f32
     let rates = learning_rates(WarmupSchedule::new(1e-3, 0, 1, Schedule::Constant, 0), None);
     let mut learner = Learner::new(model, adamw(0.0).init(), rates);
     let step = step_gradients(&mut learner, [fixture_batch(case, &device)], 0.0).unwrap();
-    struct Collect<'a> {
-        grads: &'a burn::optim::GradientsParams,
-        out: BTreeMap<String, (DType, Vec<f32>)>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(grad) = self.grads.get::<D>(param.id) {
-                assert_eq!(param.val().dtype(), DType::F32, "a trained tensor is f32");
-                let dtype = grad.dtype();
-                self.out.insert(param.id.to_string(), (dtype, to_vec(grad)));
-            }
+    let model = learner.model();
+    let grads = gradients_by_id(&model, step.gradients());
+    let mut trained = 0;
+    model.lm.visit(&mut TrainedDtypes(&mut trained));
+    assert_eq!(
+        trained,
+        grads.len(),
+        "{case}: a gradient for each trained tensor"
+    );
+    (to_vec(step.loss.clone())[0], grads)
+}
+
+/// Counts the parameters that train, asserting each is f32.
+struct TrainedDtypes<'a>(&'a mut usize);
+
+impl ModuleVisitor for TrainedDtypes<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.is_require_grad() {
+            assert_eq!(param.val().dtype(), DType::F32, "a trained tensor is f32");
+            *self.0 += 1;
         }
     }
-    let mut collect = Collect {
-        grads: step.gradients(),
-        out: BTreeMap::new(),
-    };
-    learner.model().visit(&mut collect);
-    (to_vec(step.loss.clone())[0], collect.out)
 }
 
 /// Loss and adapter gradients on a bf16 / f16 base against the f32 base, per fixture (LoRA on
@@ -118,16 +105,7 @@ fn a_low_precision_base_gives_the_loss_and_gradients_of_f32_within_tolerance() {
 #[test]
 fn training_on_a_bf16_base_keeps_adapters_and_adamw_state_in_f32() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("train.jsonl");
-    let lines: Vec<String> = ["abc", "hello", "rust"]
-        .iter()
-        .map(|w| {
-            let done: String = w.chars().rev().collect();
-            serde_json::json!({"prompt": format!("{w} ->"), "completion": format!(" {done}")})
-                .to_string()
-        })
-        .collect();
-    std::fs::write(&data, lines.join("\n")).unwrap();
+    let data = write_reversal_data(dir.path());
     let mut config = TrainConfig::default();
     config.model.path = Some(case_dir("llama-base").join("base"));
     config.model.dtype = Some(BaseDtype::Bf16);
@@ -143,11 +121,7 @@ fn training_on_a_bf16_base_keeps_adapters_and_adamw_state_in_f32() {
     config.training.max_steps = Some(20);
     config.training.out = dir.path().join("run");
     let summary = peft_train::train(&config, &Device::flex(), false).unwrap();
-    let losses: Vec<f64> = std::fs::read_to_string(dir.path().join("run/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
-        .collect();
+    let losses = logged_losses(&dir.path().join("run"));
     let (first, last) = (losses[0], *losses.last().unwrap());
     eprintln!("bf16 base: loss {first} -> {last}");
     assert!(last <= 0.3 * first, "loss fell from {first} to {last}");

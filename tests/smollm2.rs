@@ -169,6 +169,11 @@ fn smollm2_trains_with_qlora_on_its_own_q4_1_blocks() {
         30 * 7 + 1,
         "every projection of every layer, and the head"
     );
+    assert_eq!(
+        peft_core::count_model_parameters(&packed.model),
+        peft_core::count_model_parameters(&dense.model),
+        "packed weights count as the parameters they hold"
+    );
     assert!(packed_bytes as f64 <= 0.25 * f32_bytes as f64);
     let diff = max_diff(
         &last_logits(&dense, &packed.model),
@@ -197,11 +202,7 @@ fn smollm2_trains_with_qlora_on_its_own_q4_1_blocks() {
     config.training.max_steps = Some(8);
     config.training.out = dir.path().join("run");
     let summary = peft_train::train(&config, &device, false).unwrap();
-    let losses: Vec<f64> = std::fs::read_to_string(dir.path().join("run/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
-        .collect();
+    let losses = common::logged_losses(&dir.path().join("run"));
     eprintln!("SmolLM2 QLoRA losses {losses:?}");
     // Each step sees other examples: compare the mean of the last three with the first.
     let (first, last) = (losses[0], losses[5..].iter().sum::<f64>() / 3.0);

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
@@ -56,19 +56,6 @@ fn base_parameters(model: &CausalLm) -> BTreeMap<String, Vec<u32>> {
     collect.out
 }
 
-fn write_data(dir: &Path) -> PathBuf {
-    let path = dir.join("train.jsonl");
-    let lines: Vec<String> = ["abc", "hello", "rust"]
-        .iter()
-        .map(|w| {
-            serde_json::json!({"prompt": format!("{w} ->"), "completion": format!(" {}", w.chars().rev().collect::<String>())})
-                .to_string()
-        })
-        .collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
-
 fn config(data: &Path, out: &Path) -> TrainConfig {
     let mut c = TrainConfig::default();
     c.model.path = Some(case_dir("llama-base").join("base"));
@@ -90,17 +77,9 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
 /// A temporary folder with the dataset, and the fixture configuration writing to `<dir>/run`.
 fn setup() -> (tempfile::TempDir, TrainConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let data = write_data(dir.path());
+    let data = write_reversal_data(dir.path());
     let config = config(&data, &dir.path().join("run"));
     (dir, config)
-}
-
-fn logged_losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
-        .collect()
 }
 
 #[test]
@@ -514,27 +493,13 @@ fn fixture_learner(
     )
 }
 
-/// The llama-lora fixture's inputs and labels as one batch.
-fn fixture_batch(device: &burn::tensor::Device) -> LmBatch {
-    let expected = Expected::load("llama-lora");
-    let labels = expected.i64("labels");
-    LmBatch {
-        input_ids: int_tensor(&expected.i64("input_ids"), device),
-        attention_mask: int_tensor(&expected.i64("attention_mask"), device),
-        labels: HostLabels::new(labels.values, labels.shape[1]),
-        learned_tokens: 0,
-        tokens: 0,
-        loss_weight: 1.0,
-    }
-}
-
 #[test]
 fn one_optimizer_step_matches_pytorch_adamw_on_peft_gradients() {
     let device = ndarray_device().autodiff();
     let expected = Expected::load("llama-lora");
     let (lr, wd) = (1e-3, 0.01);
     let (mut learner, before) = fixture_learner(lr, wd, None);
-    let batch = fixture_batch(&device);
+    let batch = fixture_batch("llama-lora", &device);
     let norm = optimizer_step(&mut learner, [batch], 0.0)
         .unwrap()
         .grad_norm;
@@ -655,7 +620,7 @@ fn loraplus_steps_b_at_ratio_times_the_learning_rate_of_a() {
     let device = ndarray_device().autodiff();
     let (lr, ratio) = (1e-3, 16.0);
     let (mut learner, before) = fixture_learner(lr, 0.0, Some(ratio));
-    let batch = fixture_batch(&device);
+    let batch = fixture_batch("llama-lora", &device);
     optimizer_step(&mut learner, [batch], 0.0).unwrap();
     let after = adapter_tensors(&learner.model().lm, "default", None).unwrap();
     for (key, p0) in &before {

@@ -260,3 +260,69 @@ pub fn mutate(bytes: &[u8], hot: usize, (edits, cut): &(Vec<(f64, u8)>, Option<f
     }
     out
 }
+
+/// `case`'s fixture inputs and labels as one training batch.
+pub fn fixture_batch(case: &str, device: &Device) -> peft_train::batch::LmBatch {
+    let expected = Expected::load(case);
+    let labels = expected.i64("labels");
+    peft_train::batch::LmBatch {
+        input_ids: int_tensor(&expected.i64("input_ids"), device),
+        attention_mask: int_tensor(&expected.i64("attention_mask"), device),
+        labels: peft_models::loss::HostLabels::new(labels.values, labels.shape[1]),
+        learned_tokens: 0,
+        tokens: 0,
+        loss_weight: 1.0,
+    }
+}
+
+/// Every gradient `grads` holds for a parameter of `model`, by parameter id: its dtype and
+/// values.
+pub fn gradients_by_id(
+    model: &impl burn::module::Module,
+    grads: &burn::optim::GradientsParams,
+) -> std::collections::BTreeMap<String, (burn::tensor::DType, Vec<f32>)> {
+    use burn::module::{ModuleVisitor, Param};
+    struct Collect<'a> {
+        grads: &'a burn::optim::GradientsParams,
+        out: std::collections::BTreeMap<String, (burn::tensor::DType, Vec<f32>)>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(grad) = self.grads.get::<D>(param.id) {
+                let dtype = grad.dtype();
+                self.out.insert(param.id.to_string(), (dtype, to_vec(grad)));
+            }
+        }
+    }
+    let mut collect = Collect {
+        grads,
+        out: Default::default(),
+    };
+    model.visit(&mut collect);
+    collect.out
+}
+
+/// A tiny prompt/completion dataset in `dir/train.jsonl` (each word to its reversal), which
+/// the fixture models memorise in a few dozen steps.
+pub fn write_reversal_data(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("train.jsonl");
+    let lines: Vec<String> = ["abc", "hello", "rust"]
+        .iter()
+        .map(|w| {
+            let reversed: String = w.chars().rev().collect();
+            serde_json::json!({"prompt": format!("{w} ->"), "completion": format!(" {reversed}")})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// The loss of every step a training run in `out` logged.
+pub fn logged_losses(out: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect()
+}

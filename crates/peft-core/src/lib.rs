@@ -56,7 +56,7 @@ pub use model_adapters::ModelAdapters;
 pub use packed::{BlockCodes, PackFormat, PackedWeight};
 pub use projection::{Projection, WeightLayout};
 pub use registry::{Adapter, AdapterConfig, ModelAdapter};
-pub use report::{count_parameters, ParameterReport};
+pub use report::{count_model_parameters, count_parameters, ParameterReport};
 pub use tensors::HostTensor;
 
 /// The name an adapter gets when nobody names it (PEFT's `default`).

@@ -15,6 +15,18 @@ pub fn count_parameters<M: Module>(module: &M) -> usize {
     counter.total
 }
 
+/// Every parameter of a model, its packed weights (QLoRA's base, which are not parameters to
+/// Burn) included: a packed embedding reads its tied head's table, counted once with it.
+pub fn count_model_parameters<M: Module + ProjectionHost>(model: &M) -> usize {
+    let packed: usize = model
+        .projections()
+        .iter()
+        .filter(|(_, proj)| proj.base.is_packed())
+        .map(|(_, proj)| proj.in_features() * proj.out_features())
+        .sum();
+    count_parameters(model) + packed
+}
+
 /// Trainable and total parameter counts of a model with adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParameterReport {
@@ -47,16 +59,9 @@ impl ParameterReport {
                 .sum::<usize>();
         }
         trainable += model.model_adapters().active().map_or(0, count_parameters);
-        // Packed weights are not parameters to Burn; they are to the user.
-        let packed: usize = model
-            .projections()
-            .iter()
-            .filter(|(_, proj)| proj.base.is_packed())
-            .map(|(_, proj)| proj.in_features() * proj.out_features())
-            .sum();
         Self {
             trainable,
-            total: count_parameters(model) + packed,
+            total: count_model_parameters(model),
         }
     }
 

@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use peft_core::{count_parameters, ParameterReport, ProjectionHost, DEFAULT_ADAPTER};
+use peft_core::{
+    count_model_parameters, count_parameters, ParameterReport, ProjectionHost, DEFAULT_ADAPTER,
+};
 
 use super::method::MethodFlags;
 use super::ModelArgs;
@@ -50,7 +52,7 @@ pub fn run(args: Args) -> Result<()> {
     if has_adapter {
         println!("{}", ParameterReport::of(&loaded.model));
     } else {
-        let total = count_parameters(&loaded.model);
+        let total = count_model_parameters(&loaded.model);
         println!("{:>22}: {total} ({})", "parameters", human(total));
     }
     if let Some(adapter) = loaded.model.model_adapters().active() {
