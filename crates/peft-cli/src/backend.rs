@@ -1,7 +1,7 @@
 //! The only place that names backends: `--backend` to a Burn [`Device`].
 
 use anyhow::{bail, Result};
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 /// The compute backend a command runs on.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +24,21 @@ pub struct SelectedDevice {
     pub device: Device,
     /// E.g. "flex (CPU)".
     pub description: String,
+}
+
+impl SelectedDevice {
+    /// Refuses, naming the backend, a float type it cannot compute in (`--dtype`).
+    pub fn check_dtype(&self, dtype: FloatDType) -> Result<()> {
+        if dtype == FloatDType::F32 || self.device.supports_dtype(dtype) {
+            return Ok(());
+        }
+        bail!(
+            "{} does not compute in {}; use --dtype f32 there, or a backend that does (flex, \
+             cuda)",
+            self.description,
+            format!("{dtype:?}").to_lowercase()
+        )
+    }
 }
 
 /// The device for `choice`; an error says how to get a backend that is missing. The choice

@@ -1435,3 +1435,71 @@ fn a_prefix_trained_through_its_mlp_resumes_on_the_folded_prefix() {
         fixture_logits(&out.join("checkpoint-2"), dir.path())
     );
 }
+
+/// `--dtype` and `--quantize` combinations that cannot run are refused, naming them: bf16 on
+/// ndarray (no bf16 arithmetic), a packed base in bf16, merging into a packed base; and
+/// `train` refuses a quantized base for full fine-tuning by its configuration key.
+#[test]
+fn unsupported_dtype_and_quantize_combinations_are_refused_by_name() {
+    let dir = fixtures().join("llama-lora");
+    let base = dir.join("base");
+    let model = path_str(&base);
+    let adapter = dir.join("adapter");
+    let out = tempfile::tempdir().unwrap();
+    let merged = out.path().join("merged");
+    let run = |args: &[&str]| {
+        let out = peft_cli(args);
+        assert!(!out.status.success(), "{args:?} ran");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&[
+        "inspect",
+        "--model",
+        model,
+        "--backend",
+        "ndarray",
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(err.contains("ndarray") && err.contains("bf16"), "{err}");
+    let err = run(&[
+        "inspect",
+        "--model",
+        model,
+        "--backend",
+        "flex",
+        "--dtype",
+        "f16",
+        "--quantize",
+        "q4",
+    ]);
+    assert!(err.contains("--quantize") && err.contains("f16"), "{err}");
+    let err = run(&[
+        "merge",
+        "--model",
+        model,
+        "--adapter",
+        path_str(&adapter),
+        "--out",
+        path_str(&merged),
+        "--backend",
+        "ndarray",
+        "--quantize",
+        "q8",
+    ]);
+    assert!(err.contains("--quantize") && err.contains("merge"), "{err}");
+    let err = run(&[
+        "train",
+        "--model",
+        model,
+        "--data",
+        "unused.jsonl",
+        "--method",
+        "full",
+        "--quantize",
+        "q4",
+        "--backend",
+        "ndarray",
+    ]);
+    assert!(err.contains("model.quantize"), "{err}");
+}

@@ -137,6 +137,7 @@ impl ModelArgs {
     pub fn load(&self, autodiff: bool) -> Result<(LoadedModel, Device)> {
         let selected = backend::select(self.backend)?;
         eprintln!("backend: {}", selected.description);
+        selected.check_dtype(self.dtype.float_dtype())?;
         let device = if autodiff {
             selected.device.autodiff()
         } else {

@@ -227,6 +227,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let selected = backend::select(choice)?;
     eprintln!("backend: {}", selected.description);
+    if let Some(dtype) = config.model.dtype {
+        selected.check_dtype(dtype.float_dtype())?;
+    }
     let summary = peft_train::train(&config, &selected.device, args.resume.is_some())
         .map_err(with_flag_hint)?;
     if let Some(step) = summary.resumed_from {

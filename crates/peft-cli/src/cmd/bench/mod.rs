@@ -159,19 +159,11 @@ pub fn run(args: Args) -> Result<()> {
     let checkpointing = args.gradient_checkpointing || args.quantize.is_some();
     let selected = backend::select(args.backend)?;
     eprintln!("backend: {}", selected.description);
-    let device = selected.device;
-    if args.dtype != Dtype::F32 {
-        if args.method == Method::Full {
-            bail!("--dtype sets the frozen base's type; full fine-tuning trains it in f32");
-        }
-        if !device.supports_dtype(args.dtype.float_dtype()) {
-            bail!(
-                "{} does not compute in {:?}; use --dtype f32 there",
-                selected.description,
-                args.dtype
-            );
-        }
+    if args.dtype != Dtype::F32 && args.method == Method::Full {
+        bail!("--dtype sets the frozen base's type; full fine-tuning trains it in f32");
     }
+    selected.check_dtype(args.dtype.float_dtype())?;
+    let device = selected.device;
     let config = ModelConfig::from_json(args.model.config_json(), Path::new("(preset)"))?;
     let train_device = device.clone().autodiff();
     train_device.seed(0);
