@@ -978,7 +978,8 @@ fn forged_headers_are_refused_without_overflow_or_unbounded_recursion() {
 }
 
 /// Fuzz target (fixed case budget, see `tests/fuzz.rs`): a valid Q8_0 model with bytes of its
-/// header or data changed, or cut short, loads or is refused; it never panics or aborts.
+/// header or data changed, or cut short, loads or is refused, dequantized or kept packed
+/// (`--quantize`); it never panics or aborts.
 #[test]
 fn mutated_gguf_files_load_or_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -992,6 +993,11 @@ fn mutated_gguf_files_load_or_are_refused() {
         .run(&byte_edits(), |edits| {
             std::fs::write(&path, mutate(&original, header, &edits)).unwrap();
             let _ = load_model(&path, &device);
+            let packed = BaseFormat {
+                quantize: Some(PackFormat::Q8),
+                dtype: None,
+            };
+            let _ = load_model_as(&path, &device, packed);
             Ok(())
         })
         .unwrap();

@@ -108,6 +108,19 @@ impl BlockCodes {
         }
     }
 
+    /// The first NaN or infinite scale or offset, with the row-major index of the first value
+    /// of its block: such a block expands to NaN or infinite weights.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        self.scales
+            .iter()
+            .zip(&self.offsets)
+            .enumerate()
+            .find_map(|(block, (&s, &o))| {
+                let bad = [s, o].into_iter().find(|v| !v.is_finite());
+                bad.map(|v| (block * BLOCK, v))
+            })
+    }
+
     /// The values `[rows, cols]`, row-major (what a dequantizing loader produces).
     pub fn values(&self) -> Vec<f32> {
         self.codes
@@ -353,6 +366,16 @@ mod tests {
             err.contains("model.layers.0.q_proj.weight") && err.contains("multiple of 32"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_non_finite_scale_is_found_with_its_block() {
+        let mut codes = BlockCodes::quantize(PackFormat::Q4, &sample(2, 64), 2, 64);
+        assert_eq!(codes.first_non_finite(), None);
+        codes.offsets[3] = f32::NAN;
+        let (index, value) = codes.first_non_finite().unwrap();
+        assert_eq!(index, 3 * BLOCK);
+        assert!(value.is_nan());
     }
 
     #[test]

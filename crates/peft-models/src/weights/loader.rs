@@ -197,6 +197,15 @@ impl<'a> WeightLoader<'a> {
             self.check_shape(name, &[d_out, d_in])?;
             match self.source.read_codes(name)? {
                 Some(codes) => {
+                    // Once per tensor at load, as for values read as f32.
+                    if let Some((index, value)) = codes.first_non_finite() {
+                        return Err(ModelError::NonFiniteTensor {
+                            name: name.to_string(),
+                            source_desc: self.source.describe(),
+                            value,
+                            index,
+                        });
+                    }
                     self.mark_used(name);
                     codes
                 }
