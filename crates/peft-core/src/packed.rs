@@ -257,6 +257,16 @@ impl PackedWeight {
             .transpose()
     }
 
+    /// Output columns `start..start + len` of the weight, `[in, len]` in f32 (a slice of a
+    /// packed output head).
+    pub fn column_range(&self, start: usize, len: usize) -> Tensor<2> {
+        self.expand(
+            self.words.clone().narrow(2, start, len),
+            self.scales.clone().narrow(2, start, len),
+            self.offsets.clone().narrow(2, start, len),
+        )
+    }
+
     /// Codes `words` `[blocks, W, n]` with their scales and offsets as values `[in, n]`.
     fn expand(&self, words: Tensor<3, Int>, scales: Tensor<3>, offsets: Tensor<3>) -> Tensor<2> {
         let [blocks, _, n] = words.dims();

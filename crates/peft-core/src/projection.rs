@@ -262,6 +262,15 @@ impl Projection {
         }
     }
 
+    /// The packed layer that computes this projection as it stands (a packed base with no
+    /// adapter computing beside it), for a caller that expands its weight a slice at a time.
+    pub fn as_packed(&self) -> Option<&PackedLinear> {
+        match (self.computation(), &self.base) {
+            (Computation::Base, FrozenLinear::Packed(layer)) => Some(layer),
+            _ => None,
+        }
+    }
+
     /// What [`Self::forward`] runs: the active adapter's copy, the active unmerged adapter, or
     /// the base.
     fn computation(&self) -> Computation<'_> {

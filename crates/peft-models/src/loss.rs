@@ -9,6 +9,7 @@ use peft_core::precision::{to_dtype, to_f32};
 use peft_core::Projection;
 
 use crate::registry::CausalLm;
+use packed_head::packed_cross_entropy;
 
 /// The label that marks a position without loss (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
@@ -135,13 +136,19 @@ pub(crate) fn loss_of_hidden(
     let [batch, seq, width] = hidden.dims();
     let device = hidden.device();
     let (rows, targets) = labels.counted_positions(seq);
+    let count = rows.len();
+    let upload = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [count]), &device);
+    // A packed head without a bias: expanded a slice of columns at a time.
+    if let Some(packed) = head.as_packed().filter(|p| p.bias.is_none() && count > 0) {
+        let picked = hidden.reshape([batch * seq, width]).select(0, upload(rows));
+        let targets = upload(targets);
+        return packed_cross_entropy(picked, &packed.weight, targets, chunk_elements);
+    }
     let linear = match head.as_linear() {
         Some(linear) if !rows.is_empty() => linear,
         // An adapter on the head, or nothing to count (NaN, as transformers gives).
         _ => return causal_lm_loss(to_f32(head.forward(hidden)), labels.to_tensor(&device)),
     };
-    let count = rows.len();
-    let upload = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [count]), &device);
     let picked = hidden.reshape([batch * seq, width]).select(0, upload(rows));
     let vocab = head.out_features();
     let chunk_rows = (chunk_elements / vocab.max(1)).max(1);
@@ -241,5 +248,6 @@ fn chunked_cross_entropy(
     }
 }
 
+mod packed_head;
 #[cfg(test)]
 mod tests;

@@ -122,3 +122,60 @@ fn counted_positions_read_the_position_before_each_label() {
         (vec![1, 3, 6, 7], vec![1, 2, 3, 4])
     );
 }
+
+/// A packed head expanded a slice of vocabulary columns at a time gives the loss and the
+/// hidden states' gradient of the plain loss through its expanded weight, whatever the slice
+/// (one column, three, all of them).
+#[test]
+fn a_packed_head_gives_the_loss_and_gradients_of_its_expanded_weight() {
+    use peft_core::{BlockCodes, PackFormat, PackedWeight};
+    const PACKED_WIDTH: usize = 64;
+    let device = Device::flex().autodiff();
+    let stored: Vec<f32> = (0..VOCAB * PACKED_WIDTH)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.3)
+        .collect();
+    let codes = BlockCodes::quantize(PackFormat::Q4, &stored, VOCAB, PACKED_WIDTH);
+    let packed = PackedWeight::upload(&codes, "lm_head.weight", &device).unwrap();
+    let dense_weight = packed.dequantize();
+    let packed = Projection::packed("lm_head", packed, None, WeightLayout::Linear);
+    let dense = Projection::new(
+        "lm_head",
+        Param::from_tensor(dense_weight),
+        None,
+        WeightLayout::Linear,
+    );
+    let (batch, seq) = (2, 4);
+    let labels = HostLabels::new(vec![4, 7, -100, 2, -100, 10, 0, 3], seq);
+    let hidden = Tensor::<3>::random(
+        [batch, seq, PACKED_WIDTH],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    )
+    .require_grad();
+    let of = |head: &Projection, chunk_elements: usize| {
+        let loss = loss_of_hidden(hidden.clone(), head, &labels, chunk_elements);
+        let grads = loss.backward();
+        (values(loss.detach()), values(hidden.grad(&grads).unwrap()))
+    };
+    let (want_loss, want_grad) = {
+        let loss = causal_lm_loss(dense.forward(hidden.clone()), labels.to_tensor(&device));
+        let grads = loss.backward();
+        (values(loss.detach()), values(hidden.grad(&grads).unwrap()))
+    };
+    let rows = 5; // the labelled positions
+    for columns in [1, 3, VOCAB] {
+        let (loss, grad) = of(&packed, rows * columns);
+        let (loss_err, grad_err) = (
+            relative_error(loss, want_loss.clone()),
+            relative_error(grad, want_grad.clone()),
+        );
+        assert!(
+            loss_err <= 1e-5,
+            "{columns} columns: loss off by {loss_err:e}"
+        );
+        assert!(
+            grad_err <= 1e-5,
+            "{columns} columns: gradient off by {grad_err:e}"
+        );
+    }
+}
