@@ -1213,3 +1213,43 @@ fn qlora_training_lowers_the_loss_and_its_adapter_reloads_onto_the_dequantized_b
         .to_string();
     assert!(err.contains("--quantize"), "{err}");
 }
+
+/// GPT-2 quantized as it loads (`--quantize q8`): its Conv1D weights (stored `[in, out]`) and
+/// its embedding with the head tied to it are packed, and the logits stay within 8-bit
+/// quantization error of the f32 model's (measured 6.7e-3 of the logits' range).
+#[test]
+fn gpt2_packs_its_conv1d_weights_and_tied_table_within_q8_error() {
+    let device = ndarray_device();
+    let expected = Expected::load("gpt2-base");
+    let mask = expected.i64("attention_mask");
+    let logits = |format: BaseFormat| {
+        let path = case_dir("gpt2-base").join("base");
+        let loaded = load_model_as(&path, &device, format).unwrap();
+        let packed = loaded
+            .model
+            .projections()
+            .iter()
+            .all(|(_, p)| p.base.is_packed());
+        let logits = to_vec(loaded.model.forward(
+            int_tensor(&expected.i64("input_ids"), &device),
+            Some(&int_tensor(&mask, &device)),
+            None,
+        ));
+        (
+            packed,
+            loaded.model.token_embedding().dense().is_none(),
+            logits,
+        )
+    };
+    let (_, _, dense) = logits(BaseFormat::default());
+    let (all_packed, table_packed, packed) = logits(BaseFormat {
+        quantize: Some(PackFormat::Q8),
+        dtype: None,
+    });
+    assert!(all_packed && table_packed);
+    let vocab = dense.len() / mask.values.len();
+    let range = dense.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = max_abs_diff_masked(&packed, &dense, &mask.values, vocab) / range;
+    eprintln!("GPT-2 packed in 8 bits: {err:e} of the logits' range from f32");
+    assert!(err > 0.0 && err <= 2e-2, "{err:e}");
+}
