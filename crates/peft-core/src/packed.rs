@@ -190,18 +190,18 @@ impl PackedWeight {
         let format = codes.format;
         let (blocks, per_block, per_word) =
             (cols / BLOCK, format.words_per_block(), format.per_word());
-        let mut words = vec![0u32; blocks * per_block * rows];
+        // 32-bit words as the backends' i32 (every backend has it): expansion masks after
+        // shifting, so the sign bit does not matter.
+        let mut words = vec![0i32; blocks * per_block * rows];
         for r in 0..rows {
             for c in 0..cols {
                 let (b, p) = (c / BLOCK, c % BLOCK);
                 let (k, s) = (p % per_block, p / per_block);
                 let code = codes.codes[r * cols + c] as u32;
-                words[(b * per_block + k) * rows + r] |= code << (s * format.bits());
+                words[(b * per_block + k) * rows + r] |= (code << (s * format.bits())) as i32;
             }
         }
         debug_assert_eq!(per_block * per_word, BLOCK);
-        // The bits as they are: expansion masks after shifting, so the sign does not matter.
-        let words: Vec<i32> = words.into_iter().map(|w| w as i32).collect();
         let per_block_values = |v: &[f32]| {
             let mut out = vec![0.0f32; blocks * rows];
             for r in 0..rows {

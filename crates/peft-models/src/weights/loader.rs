@@ -11,6 +11,8 @@ use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_core::{BlockCodes, HostTensor, PackFormat, PackedWeight, Projection, WeightLayout};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::source::WeightSource;
 use crate::error::{ModelError, Result};
@@ -186,10 +188,7 @@ impl<'a> WeightLoader<'a> {
         format: PackFormat,
     ) -> Result<PackedWeight> {
         let codes = if self.random {
-            let values = self.param(name, [d_out, d_in], false)?.val();
-            let values =
-                HostTensor::read(values).map_err(|e| ModelError::Backend(e.to_string()))?;
-            BlockCodes::quantize(format, &values.data, d_out, d_in)
+            random_codes(format, [d_out, d_in], name)
         } else if conv1d {
             let values = self.host(name, &[d_in, d_out])?.transposed();
             BlockCodes::quantize(format, &values.data, d_out, d_in)
@@ -241,6 +240,35 @@ impl<'a> WeightLoader<'a> {
         // Base weights are frozen: adapters, not the model, are trained.
         Ok(Param::from_tensor(tensor).set_require_grad(false))
     }
+}
+
+/// Block codes of a made-up weight `[rows, cols]` (uniform in ±[`RANDOM_SCALE`], seeded by
+/// `name`), quantized a row at a time on the host: drawing the whole weight in f32 first would
+/// hold two f32 copies of a 1B model's embedding while it loads.
+fn random_codes(format: PackFormat, [rows, cols]: [usize; 2], name: &str) -> BlockCodes {
+    let seed = name
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let blocks = rows * cols / peft_core::packed::BLOCK;
+    let mut codes = BlockCodes {
+        format,
+        rows,
+        cols,
+        codes: Vec::with_capacity(rows * cols),
+        scales: Vec::with_capacity(blocks),
+        offsets: Vec::with_capacity(blocks),
+    };
+    let mut row = vec![0.0f32; cols];
+    for _ in 0..rows {
+        row.iter_mut()
+            .for_each(|v| *v = rng.random_range(-RANDOM_SCALE..RANDOM_SCALE) as f32);
+        let quantized = BlockCodes::quantize(format, &row, 1, cols);
+        codes.codes.extend(quantized.codes);
+        codes.scales.extend(quantized.scales);
+        codes.offsets.extend(quantized.offsets);
+    }
+    codes
 }
 
 fn upload<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
