@@ -180,10 +180,16 @@ fn referenced_paths(text: &str) -> Vec<Vec<String>> {
         .collect::<Vec<_>>()
         .join("\n");
     let mut out = Vec::new();
-    for statement in code.split(';') {
+    for (i, statement) in code.split(';').enumerate() {
+        // A `use` item starts a line; "…; use --flag" inside a string literal does not.
+        let lead = &statement[..statement.len() - statement.trim_start().len()];
+        let starts_line = i == 0 || lead.contains('\n');
         if let Some(tree) = statement.trim().split("use ").nth(1).filter(|_| {
             let s = statement.trim_start();
-            s.starts_with("use ") || s.starts_with("pub use ") || s.starts_with("pub(crate) use ")
+            starts_line
+                && (s.starts_with("use ")
+                    || s.starts_with("pub use ")
+                    || s.starts_with("pub(crate) use "))
         }) {
             expand(&[], tree.trim(), &mut out);
         }
@@ -209,7 +215,8 @@ fn expand(prefix: &[String], tree: &str, out: &mut Vec<Vec<String>>) {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect();
-        let inner = tree[open + 1..tree.rfind('}').unwrap_or(tree.len())].trim();
+        let close = tree.rfind('}').filter(|&c| c > open).unwrap_or(tree.len());
+        let inner = tree[open + 1..close].trim();
         let mut base = prefix.to_vec();
         base.extend(head);
         for item in split_top_level(inner) {
@@ -313,6 +320,15 @@ mod tests {
         assert!(resolved.contains(&vec!["method".to_string(), "common".to_string()]));
         assert!(resolved.contains(&vec!["files".to_string()]));
         assert!(resolved.contains(&vec!["a".to_string(), "x".to_string()]));
+    }
+
+    /// "…; use --dtype f32 there" inside a string is not a `use` item (it made the scan slice
+    /// past the end of a brace group: `{dtype:?}` after it).
+    #[test]
+    fn a_use_inside_a_string_literal_is_not_an_item() {
+        let text = "fn f() {\n    bail!(\"no bf16; use --dtype f32 {}\", format!(\"{d:?}\"));\n}\nuse crate::files;";
+        let paths = referenced_paths(text);
+        assert_eq!(paths, vec![vec!["crate".to_string(), "files".to_string()]]);
     }
 
     #[test]
