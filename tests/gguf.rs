@@ -17,11 +17,11 @@ use half::f16;
 use peft_core::{load_adapter, PackFormat, ProjectionHost};
 use peft_models::weights::gguf::{tokenizer, GgufFile};
 use peft_models::{load_model, load_model_as, BaseFormat, TextTokenizer};
+use peft_train::adamw;
 use peft_train::config::Schedule;
 use peft_train::model::{TrainableLm, Trained};
 use peft_train::schedule::{learning_rates, WarmupSchedule};
 use peft_train::step::step_gradients;
-use peft_train::{adamw, TrainConfig};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -1158,25 +1158,13 @@ fn qlora_gives_the_gradients_of_lora_on_the_dequantized_base() {
 /// with, and merging into the packed base is refused by name.
 #[test]
 fn qlora_training_lowers_the_loss_and_its_adapter_reloads_onto_the_dequantized_base() {
-    use peft_train::config::{LoraOptions, MethodSection, Quantize};
     let dir = tempfile::tempdir().unwrap();
     write_case(dir.path(), Variant::Q4_1);
     let path = dir.path().join("model.gguf");
-    let data = write_reversal_data(dir.path());
-    let mut config = TrainConfig::default();
+    let mut config = reversal_config(dir.path());
     config.model.path = Some(path.clone());
-    config.model.quantize = Some(Quantize::Q4);
-    config.data.train = Some(data);
-    config.method = MethodSection::Lora(LoraOptions {
-        target: vec!["q_proj".into(), "v_proj".into(), "lm_head".into()],
-        dropout: 0.0,
-        ..LoraOptions::default()
-    });
-    config.training.lr = 1e-2;
-    config.training.schedule = Schedule::Constant;
-    config.training.batch_size = 3;
+    config.model.quantize = Some(peft_train::config::Quantize::Q4);
     config.training.max_steps = Some(30);
-    config.training.out = dir.path().join("run");
     let device = ndarray_device();
     let mut summary = peft_train::train(&config, &device, false).unwrap();
     let losses = logged_losses(&dir.path().join("run"));

@@ -12,7 +12,7 @@ use burn::train::Learner;
 use common::*;
 use peft_core::load_adapter;
 use peft_models::{load_model_as, BaseFormat};
-use peft_train::config::{BaseDtype, LoraOptions, MethodSection, Schedule};
+use peft_train::config::{BaseDtype, MethodSection, Schedule};
 use peft_train::model::{TrainableLm, Trained};
 use peft_train::schedule::{learning_rates, WarmupSchedule};
 use peft_train::step::step_gradients;
@@ -105,21 +105,9 @@ fn a_low_precision_base_gives_the_loss_and_gradients_of_f32_within_tolerance() {
 #[test]
 fn training_on_a_bf16_base_keeps_adapters_and_adamw_state_in_f32() {
     let dir = tempfile::tempdir().unwrap();
-    let data = write_reversal_data(dir.path());
-    let mut config = TrainConfig::default();
-    config.model.path = Some(case_dir("llama-base").join("base"));
+    let mut config = reversal_config(dir.path());
     config.model.dtype = Some(BaseDtype::Bf16);
-    config.data.train = Some(data);
-    config.method = MethodSection::Lora(LoraOptions {
-        target: vec!["q_proj".into(), "v_proj".into(), "lm_head".into()],
-        dropout: 0.0,
-        ..LoraOptions::default()
-    });
-    config.training.lr = 1e-2;
-    config.training.schedule = Schedule::Constant;
-    config.training.batch_size = 3;
     config.training.max_steps = Some(20);
-    config.training.out = dir.path().join("run");
     let summary = peft_train::train(&config, &Device::flex(), false).unwrap();
     let losses = logged_losses(&dir.path().join("run"));
     let (first, last) = (losses[0], *losses.last().unwrap());

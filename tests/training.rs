@@ -56,29 +56,10 @@ fn base_parameters(model: &CausalLm) -> BTreeMap<String, Vec<u32>> {
     collect.out
 }
 
-fn config(data: &Path, out: &Path) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    c.model.path = Some(case_dir("llama-base").join("base"));
-    c.data.train = Some(data.to_path_buf());
-    // The fixture's LM head is small and random: adapting it lets a tiny model memorise.
-    c.method = MethodSection::Lora(LoraOptions {
-        target: vec!["q_proj".into(), "v_proj".into(), "lm_head".into()],
-        dropout: 0.0,
-        ..LoraOptions::default()
-    });
-    c.training.lr = 1e-2;
-    c.training.schedule = Schedule::Constant;
-    c.training.batch_size = 3;
-    c.training.max_steps = Some(40);
-    c.training.out = out.to_path_buf();
-    c
-}
-
 /// A temporary folder with the dataset, and the fixture configuration writing to `<dir>/run`.
 fn setup() -> (tempfile::TempDir, TrainConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let data = write_reversal_data(dir.path());
-    let config = config(&data, &dir.path().join("run"));
+    let config = reversal_config(dir.path());
     (dir, config)
 }
 

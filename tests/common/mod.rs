@@ -318,6 +318,27 @@ pub fn write_reversal_data(dir: &std::path::Path) -> PathBuf {
     path
 }
 
+/// LoRA on the tiny LLaMA's q/v and head, learning [`write_reversal_data`]'s data in `dir`,
+/// 40 steps, writing to `<dir>/run`. The fixture's head is small and random: adapting it lets
+/// a tiny model memorise.
+pub fn reversal_config(dir: &std::path::Path) -> peft_train::TrainConfig {
+    use peft_train::config::{LoraOptions, MethodSection, Schedule};
+    let mut c = peft_train::TrainConfig::default();
+    c.model.path = Some(case_dir("llama-base").join("base"));
+    c.data.train = Some(write_reversal_data(dir));
+    c.method = MethodSection::Lora(LoraOptions {
+        target: vec!["q_proj".into(), "v_proj".into(), "lm_head".into()],
+        dropout: 0.0,
+        ..LoraOptions::default()
+    });
+    c.training.lr = 1e-2;
+    c.training.schedule = Schedule::Constant;
+    c.training.batch_size = 3;
+    c.training.max_steps = Some(40);
+    c.training.out = dir.join("run");
+    c
+}
+
 /// The loss of every step a training run in `out` logged.
 pub fn logged_losses(out: &std::path::Path) -> Vec<f64> {
     std::fs::read_to_string(out.join("metrics.jsonl"))

@@ -164,17 +164,23 @@ impl<'a> WeightLoader<'a> {
     fn host(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
         self.check_shape(name, expected)?;
         let tensor = self.source.read_f32(name)?;
-        // Once per tensor at load: a NaN weight would otherwise reach every logit silently.
-        if let Some((index, value)) = tensor.first_non_finite() {
-            return Err(ModelError::NonFiniteTensor {
+        self.check_finite(name, tensor.first_non_finite())?;
+        self.mark_used(name);
+        Ok(tensor)
+    }
+
+    /// Refuses tensor `name` when it holds a NaN or infinite value (`first`: its index and
+    /// value), once per tensor at load: it would otherwise reach every logit silently.
+    fn check_finite(&self, name: &str, first: Option<(usize, f32)>) -> Result<()> {
+        match first {
+            Some((index, value)) => Err(ModelError::NonFiniteTensor {
                 name: name.to_string(),
                 source_desc: self.source.describe(),
                 value,
                 index,
-            });
+            }),
+            None => Ok(()),
         }
-        self.mark_used(name);
-        Ok(tensor)
     }
 
     /// The frozen weight `[d_in, d_out]` stored under `name` (`[d_out, d_in]`, or as is with
@@ -196,15 +202,7 @@ impl<'a> WeightLoader<'a> {
             self.check_shape(name, &[d_out, d_in])?;
             match self.source.read_codes(name)? {
                 Some(codes) => {
-                    // Once per tensor at load, as for values read as f32.
-                    if let Some((index, value)) = codes.first_non_finite() {
-                        return Err(ModelError::NonFiniteTensor {
-                            name: name.to_string(),
-                            source_desc: self.source.describe(),
-                            value,
-                            index,
-                        });
-                    }
+                    self.check_finite(name, codes.first_non_finite())?;
                     self.mark_used(name);
                     codes
                 }
