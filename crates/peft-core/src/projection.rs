@@ -187,13 +187,15 @@ impl Projection {
     /// A mixed batch, as PEFT's `_mixed_batch_forward`: the base on every batch row, plus each
     /// adapter's change on the rows that name it.
     fn forward_mixed<const D: usize>(&self, x: Tensor<D>, mixed: &MixedRows) -> Tensor<D> {
-        let mut out = on_rows(x.clone(), |x| self.base.forward(x));
+        // One base layer for every group: a packed weight expanded once, not per adapter.
+        let base = self.base.as_linear();
+        let mut out = on_rows(x.clone(), |x| base.forward(x));
         for (name, index) in &mixed.groups {
             let Some(adapter) = self.adapter(name) else {
                 continue;
             };
             let sub = x.clone().select(0, index.clone());
-            let adapted = on_rows(sub, |x| adapter.forward(x, &self.base.as_linear()));
+            let adapted = on_rows(sub, |x| adapter.forward(x, &base));
             let change = adapted - out.clone().select(0, index.clone());
             out = out.select_assign(0, index.clone(), change, IndexingUpdateOp::Add);
         }

@@ -235,7 +235,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     let adapter_bytes = match model.adapter() {
         Some((_, config)) => saved_adapter_bytes(&trained, config)?,
-        None => (parameters.total * bytes_per_float(args.dtype)) as u64,
+        // Full fine-tuning: every weight, in f32 (`--dtype` is refused for it).
+        None => (parameters.total * std::mem::size_of::<f32>()) as u64,
     };
     let (peak_mem_bytes, peak_mem_kind) = match device_peak {
         Some(bytes) => (bytes, "device pool reserved"),
@@ -385,13 +386,6 @@ fn generation_speed(lm: &CausalLm, new_tokens: usize, device: &Device) -> Result
     let start = Instant::now();
     let produced = generate(lm, &prompt, &config, device, |_| Ok(()))?;
     Ok(produced.len() as f64 / start.elapsed().as_secs_f64())
-}
-
-fn bytes_per_float(dtype: Dtype) -> usize {
-    match dtype {
-        Dtype::F32 => 4,
-        Dtype::F16 | Dtype::Bf16 => 2,
-    }
 }
 
 /// Size of the adapter folder as `train` writes it.
