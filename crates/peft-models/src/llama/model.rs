@@ -12,7 +12,7 @@ use super::config::LlamaConfig;
 use crate::arch::{config_error, Architecture};
 use crate::error::Result;
 use crate::nn::activation::Activation;
-use crate::nn::attention::{attention_mask, repeat_kv, scaled_dot_product, KvCache};
+use crate::nn::attention::{attention_mask, scaled_dot_product, KvCache};
 use crate::nn::embedding::Embedding;
 use crate::nn::norm::RmsNorm;
 use crate::nn::projections::{has_projections, has_projections_enum};
@@ -159,9 +159,8 @@ impl LlamaAttention {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
-        let n_rep = self.num_heads / self.num_kv_heads;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = scaled_dot_product(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, scale);
+        let out = scaled_dot_product(q, k, v, mask, scale);
         let out = out
             .swap_dims(1, 2)
             .reshape([b, s, self.num_heads * self.head_dim]);

@@ -5,6 +5,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
+use super::efficient_attention;
+
 /// The mask `[batch, 1, q_len, past_len + q_len]` (`true` = may not attend): causal, plus
 /// padded keys where `padding_mask` (`[batch, past_len + q_len]`, 1 = real token) is 0, plus,
 /// with a sliding `window` (Mistral), keys `window` or more columns before the query (a query
@@ -55,7 +57,7 @@ pub fn attention_mask(
 
 /// Repeats each key/value head `n_rep` times so that `[b, kv_heads, t, d]` serves
 /// `kv_heads * n_rep` query heads (head `i` uses key/value head `i / n_rep`, as transformers does).
-pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
     if n_rep == 1 {
         return x;
     }
@@ -65,8 +67,11 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
         .reshape([b, kv_heads * n_rep, t, d])
 }
 
-/// Softmax attention of `q` `[b, h, s, d]` over `k`, `v` `[b, h, t, d]` with `mask`
-/// `[b, 1, s, t]`, scaling scores by `scale`. Burn's fused kernel on GPU backends.
+/// Softmax attention of `q` `[b, h, s, d]` over `k`, `v` `[b, g, t, d]` (`g` key/value heads,
+/// each serving `h / g` consecutive query heads) with `mask` `[b, 1, s, t]`, scaling scores by
+/// `scale`. Under autodiff, [`efficient_attention`], which keeps no attention weights for
+/// backward; otherwise Burn's fused kernel (on GPU backends) on keys and values repeated per
+/// query head.
 pub fn scaled_dot_product(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -74,6 +79,11 @@ pub fn scaled_dot_product(
     mask: &Tensor<4, Bool>,
     scale: f64,
 ) -> Tensor<4> {
+    if let Some(output) = efficient_attention::attention(&q, &k, &v, mask, scale) {
+        return output;
+    }
+    let n_rep = q.dims()[1] / k.dims()[1];
+    let (k, v) = (repeat_kv(k, n_rep), repeat_kv(v, n_rep));
     let [b, h, s, _] = q.dims();
     let t = k.dims()[2];
     let mask = mask.clone().expand([b, h, s, t]);
