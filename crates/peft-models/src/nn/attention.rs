@@ -69,9 +69,9 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 
 /// Softmax attention of `q` `[b, h, s, d]` over `k`, `v` `[b, g, t, d]` (`g` key/value heads,
 /// each serving `h / g` consecutive query heads) with `mask` `[b, 1, s, t]`, scaling scores by
-/// `scale`. Under autodiff, [`efficient_attention`], which keeps no attention weights for
-/// backward; otherwise Burn's fused kernel (on GPU backends) on keys and values repeated per
-/// query head.
+/// `scale`: [`efficient_attention`] (under autodiff it keeps no attention weights for backward)
+/// where it was built for the backend; otherwise Burn's attention (a fused kernel on GPU
+/// backends) on keys and values repeated per query head.
 pub fn scaled_dot_product(
     q: Tensor<4>,
     k: Tensor<4>,

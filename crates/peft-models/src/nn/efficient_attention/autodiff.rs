@@ -1,6 +1,6 @@
 //! The attention as one node of Burn's autodiff graph, with [`super::blocks`]' backward pass:
-//! the node keeps the queries, keys and values (which their producers keep anyway), the mask
-//! and two numbers per query row, and no `[.., rows, keys]` tensor.
+//! the node keeps the queries, keys and values (which their producers keep anyway) and the mask,
+//! and no `[.., rows, keys]` tensor.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -10,7 +10,7 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::backend::Backend;
 
-use super::blocks::{self, Inputs, RowStats};
+use super::blocks::{self, Inputs};
 
 /// [`blocks::forward`] on `Autodiff<B, C>`'s tensors, recorded with [`AttentionBackward`].
 pub(super) fn attention<B: Backend, C: CheckpointStrategy>(
@@ -40,13 +40,12 @@ pub(super) fn attention<B: Backend, C: CheckpointStrategy>(
                 scale,
                 block_elements,
             };
-            let (output, stats) = blocks::forward::<B>(&inputs);
+            let output = blocks::forward::<B>(&inputs);
             let state = AttentionState {
                 ids,
                 mask: inputs.mask,
                 scale,
                 block_elements,
-                stats,
             };
             prep.finish(state, output)
         }
@@ -59,7 +58,7 @@ pub(super) fn attention<B: Backend, C: CheckpointStrategy>(
                 scale,
                 block_elements,
             };
-            prep.finish(blocks::forward::<B>(&inputs).0)
+            prep.finish(blocks::forward::<B>(&inputs))
         }
     }
 }
@@ -76,7 +75,6 @@ struct AttentionState<B: Backend> {
     mask: BoolTensor<B>,
     scale: f64,
     block_elements: usize,
-    stats: RowStats<B>,
 }
 
 impl<B: Backend> Backward<B, 3> for AttentionBackward {
@@ -93,7 +91,6 @@ impl<B: Backend> Backward<B, 3> for AttentionBackward {
             mask,
             scale,
             block_elements,
-            stats,
         } = ops.state;
         let inputs = Inputs {
             query: checkpointer.retrieve_node_output(query),
@@ -110,7 +107,7 @@ impl<B: Backend> Backward<B, 3> for AttentionBackward {
             key_node.is_some(),
             value_node.is_some(),
         ];
-        let gradients = blocks::backward::<B>(&inputs, &stats, grad_output, wanted);
+        let gradients = blocks::backward::<B>(&inputs, grad_output, wanted);
         let pairs = [
             (query_node, gradients.query),
             (key_node, gradients.key),

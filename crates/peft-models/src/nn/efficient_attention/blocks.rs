@@ -1,14 +1,16 @@
-//! The attention's forward and backward arithmetic on one backend's primitives, a block of query
-//! rows at a time, so that no `[batch, heads, rows, keys]` tensor larger than a block exists.
+//! The attention's forward and backward arithmetic on one backend's primitives. The backward
+//! pass goes a block of query rows at a time, so that no `[batch, heads, rows, keys]` tensor
+//! larger than a block exists.
 
 use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{FloatDType, Shape, Slice};
 use std::ops::Range;
 
 /// Queries `[b, g, n, d]` (the `n` rows of the query heads that share each of the `g` key/value
 /// heads), keys and values `[b, g, t, d]`, the mask `[b, 1, n, t]` (`true` = may not attend)
-/// and the scores' scale; the scores are computed `block_elements` at most at a time.
+/// and the scores' scale; backward computes `block_elements` scores at most at a time.
 pub(super) struct Inputs<B: Backend> {
     pub query: FloatTensor<B>,
     pub key: FloatTensor<B>,
@@ -18,15 +20,6 @@ pub(super) struct Inputs<B: Backend> {
     pub block_elements: usize,
 }
 
-/// What the backward pass needs of the forward's softmax, per query row `[b, g, n, 1]`: the
-/// row's largest score and its sum of `exp(score - max)`, as the forward clamped them, so that
-/// the recomputed attention weights are the forward's to the last bit.
-#[derive(Clone, Debug)]
-pub(super) struct RowStats<B: Backend> {
-    pub max: FloatTensor<B>,
-    pub sum: FloatTensor<B>,
-}
-
 /// The gradients of the queries, keys and values; `None` where the caller does not want one.
 pub(super) struct InputGradients<B: Backend> {
     pub query: Option<FloatTensor<B>>,
@@ -34,28 +27,26 @@ pub(super) struct InputGradients<B: Backend> {
     pub value: Option<FloatTensor<B>>,
 }
 
-/// `softmax(q·kᵀ·scale, masked) · v` `[b, g, n, d]` and the softmax's row statistics.
-pub(super) fn forward<B: Backend>(inputs: &Inputs<B>) -> (FloatTensor<B>, RowStats<B>) {
-    let key_t = B::float_transpose(inputs.key.clone());
-    let mut outputs = Vec::new();
-    let mut maxes = Vec::new();
-    let mut sums = Vec::new();
-    for rows in row_blocks(inputs) {
-        let scores = masked_scores(inputs, &key_t, rows);
-        let (lowest, smallest) = softmax_clamps::<B>(&scores);
-        let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), lowest.into());
-        let weights = B::float_exp(B::float_sub(scores, max.clone()));
-        let sum = B::float_clamp_min(B::float_sum_dim(weights.clone(), 3), smallest.into());
-        let output = B::float_matmul(weights, inputs.value.clone());
-        outputs.push(B::float_div(output, sum.clone()));
-        maxes.push(max);
-        sums.push(sum);
-    }
-    let stats = RowStats {
-        max: concat_rows::<B>(maxes),
-        sum: concat_rows::<B>(sums),
-    };
-    (concat_rows::<B>(outputs), stats)
+/// `softmax(q·kᵀ·scale, masked) · v` `[b, g, n, d]`: the backend's own attention, a fused
+/// kernel where it has one (flex's tiled CPU kernel, CubeCL's flash attention), which keeps
+/// nothing.
+pub(super) fn forward<B: Backend>(inputs: &Inputs<B>) -> FloatTensor<B> {
+    let shape = inputs.query.shape();
+    let [b, g, n, _] = dims4(&shape);
+    let t = dims4(&inputs.key.shape())[2];
+    let mask = B::bool_expand(inputs.mask.clone(), Shape::new([b, g, n, t]));
+    B::attention(
+        inputs.query.clone(),
+        inputs.key.clone(),
+        inputs.value.clone(),
+        Some(mask),
+        None,
+        AttentionModuleOptions {
+            scale: Some(inputs.scale),
+            softcap: None,
+            is_causal: false,
+        },
+    )
 }
 
 /// The gradients of [`forward`]'s inputs from the gradient of its output `[b, g, n, d]`,
@@ -64,7 +55,6 @@ pub(super) fn forward<B: Backend>(inputs: &Inputs<B>) -> (FloatTensor<B>, RowSta
 /// `dK = dSᵀ·Q·scale`.
 pub(super) fn backward<B: Backend>(
     inputs: &Inputs<B>,
-    stats: &RowStats<B>,
     grad_output: FloatTensor<B>,
     wanted: [bool; 3],
 ) -> InputGradients<B> {
@@ -75,11 +65,7 @@ pub(super) fn backward<B: Backend>(
     let mut grad_key: Option<FloatTensor<B>> = None;
     let mut grad_value: Option<FloatTensor<B>> = None;
     for rows in row_blocks(inputs) {
-        let scores = masked_scores(inputs, &key_t, rows.clone());
-        let weights = B::float_div(
-            B::float_exp(B::float_sub(scores, slice_rows::<B>(&stats.max, &rows))),
-            slice_rows::<B>(&stats.sum, &rows),
-        );
+        let weights = softmax::<B>(masked_scores(inputs, &key_t, rows.clone()));
         let grad_out = slice_rows::<B>(&grad_output, &rows);
         if want_value {
             let block = B::float_matmul(B::float_transpose(weights.clone()), grad_out.clone());
@@ -123,6 +109,16 @@ fn masked_scores<B: Backend>(
         scores.shape(),
     );
     B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into())
+}
+
+/// The softmax of `scores` along the keys, clamped as in Burn's own attention so that a row with
+/// every key masked gets zero weights instead of NaN.
+fn softmax<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
+    let (lowest, smallest) = softmax_clamps::<B>(&scores);
+    let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), lowest.into());
+    let weights = B::float_exp(B::float_sub(scores, max));
+    let sum = B::float_clamp_min(B::float_sum_dim(weights.clone(), 3), smallest.into());
+    B::float_div(weights, sum)
 }
 
 /// Consecutive blocks of query rows, each with at most `inputs.block_elements` scores (one row
@@ -176,8 +172,7 @@ fn dims4(shape: &Shape) -> [usize; 4] {
 }
 
 /// The most negative finite value and the smallest positive normal one of the scores' float
-/// type: the softmax's clamps, as in Burn's own attention, so that a row with every key masked
-/// gets zero weights instead of NaN.
+/// type: the softmax's clamps.
 fn softmax_clamps<B: Backend>(scores: &FloatTensor<B>) -> (f64, f64) {
     let info = scores
         .dtype()

@@ -2,9 +2,10 @@
 //! keeping them. Under autodiff, Burn 0.22 runs `attention` through its decomposed fallback, whose
 //! graph keeps the exponentials and the softmax of every layer, two `[batch, heads, seq, seq]`
 //! tensors (2 × 38 MB a layer for SmolLM2 at 4×512 in f32, more than the rest of a LoRA step's
-//! activations together). Here the attention is one node of the graph: its forward pass goes a block of
-//! query rows at a time and keeps two numbers per row, and its backward pass recomputes each
-//! block's weights from the queries and keys, as FlashAttention's does. Grouped-query attention
+//! activations together). Here the attention is one node of the graph: its forward pass is the
+//! backend's own attention (a fused kernel on flex and the GPU backends) and keeps nothing, and
+//! its backward pass recomputes the weights a block of query rows at a time from the queries and
+//! keys, as FlashAttention's does. Grouped-query attention
 //! runs without repeating keys and values: the query heads that share a key/value head are
 //! stacked along the rows.
 //!
@@ -38,7 +39,7 @@ pub fn attention(
 }
 
 /// Elements of one block of scores `[batch, key/value heads, query rows, keys]` (32 MiB in f32):
-/// the most of them the attention holds at a time, in its forward and its backward pass.
+/// the most of them the attention's backward pass holds at a time.
 const BLOCK_ELEMENTS: usize = 1 << 23;
 
 /// [`attention`], computing at most `block_elements` scores at a time.
