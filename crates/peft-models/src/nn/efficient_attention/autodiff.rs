@@ -25,6 +25,16 @@ pub(super) fn attention<B: Backend, C: CheckpointStrategy>(
         .prepare::<C>([query.node(), key.node(), value.node()])
         .compute_bound()
         .stateful();
+    let inputs = |query: FloatTensor<Autodiff<B, C>>,
+                  key: FloatTensor<Autodiff<B, C>>,
+                  value: FloatTensor<Autodiff<B, C>>| Inputs {
+        query: query.into_primitive(),
+        key: key.into_primitive(),
+        value: value.into_primitive(),
+        mask: mask.clone(),
+        scale,
+        block_elements,
+    };
     match prep {
         OpsKind::Tracked(mut prep) => {
             let ids = [
@@ -32,14 +42,7 @@ pub(super) fn attention<B: Backend, C: CheckpointStrategy>(
                 prep.checkpoint(&key),
                 prep.checkpoint(&value),
             ];
-            let inputs = Inputs {
-                query: query.into_primitive(),
-                key: key.into_primitive(),
-                value: value.into_primitive(),
-                mask,
-                scale,
-                block_elements,
-            };
+            let inputs = inputs(query, key, value);
             let output = blocks::forward::<B>(&inputs);
             let state = AttentionState {
                 ids,
@@ -49,17 +52,7 @@ pub(super) fn attention<B: Backend, C: CheckpointStrategy>(
             };
             prep.finish(state, output)
         }
-        OpsKind::UnTracked(prep) => {
-            let inputs = Inputs {
-                query: query.into_primitive(),
-                key: key.into_primitive(),
-                value: value.into_primitive(),
-                mask,
-                scale,
-                block_elements,
-            };
-            prep.finish(blocks::forward::<B>(&inputs))
-        }
+        OpsKind::UnTracked(prep) => prep.finish(blocks::forward::<B>(&inputs(query, key, value))),
     }
 }
 
