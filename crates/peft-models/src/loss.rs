@@ -152,10 +152,12 @@ pub(crate) fn loss_of_hidden(
     let picked = hidden.reshape([batch * seq, width]).select(0, upload(rows));
     let vocab = head.out_features();
     let chunk_rows = (chunk_elements / vocab.max(1)).max(1);
-    chunked_cross_entropy(picked, &linear, upload(targets), chunk_rows)
+    let uploaded = upload(targets.clone());
+    chunked_cross_entropy(picked, &linear, (uploaded, &targets), chunk_rows)
 }
 
-/// Mean cross-entropy of `linear(hidden)` `[rows, vocab]` against `targets` `[rows]`, computed
+/// Mean cross-entropy of `linear(hidden)` `[rows, vocab]` against `targets` `[rows]` (on the
+/// device, and as the host holds them), computed
 /// `chunk_rows` rows at a time outside autodiff: each chunk gives its share of the loss and of
 /// the gradients of `hidden` (and of the layer's weight and bias where they train), `softmax −
 /// one_hot`, at once. The result carries those gradients through a surrogate
@@ -164,7 +166,7 @@ pub(crate) fn loss_of_hidden(
 fn chunked_cross_entropy(
     hidden: Tensor<2>,
     linear: &Linear,
-    targets: Tensor<1, Int>,
+    (targets, host_targets): (Tensor<1, Int>, &[i64]),
     chunk_rows: usize,
 ) -> Tensor<1> {
     let rows = hidden.dims()[0];
@@ -191,22 +193,27 @@ fn chunked_cross_entropy(
     for start in (0..rows).step_by(chunk_rows) {
         let len = chunk_rows.min(rows - start);
         let h_chunk = h.clone().narrow(0, start, len);
-        let t_chunk = targets.clone().narrow(0, start, len).reshape([len, 1]);
         let mut logits = to_f32(h_chunk.clone().matmul(w.clone()));
         if let Some(b) = &b {
             logits = logits + b.clone();
         }
-        let max = logits.clone().max_dim(1);
-        let exp = (logits.clone() - max.clone()).exp();
-        let sum = exp.clone().sum_dim(1);
-        let target_logit = logits.gather(1, t_chunk.clone());
-        total = total + (sum.clone().log() + max - target_logit).sum();
+        // The chunk's loss and d(loss)/d(logits), up to the 1/rows of the mean.
+        let fused = flex_rows::cross_entropy_rows(logits, &host_targets[start..start + len]);
+        let grad = match fused {
+            Ok((loss, grad)) => {
+                total = total.add_scalar(loss);
+                grad
+            }
+            Err(logits) => {
+                let t_chunk = targets.clone().narrow(0, start, len).reshape([len, 1]);
+                let (loss, grad) = composed_cross_entropy_rows(*logits, t_chunk);
+                total = total + loss;
+                grad
+            }
+        };
         if !(wants_hidden || wants_weight || wants_bias) {
             continue;
         }
-        // d(loss)/d(logits) of this chunk, up to the 1/rows of the mean.
-        let minus_one = Tensor::<2>::full([len, 1], -1.0, &device);
-        let grad = (exp / sum).scatter(1, t_chunk, minus_one, IndexingUpdateOp::Add);
         if wants_hidden {
             let product = to_dtype(grad.clone(), dtype).matmul(w.clone().transpose());
             grad_hidden.push(to_dtype(product, hidden.dtype()));
@@ -248,6 +255,39 @@ fn chunked_cross_entropy(
     }
 }
 
+/// [`flex_rows::cross_entropy_rows`] composed of tensor operations, for every backend: the sum of
+/// the rows' losses `[1]` and `softmax − one_hot` of `logits` `[rows, vocab]` against `targets`
+/// `[rows, 1]`.
+fn composed_cross_entropy_rows(
+    logits: Tensor<2>,
+    targets: Tensor<2, Int>,
+) -> (Tensor<1>, Tensor<2>) {
+    let rows = logits.dims()[0];
+    let max = logits.clone().max_dim(1);
+    let exp = (logits.clone() - max.clone()).exp();
+    let sum = exp.clone().sum_dim(1);
+    let target_logit = logits.gather(1, targets.clone());
+    let loss = (sum.clone().log() + max - target_logit).sum();
+    let minus_one = Tensor::<2>::full([rows, 1], -1.0, &loss.device());
+    let grad = (exp / sum).scatter(1, targets, minus_one, IndexingUpdateOp::Add);
+    (loss, grad)
+}
+
+#[cfg(feature = "flex")]
+mod flex_rows;
+/// Without flex, every chunk takes the composed path.
+#[cfg(not(feature = "flex"))]
+mod flex_rows {
+    use burn::tensor::Tensor;
+
+    /// Always the logits back: flex is not compiled in.
+    pub(super) fn cross_entropy_rows(
+        logits: Tensor<2>,
+        _targets: &[i64],
+    ) -> Result<(f64, Tensor<2>), Box<Tensor<2>>> {
+        Err(Box::new(logits))
+    }
+}
 mod packed_head;
 #[cfg(test)]
 mod tests;
