@@ -8,6 +8,8 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use peft_core::precision::{to_dtype, to_f32};
 use peft_core::Projection;
 
+#[cfg(feature = "flex")]
+use crate::nn::flex::cross_entropy_rows;
 use crate::registry::CausalLm;
 use packed_head::packed_cross_entropy;
 
@@ -198,7 +200,7 @@ fn chunked_cross_entropy(
             logits = logits + b.clone();
         }
         // The chunk's loss and d(loss)/d(logits), up to the 1/rows of the mean.
-        let fused = flex_rows::cross_entropy_rows(logits, &host_targets[start..start + len]);
+        let fused = cross_entropy_rows(logits, &host_targets[start..start + len]);
         let grad = match fused {
             Ok((loss, grad)) => {
                 total = total.add_scalar(loss);
@@ -255,7 +257,7 @@ fn chunked_cross_entropy(
     }
 }
 
-/// [`flex_rows::cross_entropy_rows`] composed of tensor operations, for every backend: the sum of
+/// `nn::flex::cross_entropy_rows` composed of tensor operations, for every backend: the sum of
 /// the rows' losses `[1]` and `softmax − one_hot` of `logits` `[rows, vocab]` against `targets`
 /// `[rows, 1]`.
 fn composed_cross_entropy_rows(
@@ -273,21 +275,15 @@ fn composed_cross_entropy_rows(
     (loss, grad)
 }
 
-#[cfg(feature = "flex")]
-mod flex_rows;
-/// Without flex, every chunk takes the composed path.
+/// Without flex, every chunk is composed of tensor operations.
 #[cfg(not(feature = "flex"))]
-mod flex_rows {
-    use burn::tensor::Tensor;
-
-    /// Always the logits back: flex is not compiled in.
-    pub(super) fn cross_entropy_rows(
-        logits: Tensor<2>,
-        _targets: &[i64],
-    ) -> Result<(f64, Tensor<2>), Box<Tensor<2>>> {
-        Err(Box::new(logits))
-    }
+fn cross_entropy_rows(
+    logits: Tensor<2>,
+    _targets: &[i64],
+) -> Result<(f64, Tensor<2>), Box<Tensor<2>>> {
+    Err(Box::new(logits))
 }
+
 mod packed_head;
 #[cfg(test)]
 mod tests;

@@ -243,7 +243,7 @@ impl LlamaMlp {
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let (gate, up) = self.gate_up.forward(x, self.ffn);
-        self.down_proj.forward(self.activation.apply(gate) * up)
+        self.down_proj.forward(self.activation.gated(gate, up))
     }
 }
 

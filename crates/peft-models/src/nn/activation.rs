@@ -37,4 +37,16 @@ impl Activation {
             Self::Silu => silu(x),
         }
     }
+
+    /// A gated feed-forward's product `act(gate) · up` (SwiGLU with silu): one fused kernel
+    /// for silu in f32 on flex, the composed operations otherwise.
+    pub fn gated<const D: usize>(self, gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+        #[cfg(feature = "flex")]
+        if self == Self::Silu {
+            if let Some(product) = super::flex::swiglu(&gate, &up) {
+                return product;
+            }
+        }
+        self.apply(gate) * up
+    }
 }

@@ -1,26 +1,19 @@
-//! One chunk of the cross-entropy on the flex CPU backend in a single parallel pass over the
-//! logits, in place: each row's maximum, exponentials, sum, loss and `softmax − one_hot`.
-//!
-//! Written here rather than composed of Burn's tensor operations because, in burn-flex 0.22.1,
-//! those run element-wise on one thread, its `exp` calls the scalar `f32::exp`, and each of the
-//! five vocabulary-wide steps (subtract, exp, divide, scatter, and their outputs' allocation) makes
-//! a new `[rows, vocab]` tensor: 13% of the calling thread's time in a SmolLM2 LoRA step, while
-//! the second core waits.
+//! One chunk of the cross-entropy in a single parallel pass over the logits, in place: each
+//! row's maximum, exponentials, sum, loss and `softmax − one_hot`. Composed of tensor operations
+//! it was five vocabulary-wide single-threaded steps (subtract, exp, divide, scatter, and their
+//! outputs' allocation), 13% of the calling thread's time in a SmolLM2 LoRA step.
 
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
-use burn::backend::autodiff::Autodiff;
-use burn::backend::{AutodiffBackend, DispatchKindConversion, Flex};
-use burn::tensor::{DType, DispatchTensor, Tensor};
-use burn_flex::FlexTensor;
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
+
+use super::math::exp_nonpositive;
+use super::primitive::into_flex;
 
 /// For `logits` `[rows, vocab]` in f32 on flex (with or without autodiff) and one target per row:
 /// the sum over rows of `logsumexp(row) − row[target]`, and `softmax(row) − one_hot(target)` in
 /// the logits' own storage. The logits come back as the error when they are not a flex f32
 /// tensor or a target is out of range: the caller then composes the same from tensor operations.
-pub(super) fn cross_entropy_rows(
+pub(crate) fn cross_entropy_rows(
     logits: Tensor<2>,
     targets: &[i64],
 ) -> Result<(f64, Tensor<2>), Box<Tensor<2>>> {
@@ -46,33 +39,6 @@ pub(super) fn cross_entropy_rows(
         .map(|(row, &target)| row_in_place(row, target as usize))
         .sum();
     Ok((loss, wrap(flex)))
-}
-
-/// A flex tensor's storage and the function that makes a tensor of the same kind again.
-type Unwrapped = (FlexTensor, fn(FlexTensor) -> Tensor<2>);
-
-/// `tensor`'s flex storage, whether it lives on autodiff (either checkpointing strategy) or not.
-fn into_flex(tensor: &Tensor<2>) -> Option<Unwrapped> {
-    with_autodiff::<NoCheckpointing>(tensor)
-        .or_else(|| with_autodiff::<BalancedCheckpointing>(tensor))
-        .or_else(|| {
-            let flex = tensor.clone().try_into_primitive::<Flex>().ok()?;
-            Some((flex, |flex| Tensor::from_primitive::<Flex>(flex)))
-        })
-}
-
-/// [`into_flex`] for `Autodiff<Flex, C>`; the result is untracked, as the logits here are.
-fn with_autodiff<C: CheckpointStrategy>(tensor: &Tensor<2>) -> Option<Unwrapped>
-where
-    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
-{
-    let primitive = tensor
-        .clone()
-        .try_into_primitive::<Autodiff<Flex, C>>()
-        .ok()?;
-    Some((Autodiff::<Flex, C>::inner(primitive), |flex| {
-        Tensor::from_primitive::<Autodiff<Flex, C>>(Autodiff::<Flex, C>::from_inner(flex))
-    }))
 }
 
 /// Lanes of the row loops below: wide enough for the compiler to vectorise them.
@@ -115,51 +81,9 @@ fn lane_fold(values: &[f32], start: f32, op: fn(f32, f32) -> f32) -> f32 {
     lanes.iter().fold(rest, |a, &b| op(a, b))
 }
 
-/// `e^x` for `x ≤ 0` (a logit minus its row's maximum), within 2 units in the last place of
-/// `f32::exp`, in operations the compiler vectorises (`f32::exp` is a call per element).
-/// Arguments below −87 give e^−87 ≈ 1.6e-38 (the smallest normal), which a sum that includes
-/// the maximum's 1 does not see.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n · LN2_HI is exact for the n that occur (Cody and Waite).
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    // e^r on |r| ≤ ln2 / 2: Taylor to degree 7 (remainder below 5e-9 relative).
-    let p = 1.0 / 5040.0;
-    let p = p * r + 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
-    p * scale
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulps_of_the_standard_library() {
-        let mut worst = 0.0f32;
-        for i in 0..=870_000 {
-            let x = -(i as f32) * 1e-4;
-            let want = x.exp();
-            let got = exp_nonpositive(x);
-            worst = worst.max((got - want).abs() / (want * f32::EPSILON));
-        }
-        assert!(worst <= 2.0, "worst error {worst} ulps");
-        assert!(exp_nonpositive(-1000.0) < 1e-37);
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-    }
 
     #[test]
     fn row_gives_the_loss_and_softmax_minus_one_hot() {

@@ -1,0 +1,14 @@
+//! Hand-written CPU kernels for the flex backend, where composing Burn's tensor operations costs
+//! most of a training step's time on the calling thread: in burn-flex 0.22.1 element-wise
+//! operations run on one thread while the matrix products' workers wait, `exp` is a scalar call
+//! per element, and every step allocates a new tensor. Each kernel here is one parallel,
+//! vectorised pass over contiguous `f32` storage; callers fall back to the composed operations
+//! on other backends and types, and tests hold each kernel to the composed result.
+
+mod cross_entropy;
+mod math;
+mod primitive;
+mod swiglu;
+
+pub(crate) use cross_entropy::cross_entropy_rows;
+pub(crate) use swiglu::swiglu;

@@ -1,0 +1,218 @@
+//! SwiGLU's gate, `silu(gate) · up`, as one node of the autodiff graph with a one-pass forward
+//! and a one-pass backward. Composed, it is a sigmoid, two products and their autodiff records
+//! forward, and five element-wise passes backward, each on one thread.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{DispatchKindConversion, Flex};
+use burn::tensor::{DType, DispatchTensor, Shape, Tensor, TensorData};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::math::sigmoid;
+
+/// Elements each parallel task takes: enough to pay for the task.
+const TASK_ELEMENTS: usize = 1 << 14;
+
+/// `silu(gate) · up` for f32 tensors of one shape on flex, with or without autodiff; `None`
+/// elsewhere, and the caller composes it.
+pub(crate) fn swiglu<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Tensor<D>> {
+    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
+        return None;
+    }
+    on_autodiff::<NoCheckpointing, D>(gate, up)
+        .or_else(|| on_autodiff::<BalancedCheckpointing, D>(gate, up))
+        .or_else(|| {
+            let gate = gate.clone().try_into_primitive::<Flex>().ok()?;
+            let up = up.clone().try_into_primitive::<Flex>().ok()?;
+            Some(Tensor::from_primitive::<Flex>(forward(&gate, &up)))
+        })
+}
+
+/// [`swiglu`] on `Autodiff<Flex, C>`, recorded with [`SwiGluBackward`].
+fn on_autodiff<C: CheckpointStrategy, const D: usize>(
+    gate: &Tensor<D>,
+    up: &Tensor<D>,
+) -> Option<Tensor<D>>
+where
+    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+{
+    let gate = gate
+        .clone()
+        .try_into_primitive::<Autodiff<Flex, C>>()
+        .ok()?;
+    let up = up.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let output = forward(gate.primitive(), up.primitive());
+    let prep = SwiGluBackward
+        .prepare::<C>([gate.node(), up.node()])
+        .compute_bound()
+        .stateful();
+    let output = match prep {
+        OpsKind::Tracked(prep) => prep.finish((gate.into_primitive(), up.into_primitive()), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
+}
+
+/// The backward step of [`swiglu`]; its state is the gate and the up projection.
+#[derive(Debug)]
+struct SwiGluBackward;
+
+impl Backward<Flex, 2> for SwiGluBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let (gate, up) = ops.state;
+        let grad_output: FloatTensor<Flex> = grads.consume::<Flex>(&ops.node);
+        let [gate_node, up_node] = ops.parents;
+        let (grad_gate, grad_up) = backward(&gate, &up, &grad_output);
+        if let Some(node) = gate_node {
+            grads.register::<Flex>(node.id, grad_gate);
+        }
+        if let Some(node) = up_node {
+            grads.register::<Flex>(node.id, grad_up);
+        }
+    }
+}
+
+/// `tensor`'s storage as one contiguous run of f32 (copied into one if it is a strided view).
+fn contiguous(tensor: &FlexTensor) -> FlexTensor {
+    if tensor.layout().contiguous_offsets().is_some() {
+        tensor.clone()
+    } else {
+        tensor.to_contiguous()
+    }
+}
+
+/// A new f32 tensor of `shape` from `values`.
+fn tensor_of(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// `g · σ(g) · u`, element by element.
+fn forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+    let shape = gate.layout().shape().clone();
+    let (gate, up) = (contiguous(gate), contiguous(up));
+    let (g, u) = (f32s(&gate), f32s(&up));
+    let mut out = vec![0.0f32; g.len()];
+    out.par_chunks_mut(TASK_ELEMENTS)
+        .zip(g.par_chunks(TASK_ELEMENTS).zip(u.par_chunks(TASK_ELEMENTS)))
+        .for_each(|(out, (g, u))| {
+            for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                *o = g * sigmoid(g) * u;
+            }
+        });
+    tensor_of(out, shape)
+}
+
+/// The gradients of the gate and the up projection from the output's, `dO`: with `s = σ(g)`,
+/// `d(up) = dO · g · s` and `d(gate) = dO · u · s · (1 + g · (1 − s))`.
+fn backward(
+    gate: &FlexTensor,
+    up: &FlexTensor,
+    grad_output: &FlexTensor,
+) -> (FlexTensor, FlexTensor) {
+    let shape = gate.layout().shape().clone();
+    let (gate, up, grad_output) = (contiguous(gate), contiguous(up), contiguous(grad_output));
+    let (g, u, d) = (f32s(&gate), f32s(&up), f32s(&grad_output));
+    let mut grad_gate = vec![0.0f32; g.len()];
+    let mut grad_up = vec![0.0f32; g.len()];
+    grad_gate
+        .par_chunks_mut(TASK_ELEMENTS)
+        .zip(grad_up.par_chunks_mut(TASK_ELEMENTS))
+        .zip(g.par_chunks(TASK_ELEMENTS))
+        .zip(u.par_chunks(TASK_ELEMENTS).zip(d.par_chunks(TASK_ELEMENTS)))
+        .for_each(|(((grad_gate, grad_up), g), (u, d))| {
+            let outputs = grad_gate.iter_mut().zip(grad_up.iter_mut());
+            for ((dg, du), ((&g, &u), &d)) in outputs.zip(g.iter().zip(u).zip(d)) {
+                let s = sigmoid(g);
+                *du = d * g * s;
+                *dg = d * u * s * (1.0 + g * (1.0 - s));
+            }
+        });
+    (
+        tensor_of(grad_gate, shape.clone()),
+        tensor_of(grad_up, shape),
+    )
+}
+
+/// The f32 values of a contiguous tensor.
+fn f32s(tensor: &FlexTensor) -> &[f32] {
+    tensor
+        .as_slice::<f32>()
+        .expect("made contiguous f32 by the caller")
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation::silu;
+    use burn::tensor::{Device, Distribution};
+
+    use super::*;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().iter::<f32>().collect()
+    }
+
+    fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{what}[{i}]: {g} against {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn value_and_gradients_equal_the_composed_form() {
+        let device = Device::flex().autodiff();
+        let random = || {
+            Tensor::<3>::random([2, 5, 3000], Distribution::Normal(0.0, 4.0), &device)
+                .require_grad()
+        };
+        let (gate, up) = (random(), random());
+        let weights = Tensor::<3>::random([2, 5, 3000], Distribution::Default, &device);
+
+        let fused = swiglu(&gate, &up).expect("flex f32 under autodiff");
+        let fused_grads = (fused.clone() * weights.clone()).sum().backward();
+        let composed = silu(gate.clone()) * up.clone();
+        let composed_grads = (composed.clone() * weights).sum().backward();
+
+        assert_close(values(fused), values(composed), "value");
+        for (name, t) in [("gate", &gate), ("up", &up)] {
+            let got = values(t.grad(&fused_grads).expect("a gradient"));
+            let want = values(t.grad(&composed_grads).expect("a gradient"));
+            assert_close(got, want, name);
+        }
+    }
+
+    #[test]
+    fn strided_views_and_inference_give_the_composed_value() {
+        let device = Device::flex();
+        let both = Tensor::<2>::random([7, 40], Distribution::Normal(0.0, 3.0), &device);
+        let (gate, up) = (both.clone().narrow(1, 0, 20), both.narrow(1, 20, 20));
+        let fused = swiglu(&gate, &up).expect("flex f32");
+        assert_close(values(fused), values(silu(gate) * up), "value");
+    }
+
+    #[test]
+    fn declines_other_types_and_shapes() {
+        let device = Device::flex();
+        let a = Tensor::<2>::zeros([2, 3], &device);
+        assert!(swiglu(&a, &Tensor::<2>::zeros([3, 2], &device)).is_none());
+        let half = a.clone().cast(DType::BF16);
+        assert!(swiglu(&half, &half).is_none());
+    }
+}
