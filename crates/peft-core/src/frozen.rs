@@ -3,9 +3,9 @@
 
 use std::borrow::Cow;
 
+use crate::product::linear;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::packed::PackedWeight;
@@ -52,7 +52,9 @@ impl FrozenLinear {
     /// only.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Self::Dense(layer) => layer.forward(x),
+            Self::Dense(layer) => {
+                linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+            }
             Self::Packed(layer) => linear(
                 x,
                 layer.weight.dequantize(),

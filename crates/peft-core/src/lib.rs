@@ -11,7 +11,8 @@
 //! Layers, bottom up (a module only uses modules of its own layer or below):
 //! - leaves: [`error`], [`json`], [`tensors`], [`files`], [`geometry`], [`target`], `ids`, `mode`,
 //!   [`packed`] (block-quantized weights), [`precision`] (casts between a low-precision base
-//!   and f32 adapters), then [`frozen`] (a projection's frozen base);
+//!   and f32 adapters), [`product`] (a linear layer's product; on flex by `flex_matmul`'s own
+//!   kernel), then [`frozen`] (a projection's frozen base);
 //! - [`method`]: the contract ([`method::api`]) and one folder per method;
 //! - [`registry`]: the enums that hold every method;
 //! - [`projection`], [`model_adapters`], then [`host`]: where adapters live on a model;
@@ -22,6 +23,8 @@ pub mod adapter_folder;
 pub mod adapters;
 pub mod error;
 pub mod files;
+#[cfg(feature = "flex")]
+mod flex_matmul;
 pub mod frozen;
 pub mod geometry;
 pub mod host;
@@ -32,6 +35,7 @@ mod mode;
 pub mod model_adapters;
 pub mod packed;
 pub mod precision;
+pub mod product;
 pub mod projection;
 pub mod registry;
 pub mod report;

@@ -1,9 +1,9 @@
 //! The AdaLoRA layer on one projection: `A`, the singular values `E`, `B`, and the rank count
 //! the scale divides by.
 
+use crate::product::linear;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::module::linear;
 use burn::tensor::{Distribution, Gradients, Tensor};
 
 use super::allocation::{self, Allocation, Triplet};

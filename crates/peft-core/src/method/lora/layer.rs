@@ -1,9 +1,9 @@
 //! The LoRA layer attached to one projection: `y = base(x) + s · B(A(dropout(x)))`, factored,
 //! with DoRA's magnitude rescaling when enabled.
 
+use crate::product::linear;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
 
 use super::config::{LoraConfig, LoraInit, LoraShape};

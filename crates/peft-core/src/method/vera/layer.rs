@@ -1,9 +1,9 @@
 //! The VeRA layer on one projection: its slices of the shared projections (frozen) and its two
 //! trained vectors.
 
+use crate::product::linear;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::module::linear;
 use burn::tensor::{Gradients, Tensor, TensorData};
 
 use super::config::VeraConfig;

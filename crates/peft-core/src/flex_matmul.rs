@@ -1,0 +1,214 @@
+//! `x · W` on the flex CPU backend as one autodiff node whose products, forward and backward,
+//! are written straight into new tensors by the `gemm` crate (the one burn-flex multiplies
+//! with).
+//!
+//! Written here because burn-flex 0.22.1 makes each product's output by allocating it zeroed as
+//! bytes and copying that into a buffer of its own alignment (`FlexTensor::empty`), on the
+//! calling thread while the product's workers wait: 12% of a SmolLM2 LoRA step's time. It also
+//! runs products under 192³ multiply-adds on one thread, which is every product of a LoRA
+//! branch (rank 16) at training shapes.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::{DispatchKindConversion, Flex};
+use burn::tensor::{DType, DispatchTensor, Tensor, TensorData};
+use burn_flex::FlexTensor;
+
+/// Multiply-adds from which a product is spread over the CPU's threads.
+const PARALLEL_FROM: usize = 1 << 20;
+
+/// `x` `[rows, in]` times `weight` `[in, out]` for f32 tensors on flex, with or without
+/// autodiff; `None` elsewhere, and the caller multiplies with Burn.
+pub(crate) fn matmul(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return None;
+    }
+    on_autodiff::<NoCheckpointing>(x, weight)
+        .or_else(|| on_autodiff::<BalancedCheckpointing>(x, weight))
+        .or_else(|| {
+            let x = x.clone().try_into_primitive::<Flex>().ok()?;
+            let weight = weight.clone().try_into_primitive::<Flex>().ok()?;
+            Some(Tensor::from_primitive::<Flex>(product(&x, &weight)))
+        })
+}
+
+/// [`matmul`] on `Autodiff<Flex, C>`, recorded with [`MatmulBackward`].
+fn on_autodiff<C: CheckpointStrategy>(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>>
+where
+    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+{
+    let x = x.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let weight = weight
+        .clone()
+        .try_into_primitive::<Autodiff<Flex, C>>()
+        .ok()?;
+    let output = product(x.primitive(), weight.primitive());
+    let prep = MatmulBackward
+        .prepare::<C>([x.node(), weight.node()])
+        .compute_bound()
+        .stateful();
+    let output = match prep {
+        OpsKind::Tracked(prep) => {
+            prep.finish((x.into_primitive(), weight.into_primitive()), output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
+}
+
+/// The backward step of [`matmul`]: `dx = dy · Wᵀ`, `dW = xᵀ · dy`, each only where wanted.
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl Backward<Flex, 2> for MatmulBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let (x, weight) = ops.state;
+        let grad_output = grads.consume::<Flex>(&ops.node);
+        let [x_node, weight_node] = ops.parents;
+        if let Some(node) = x_node {
+            let grad = product(&grad_output, &weight.transpose(0, 1));
+            grads.register::<Flex>(node.id, grad);
+        }
+        if let Some(node) = weight_node {
+            let grad = product(&x.transpose(0, 1), &grad_output);
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+/// `a` `[m, k]` times `b` `[k, n]` (any strides) into a new contiguous `[m, n]`.
+fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
+    let (a, b) = (positive_strides(a), positive_strides(b));
+    let (m, k) = (a.layout().shape()[0], a.layout().shape()[1]);
+    let n = b.layout().shape()[1];
+    assert_eq!(k, b.layout().shape()[0], "matmul: inner dimensions differ");
+    let (a_rows, a_cols) = (a.layout().strides()[0], a.layout().strides()[1]);
+    let (b_rows, b_cols) = (b.layout().strides()[0], b.layout().strides()[1]);
+    let a_values = &a.storage::<f32>()[a.layout().start_offset()..];
+    let b_values = &b.storage::<f32>()[b.layout().start_offset()..];
+    let mut output = vec![0.0f32; m * n];
+    let parallelism = if m * n * k >= PARALLEL_FROM {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the pointers address `m × k`, `k × n` and `m × n` elements at the strides given,
+    // which the tensors' layouts (non-negative strides, checked above) and the output's length
+    // guarantee to be inside their buffers; `read_dst` is false, so the output's prior values
+    // are not read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            output.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a_values.as_ptr(),
+            a_cols,
+            a_rows,
+            b_values.as_ptr(),
+            b_cols,
+            b_rows,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    FlexTensor::from_data(TensorData::new(output, [m, n]))
+}
+
+/// `tensor`, copied into a contiguous one if some stride is negative (a flipped view).
+fn positive_strides(tensor: &FlexTensor) -> FlexTensor {
+    if tensor.layout().has_positive_strides() {
+        tensor.clone()
+    } else {
+        tensor.to_contiguous()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution};
+
+    use super::*;
+
+    fn values(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().iter::<f32>().collect()
+    }
+
+    fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{what}[{i}]: {g} against {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn value_and_gradients_equal_burns_product() {
+        let device = Device::flex().autodiff();
+        // Large enough to run on the threads, and small.
+        for (rows, inner, out) in [(300, 70, 90), (5, 3, 4)] {
+            let x =
+                Tensor::<2>::random([rows, inner], Distribution::Default, &device).require_grad();
+            let w =
+                Tensor::<2>::random([out, inner], Distribution::Default, &device).require_grad();
+            let upstream = Tensor::<2>::random([rows, out], Distribution::Default, &device);
+
+            // A transposed view, as a tied output head is.
+            let ours = matmul(&x, &w.clone().transpose()).expect("flex f32 under autodiff");
+            let our_grads = (ours.clone() * upstream.clone()).sum().backward();
+            let burns = x.clone().matmul(w.clone().transpose());
+            let burn_grads = (burns.clone() * upstream).sum().backward();
+
+            assert_close(values(ours), values(burns), "value");
+            for (name, t) in [("x", &x), ("w", &w)] {
+                let got = values(t.grad(&our_grads).expect("a gradient"));
+                let want = values(t.grad(&burn_grads).expect("a gradient"));
+                assert_close(got, want, name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_frozen_weight_gets_no_gradient_and_inference_multiplies() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<2>::random([4, 3], Distribution::Default, &device).require_grad();
+        let weight = Tensor::<2>::random([3, 2], Distribution::Default, &device);
+        let grads = matmul(&x, &weight).expect("flex").sum().backward();
+        assert!(weight.grad(&grads).is_none());
+        assert!(x.grad(&grads).is_some());
+
+        let plain = Device::flex();
+        let x = Tensor::<2>::random([4, 3], Distribution::Default, &plain);
+        let weight = Tensor::<2>::random([3, 2], Distribution::Default, &plain);
+        let ours = matmul(&x, &weight).expect("flex without autodiff");
+        assert_close(values(ours), values(x.matmul(weight)), "inference");
+    }
+
+    #[test]
+    fn declines_other_types() {
+        let device = Device::flex();
+        let x = Tensor::<2>::zeros([2, 3], &device).cast(DType::BF16);
+        assert!(matmul(&x, &Tensor::<2>::zeros([3, 2], &device)).is_none());
+    }
+}
