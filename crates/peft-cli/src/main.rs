@@ -1,5 +1,6 @@
 //! `peft-cli`: inspect, run, merge and fine-tune language models with parameter-efficient methods.
 
+mod allocator;
 mod backend;
 mod cmd;
 
@@ -40,6 +41,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(*args),
