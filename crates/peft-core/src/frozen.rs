@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::product::linear;
+use crate::product::{forward_linear, linear};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
@@ -52,9 +52,7 @@ impl FrozenLinear {
     /// only.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Self::Dense(layer) => {
-                linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
-            }
+            Self::Dense(layer) => forward_linear(layer, x),
             Self::Packed(layer) => linear(
                 x,
                 layer.weight.dequantize(),

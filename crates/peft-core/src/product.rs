@@ -1,5 +1,6 @@
 //! A linear layer's product `x · W + b`, on the fastest path the backend has.
 
+use burn::nn::Linear;
 use burn::tensor::module::linear as burn_linear;
 use burn::tensor::Tensor;
 
@@ -26,4 +27,9 @@ pub fn linear<const D: usize>(
         }
     }
     burn_linear(x, weight, bias)
+}
+
+/// `layer` on the last dimension of `x`, by [`linear`].
+pub fn forward_linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }

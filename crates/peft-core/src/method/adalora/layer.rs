@@ -1,7 +1,7 @@
 //! The AdaLoRA layer on one projection: `A`, the singular values `E`, `B`, and the rank count
 //! the scale divides by.
 
-use crate::product::linear;
+use crate::product::{forward_linear, linear};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Distribution, Gradients, Tensor};
@@ -110,7 +110,7 @@ impl ProjectionLayer for AdaLoraLayer {
     }
 
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
-        let base_out = base.forward(x.clone());
+        let base_out = forward_linear(base, x.clone());
         if self.rank() == 0 {
             // Every singular value was pruned: PEFT's empty product adds nothing.
             return base_out;

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::ids::replace_value;
 use crate::method::api::{Merged, ProjectionLayer};
 use crate::precision::to_dtype;
+use crate::product::forward_linear;
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// PyTorch's `nn.LayerNorm` epsilon.
@@ -123,7 +124,7 @@ impl ProjectionLayer for BottleneckLayer {
 
     /// The adapter on the projection's output `h = base(x)`: `h` plus the adapter's output on it.
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
-        let h = base.forward(x);
+        let h = forward_linear(base, x);
         // On a base of lower precision: computed in the adapter's type, cast back.
         let (dtype, own) = (h.dtype(), self.down.weight.val().dtype());
         let h = to_dtype(h, own);

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::ids::replace_value;
 use crate::method::api::{Merged, ProjectionLayer};
 use crate::precision::to_dtype;
+use crate::product::forward_linear;
 use crate::tensors::{value_or_grad, HostTensor, TensorReader};
 
 /// What PEFT adds to the scaling before dividing it out again when unmerging.
@@ -77,9 +78,9 @@ impl ProjectionLayer for Ia3Layer {
         let own = scaling.dtype();
         if self.feedforward {
             let dtype = x.dtype();
-            base.forward(to_dtype(to_dtype(x, own) * scaling, dtype))
+            forward_linear(base, to_dtype(to_dtype(x, own) * scaling, dtype))
         } else {
-            let out = base.forward(x);
+            let out = forward_linear(base, x);
             let dtype = out.dtype();
             to_dtype(to_dtype(out, own) * scaling, dtype)
         }

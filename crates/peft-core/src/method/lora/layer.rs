@@ -1,7 +1,7 @@
 //! The LoRA layer attached to one projection: `y = base(x) + s · B(A(dropout(x)))`, factored,
 //! with DoRA's magnitude rescaling when enabled.
 
-use crate::product::linear;
+use crate::product::{forward_linear, linear};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
@@ -155,7 +155,7 @@ impl ProjectionLayer for LoraLayer {
     }
 
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
-        let base_out = base.forward(x.clone());
+        let base_out = forward_linear(base, x.clone());
         // On a base of lower precision the adapter computes in its own type (f32) and its
         // result is cast back.
         let (dtype, own) = (base_out.dtype(), self.lora_a.val().dtype());

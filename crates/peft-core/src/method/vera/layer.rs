@@ -1,7 +1,7 @@
 //! The VeRA layer on one projection: its slices of the shared projections (frozen) and its two
 //! trained vectors.
 
-use crate::product::linear;
+use crate::product::{forward_linear, linear};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Gradients, Tensor, TensorData};
@@ -110,7 +110,7 @@ impl ProjectionLayer for VeraLayer {
     }
 
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
-        let base_out = base.forward(x.clone());
+        let base_out = forward_linear(base, x.clone());
         // On a base of lower precision: computed in the adapter's type, cast back.
         let (dtype, own) = (base_out.dtype(), self.lambda_d.val().dtype());
         let x = self.dropout.forward(to_dtype(x, own));
