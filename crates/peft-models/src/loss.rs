@@ -6,6 +6,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use peft_core::precision::{to_dtype, to_f32};
+use peft_core::product::linear;
 use peft_core::Projection;
 
 #[cfg(feature = "flex")]
@@ -146,8 +147,8 @@ pub(crate) fn loss_of_hidden(
         let targets = upload(targets);
         return packed_cross_entropy(picked, &packed.weight, targets, chunk_elements);
     }
-    let linear = match head.as_linear() {
-        Some(linear) if !rows.is_empty() => linear,
+    let dense = match head.as_linear() {
+        Some(dense) if !rows.is_empty() => dense,
         // An adapter on the head, or nothing to count (NaN, as transformers gives).
         _ => return causal_lm_loss(to_f32(head.forward(hidden)), labels.to_tensor(&device)),
     };
@@ -155,10 +156,10 @@ pub(crate) fn loss_of_hidden(
     let vocab = head.out_features();
     let chunk_rows = (chunk_elements / vocab.max(1)).max(1);
     let uploaded = upload(targets.clone());
-    chunked_cross_entropy(picked, &linear, (uploaded, &targets), chunk_rows)
+    chunked_cross_entropy(picked, &dense, (uploaded, &targets), chunk_rows)
 }
 
-/// Mean cross-entropy of `linear(hidden)` `[rows, vocab]` against `targets` `[rows]` (on the
+/// Mean cross-entropy of `head(hidden)` `[rows, vocab]` against `targets` `[rows]` (on the
 /// device, and as the host holds them), computed
 /// `chunk_rows` rows at a time outside autodiff: each chunk gives its share of the loss and of
 /// the gradients of `hidden` (and of the layer's weight and bias where they train), `softmax −
@@ -167,14 +168,14 @@ pub(crate) fn loss_of_hidden(
 /// of the plain loss would give.
 fn chunked_cross_entropy(
     hidden: Tensor<2>,
-    linear: &Linear,
+    head: &Linear,
     (targets, host_targets): (Tensor<1, Int>, &[i64]),
     chunk_rows: usize,
 ) -> Tensor<1> {
     let rows = hidden.dims()[0];
     let device = hidden.device();
-    let weight = linear.weight.val();
-    let bias = linear.bias.as_ref().map(|b| b.val());
+    let weight = head.weight.val();
+    let bias = head.bias.as_ref().map(|b| b.val());
     let vocab = weight.dims()[1];
     let wants_hidden = hidden.is_tracked();
     let wants_weight = weight.is_tracked();
@@ -195,7 +196,7 @@ fn chunked_cross_entropy(
     for start in (0..rows).step_by(chunk_rows) {
         let len = chunk_rows.min(rows - start);
         let h_chunk = h.clone().narrow(0, start, len);
-        let mut logits = to_f32(h_chunk.clone().matmul(w.clone()));
+        let mut logits = to_f32(linear(h_chunk.clone(), w.clone(), None));
         if let Some(b) = &b {
             logits = logits + b.clone();
         }
@@ -217,12 +218,12 @@ fn chunked_cross_entropy(
             continue;
         }
         if wants_hidden {
-            let product = to_dtype(grad.clone(), dtype).matmul(w.clone().transpose());
+            let product = linear(to_dtype(grad.clone(), dtype), w.clone().transpose(), None);
             grad_hidden.push(to_dtype(product, hidden.dtype()));
         }
         if wants_weight {
             let g = to_dtype(
-                h_chunk.transpose().matmul(to_dtype(grad.clone(), dtype)),
+                linear(h_chunk.transpose(), to_dtype(grad.clone(), dtype), None),
                 dtype,
             );
             grad_weight = Some(grad_weight.map_or(g.clone(), |acc| acc + g));
