@@ -8,16 +8,10 @@
 //! runs products under 192³ multiply-adds on one thread, which is every product of a LoRA
 //! branch (rank 16) at training shapes.
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
-use burn::backend::{DispatchKindConversion, Flex};
-use burn::tensor::{DType, DispatchTensor, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
+
+use crate::flex_node::{binary, BinaryOp};
 
 /// Multiply-adds from which a product is spread over the CPU's threads.
 const PARALLEL_FROM: usize = 1 << 20;
@@ -28,63 +22,30 @@ pub(crate) fn matmul(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
     if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
         return None;
     }
-    on_autodiff::<NoCheckpointing>(x, weight)
-        .or_else(|| on_autodiff::<BalancedCheckpointing>(x, weight))
-        .or_else(|| {
-            let x = x.clone().try_into_primitive::<Flex>().ok()?;
-            let weight = weight.clone().try_into_primitive::<Flex>().ok()?;
-            Some(Tensor::from_primitive::<Flex>(product(&x, &weight)))
-        })
+    binary(Matmul, x, weight)
 }
 
-/// [`matmul`] on `Autodiff<Flex, C>`, recorded with [`MatmulBackward`].
-fn on_autodiff<C: CheckpointStrategy>(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>>
-where
-    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
-{
-    let x = x.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let weight = weight
-        .clone()
-        .try_into_primitive::<Autodiff<Flex, C>>()
-        .ok()?;
-    let output = product(x.primitive(), weight.primitive());
-    let prep = MatmulBackward
-        .prepare::<C>([x.node(), weight.node()])
-        .compute_bound()
-        .stateful();
-    let output = match prep {
-        OpsKind::Tracked(prep) => {
-            prep.finish((x.into_primitive(), weight.into_primitive()), output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
-}
+/// [`matmul`] as a node of the autodiff graph; backward `dx = dy · Wᵀ`, `dW = xᵀ · dy`, each
+/// only where wanted.
+#[derive(Debug, Clone, Copy)]
+struct Matmul;
 
-/// The backward step of [`matmul`]: `dx = dy · Wᵀ`, `dW = xᵀ · dy`, each only where wanted.
-#[derive(Debug)]
-struct MatmulBackward;
+impl BinaryOp for Matmul {
+    fn forward(&self, x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
+        product(x, weight)
+    }
 
-impl Backward<Flex, 2> for MatmulBackward {
-    type State = (FlexTensor, FlexTensor);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let (x, weight) = ops.state;
-        let grad_output = grads.consume::<Flex>(&ops.node);
-        let [x_node, weight_node] = ops.parents;
-        if let Some(node) = x_node {
-            let grad = product(&grad_output, &weight.transpose(0, 1));
-            grads.register::<Flex>(node.id, grad);
-        }
-        if let Some(node) = weight_node {
-            let grad = product(&x.transpose(0, 1), &grad_output);
-            grads.register::<Flex>(node.id, grad);
-        }
+    fn gradients(
+        &self,
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        grad_output: &FlexTensor,
+        [want_x, want_weight]: [bool; 2],
+    ) -> [Option<FlexTensor>; 2] {
+        [
+            want_x.then(|| product(grad_output, &weight.transpose(0, 1))),
+            want_weight.then(|| product(&x.transpose(0, 1), grad_output)),
+        ]
     }
 }
 

@@ -10,6 +10,7 @@
 //!
 //! Layers, bottom up (a module only uses modules of its own layer or below):
 //! - leaves: [`error`], [`json`], [`tensors`], [`files`], [`geometry`], [`target`], `ids`, `mode`,
+//!   `flex_node` (hand-written flex kernels as operations and autodiff nodes),
 //!   [`packed`] (block-quantized weights), [`precision`] (casts between a low-precision base
 //!   and f32 adapters), [`product`] (a linear layer's product; on flex by `flex_matmul`'s own
 //!   kernel), then [`frozen`] (a projection's frozen base);
@@ -25,6 +26,8 @@ pub mod error;
 pub mod files;
 #[cfg(feature = "flex")]
 mod flex_matmul;
+#[cfg(feature = "flex")]
+pub mod flex_node;
 pub mod frozen;
 pub mod geometry;
 pub mod host;

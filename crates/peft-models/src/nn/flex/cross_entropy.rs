@@ -7,7 +7,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::math::exp_nonpositive;
-use super::primitive::into_flex;
+use peft_core::flex_node::into_flex;
 
 /// For `logits` `[rows, vocab]` in f32 on flex (with or without autodiff) and one target per row:
 /// the sum over rows of `logsumexp(row) − row[target]`, and `softmax(row) − one_hot(target)` in

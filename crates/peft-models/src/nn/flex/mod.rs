@@ -7,7 +7,6 @@
 
 mod cross_entropy;
 mod math;
-mod primitive;
 mod swiglu;
 
 pub(crate) use cross_entropy::cross_entropy_rows;

@@ -2,17 +2,9 @@
 //! and a one-pass backward. Composed, it is a sigmoid, two products and their autodiff records
 //! forward, and five element-wise passes backward, each on one thread.
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{DispatchKindConversion, Flex};
-use burn::tensor::{DType, DispatchTensor, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
+use peft_core::flex_node::{binary, BinaryOp};
 use rayon::prelude::*;
 
 use super::math::sigmoid;
@@ -26,63 +18,28 @@ pub(crate) fn swiglu<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option
     if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
         return None;
     }
-    on_autodiff::<NoCheckpointing, D>(gate, up)
-        .or_else(|| on_autodiff::<BalancedCheckpointing, D>(gate, up))
-        .or_else(|| {
-            let gate = gate.clone().try_into_primitive::<Flex>().ok()?;
-            let up = up.clone().try_into_primitive::<Flex>().ok()?;
-            Some(Tensor::from_primitive::<Flex>(forward(&gate, &up)))
-        })
+    binary(SwiGlu, gate, up)
 }
 
-/// [`swiglu`] on `Autodiff<Flex, C>`, recorded with [`SwiGluBackward`].
-fn on_autodiff<C: CheckpointStrategy, const D: usize>(
-    gate: &Tensor<D>,
-    up: &Tensor<D>,
-) -> Option<Tensor<D>>
-where
-    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
-{
-    let gate = gate
-        .clone()
-        .try_into_primitive::<Autodiff<Flex, C>>()
-        .ok()?;
-    let up = up.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let output = forward(gate.primitive(), up.primitive());
-    let prep = SwiGluBackward
-        .prepare::<C>([gate.node(), up.node()])
-        .compute_bound()
-        .stateful();
-    let output = match prep {
-        OpsKind::Tracked(prep) => prep.finish((gate.into_primitive(), up.into_primitive()), output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
-}
+/// [`swiglu`] as a node of the autodiff graph, which keeps the gate and the up projection.
+#[derive(Debug, Clone, Copy)]
+struct SwiGlu;
 
-/// The backward step of [`swiglu`]; its state is the gate and the up projection.
-#[derive(Debug)]
-struct SwiGluBackward;
+impl BinaryOp for SwiGlu {
+    fn forward(&self, gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+        forward(gate, up)
+    }
 
-impl Backward<Flex, 2> for SwiGluBackward {
-    type State = (FlexTensor, FlexTensor);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let (gate, up) = ops.state;
-        let grad_output: FloatTensor<Flex> = grads.consume::<Flex>(&ops.node);
-        let [gate_node, up_node] = ops.parents;
-        let (grad_gate, grad_up) = backward(&gate, &up, &grad_output);
-        if let Some(node) = gate_node {
-            grads.register::<Flex>(node.id, grad_gate);
-        }
-        if let Some(node) = up_node {
-            grads.register::<Flex>(node.id, grad_up);
-        }
+    fn gradients(
+        &self,
+        gate: &FlexTensor,
+        up: &FlexTensor,
+        grad_output: &FlexTensor,
+        _wanted: [bool; 2],
+    ) -> [Option<FlexTensor>; 2] {
+        // One pass gives both; an unwanted one is dropped by the caller.
+        let (grad_gate, grad_up) = backward(gate, up, grad_output);
+        [Some(grad_gate), Some(grad_up)]
     }
 }
 
