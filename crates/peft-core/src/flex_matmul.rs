@@ -59,22 +59,24 @@ fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let (b_rows, b_cols) = (b.layout().strides()[0], b.layout().strides()[1]);
     let a_values = &a.storage::<f32>()[a.layout().start_offset()..];
     let b_values = &b.storage::<f32>()[b.layout().start_offset()..];
-    let mut output = vec![0.0f32; m * n];
+    // Left uninitialised: `gemm` with `read_dst` false writes every element (zeros when
+    // `k` is 0), so zeroing it first would be one more pass over the output for nothing.
+    let mut output: Vec<f32> = Vec::with_capacity(m * n);
     let parallelism = if m * n * k >= PARALLEL_FROM {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
     // SAFETY: the pointers address `m × k`, `k × n` and `m × n` elements at the strides given,
-    // which the tensors' layouts (non-negative strides, checked above) and the output's length
+    // which the tensors' layouts (non-negative strides, checked above) and the output's capacity
     // guarantee to be inside their buffers; `read_dst` is false, so the output's prior values
-    // are not read.
+    // are not read, and all `m × n` of them are written before the length is set.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            output.as_mut_ptr(),
+            output.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
             false,
@@ -91,6 +93,7 @@ fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
             false,
             parallelism,
         );
+        output.set_len(m * n);
     }
     FlexTensor::from_data(TensorData::new(output, [m, n]))
 }
