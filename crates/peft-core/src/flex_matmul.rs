@@ -26,7 +26,7 @@ pub(crate) fn matmul(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
 }
 
 /// [`matmul`] as a node of the autodiff graph; backward `dx = dy · Wᵀ`, `dW = xᵀ · dy`, each
-/// only where wanted.
+/// only where wanted, so a frozen weight's input is not kept.
 #[derive(Debug, Clone, Copy)]
 struct Matmul;
 
@@ -35,16 +35,21 @@ impl BinaryOp for Matmul {
         product(x, weight)
     }
 
+    fn kept(&self, [x_tracked, weight_tracked]: [bool; 2]) -> [bool; 2] {
+        // x's gradient needs the weight, the weight's needs x.
+        [weight_tracked, x_tracked]
+    }
+
     fn gradients(
         &self,
-        x: &FlexTensor,
-        weight: &FlexTensor,
+        [x, weight]: [Option<FlexTensor>; 2],
         grad_output: &FlexTensor,
         [want_x, want_weight]: [bool; 2],
     ) -> [Option<FlexTensor>; 2] {
+        let transposed = |t: Option<FlexTensor>| t.expect("kept for backward").transpose(0, 1);
         [
-            want_x.then(|| product(grad_output, &weight.transpose(0, 1))),
-            want_weight.then(|| product(&x.transpose(0, 1), grad_output)),
+            want_x.then(|| product(grad_output, &transposed(weight))),
+            want_weight.then(|| product(&transposed(x), grad_output)),
         ]
     }
 }

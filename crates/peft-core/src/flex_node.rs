@@ -1,6 +1,7 @@
 //! How a hand-written flex kernel becomes an operation on Burn's dispatch tensors: the tensors'
 //! flex storage, with or without autodiff (either checkpointing strategy), and a two-input
-//! operation recorded as one node of the autodiff graph.
+//! operation recorded as one node of the autodiff graph that keeps only the inputs its backward
+//! step needs, as Burn's own operations do.
 
 use std::fmt::Debug;
 
@@ -10,43 +11,50 @@ use burn::backend::autodiff::checkpoint::strategy::{
 };
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::{AutodiffBackend, DispatchKindConversion, Flex};
 use burn::tensor::{DispatchTensor, Tensor};
 use burn_flex::FlexTensor;
 
-/// A two-input flex kernel whose backward step keeps both inputs.
+/// A two-input flex kernel and its backward step.
 pub trait BinaryOp: Copy + Debug + Send + 'static {
     /// The output from the two inputs.
     fn forward(&self, a: &FlexTensor, b: &FlexTensor) -> FlexTensor;
 
-    /// The gradients of `a` and `b` from the output's, each only where `wanted`.
+    /// Which inputs backward needs, given which of them are tracked (a product needs the other
+    /// input only): only those are kept until backward.
+    fn kept(&self, tracked: [bool; 2]) -> [bool; 2];
+
+    /// The gradients of `a` and `b` from the output's, each only where `wanted`, from the
+    /// inputs [`Self::kept`] asked for.
     fn gradients(
         &self,
-        a: &FlexTensor,
-        b: &FlexTensor,
+        inputs: [Option<FlexTensor>; 2],
         grad_output: &FlexTensor,
         wanted: [bool; 2],
     ) -> [Option<FlexTensor>; 2];
 }
 
-/// `Op` as the autodiff graph's backward step, keeping both inputs.
+/// `Op` as the autodiff graph's backward step; its state is the kept inputs' nodes, whose
+/// outputs the checkpointer gives back (or recomputes, under a checkpointing strategy).
 #[derive(Debug, Clone, Copy)]
 struct Node<Op>(Op);
 
 impl<Op: BinaryOp> Backward<Flex, 2> for Node<Op> {
-    type State = (FlexTensor, FlexTensor);
+    type State = [Option<NodeId>; 2];
 
     fn backward(
         self,
         ops: Ops<Self::State, 2>,
         grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
+        checkpointer: &mut Checkpointer,
     ) {
-        let (a, b) = ops.state;
+        let inputs = ops
+            .state
+            .map(|id| id.map(|id| checkpointer.retrieve_node_output(id)));
         let grad_output = grads.consume::<Flex>(&ops.node);
         let wanted = ops.parents.each_ref().map(Option::is_some);
-        let gradients = self.0.gradients(&a, &b, &grad_output, wanted);
+        let gradients = self.0.gradients(inputs, &grad_output, wanted);
         for (node, gradient) in ops.parents.into_iter().zip(gradients) {
             if let (Some(node), Some(gradient)) = (node, gradient) {
                 grads.register::<Flex>(node.id, gradient);
@@ -94,7 +102,14 @@ where
         .compute_bound()
         .stateful();
     let output = match prep {
-        OpsKind::Tracked(prep) => prep.finish((a.into_primitive(), b.into_primitive()), output),
+        OpsKind::Tracked(mut prep) => {
+            let [keep_a, keep_b] = op.kept([a.is_tracked(), b.is_tracked()]);
+            let ids = [
+                keep_a.then(|| prep.checkpoint(&a)),
+                keep_b.then(|| prep.checkpoint(&b)),
+            ];
+            prep.finish(ids, output)
+        }
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
     Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))

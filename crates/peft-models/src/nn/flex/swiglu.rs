@@ -30,15 +30,20 @@ impl BinaryOp for SwiGlu {
         forward(gate, up)
     }
 
+    fn kept(&self, _tracked: [bool; 2]) -> [bool; 2] {
+        // Each gradient needs both inputs.
+        [true, true]
+    }
+
     fn gradients(
         &self,
-        gate: &FlexTensor,
-        up: &FlexTensor,
+        [gate, up]: [Option<FlexTensor>; 2],
         grad_output: &FlexTensor,
         _wanted: [bool; 2],
     ) -> [Option<FlexTensor>; 2] {
+        let (gate, up) = (gate.expect("kept"), up.expect("kept"));
         // One pass gives both; an unwanted one is dropped by the caller.
-        let (grad_gate, grad_up) = backward(gate, up, grad_output);
+        let (grad_gate, grad_up) = backward(&gate, &up, grad_output);
         [Some(grad_gate), Some(grad_up)]
     }
 }
