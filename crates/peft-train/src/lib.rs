@@ -7,6 +7,7 @@
 //! global norm), and the results (`metrics.jsonl`, atomic checkpoints and the final adapter in
 //! PEFT's format).
 
+pub mod adamw;
 pub mod batch;
 pub mod checkpoint;
 pub mod clip;

@@ -8,10 +8,11 @@
 
 use burn::module::ParamGroup;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use burn::train::Learner;
 
+use crate::adamw::TrainingAdamW;
 use crate::batch::LmBatch;
 use crate::clip::clip_by_global_norm;
 use crate::error::{Result, TrainError};
@@ -140,14 +141,10 @@ pub fn optimizer(weight_decay: f64) -> ModuleOptimizer {
         return optimizer;
     }
     let no_decay = ParamGroup::from_regex(NO_DECAY).expect("the no-decay pattern is a valid regex");
-    optimizer.with_group(no_decay, adamw(0.0).build(), None)
+    optimizer.with_group(no_decay, adamw(0.0), None)
 }
 
 /// AdamW with PyTorch's defaults (Burn's default epsilon and weight decay differ).
-pub fn adamw(weight_decay: f64) -> AdamWConfig {
-    AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(weight_decay as f32)
+pub fn adamw(weight_decay: f64) -> TrainingAdamW {
+    TrainingAdamW::new(weight_decay)
 }
