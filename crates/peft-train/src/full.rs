@@ -49,7 +49,10 @@ impl TiedHead {
         let Some(head) = grads.remove::<2>(self.head) else {
             return;
         };
-        let head = head.transpose();
+        // Transposed into a contiguous copy first: adding a transposed view element by element
+        // is a strided, single-threaded pass on the CPU backends, and the copy is a tiled one
+        // (SmolLM2 full fine-tuning at 2x64 on flex: 1423 -> 1310 ms a step).
+        let head = contiguous_transpose(head);
         let sum = match grads.remove::<2>(self.embedding) {
             Some(embedding) => embedding + head,
             None => head,
