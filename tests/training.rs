@@ -307,8 +307,13 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// resumed ends where the uninterrupted run ends.
 #[test]
 fn full_fine_tuning_trains_every_weight_saves_a_model_folder_and_resumes_exactly() {
-    let device = ndarray_device();
-    for (case, tied) in [("gpt2-base", true), ("llama-base", false)] {
+    // ndarray steps with Burn's AdamW, flex with the fused pass (`peft_train::adamw`).
+    for (device, (case, tied)) in [ndarray_device(), burn::tensor::Device::flex()]
+        .into_iter()
+        .flat_map(|device| {
+            [("gpt2-base", true), ("llama-base", false)].map(|c| (device.clone(), c))
+        })
+    {
         let (_dir, mut config) = setup();
         full_config(&mut config, case, 4);
         let out = config.training.out.clone();
