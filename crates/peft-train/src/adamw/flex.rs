@@ -35,12 +35,11 @@ pub(super) fn step<const D: usize>(
     if !(takes(&tensor) && takes(&grad) && state_fits) {
         return Err(Box::new((tensor, grad, state)));
     }
-    let flex = |t: &Tensor<D>| into_flex(t);
     let moments = state.as_ref().map(|s| {
         let m = &s.momentum;
-        (flex(&m.moment_1), flex(&m.moment_2))
+        (into_flex(&m.moment_1), into_flex(&m.moment_2))
     });
-    let (Some((param, wrap)), Some((grad_flex, _))) = (flex(&tensor), flex(&grad)) else {
+    let (Some((param, wrap)), Some((grad_flex, _))) = (into_flex(&tensor), into_flex(&grad)) else {
         return Err(Box::new((tensor, grad, state)));
     };
     let (time, moments) = match (moments, &state) {

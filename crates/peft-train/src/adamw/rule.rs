@@ -5,9 +5,13 @@ use burn::optim::LearningRate;
 /// AdamW's constants, as one tensor's update uses them.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Constants {
+    /// The first moment's decay.
     pub beta_1: f32,
+    /// The second moment's decay.
     pub beta_2: f32,
+    /// Added to `√v̂` in the denominator.
     pub epsilon: f32,
+    /// The decoupled weight decay, per unit of learning rate.
     pub weight_decay: f32,
 }
 
@@ -28,6 +32,7 @@ pub(super) struct Rule {
 }
 
 impl Rule {
+    /// The update of step `time` (1 for the first) at the learning rate `lr`.
     pub(super) fn new(constants: Constants, lr: LearningRate, time: usize) -> Self {
         let Constants {
             beta_1,
