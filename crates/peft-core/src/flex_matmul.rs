@@ -118,26 +118,12 @@ fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
         output.set_len(m * n);
     }
     if column_major {
-        output = transposed(&output, n, m);
+        // burn-flex's tiled copy of the transposed view.
+        return FlexTensor::from_data(TensorData::new(output, [n, m]))
+            .transpose(0, 1)
+            .to_contiguous();
     }
     FlexTensor::from_data(TensorData::new(output, [m, n]))
-}
-
-/// `values` `[rows, cols]` row-major, transposed into `[cols, rows]` row-major, a tile at a
-/// time so that both sides are read and written a cache line at a time.
-fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0.0f32; rows * cols];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = values[r * cols + c];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// `tensor`, copied into a contiguous one if some stride is negative (a flipped view).
