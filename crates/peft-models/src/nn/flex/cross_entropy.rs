@@ -7,6 +7,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::math::exp_nonpositive;
+use super::simd::widest;
 use peft_core::flex_node::into_flex;
 
 /// For `logits` `[rows, vocab]` in f32 on flex (with or without autodiff) and one target per row:
@@ -36,16 +37,18 @@ pub(crate) fn cross_entropy_rows(
     let loss = storage
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
-        .map(|(row, &target)| row_in_place(row, target as usize))
+        .map(|(row, &target)| widest(|| row_in_place(row, target as usize)))
         .sum();
     Ok((loss, wrap(flex)))
 }
 
-/// Lanes of the row loops below: wide enough for the compiler to vectorise them.
-const LANES: usize = 8;
+/// Lanes of the row loops below: wide enough for the compiler to vectorise them (AVX-512 has
+/// sixteen).
+const LANES: usize = 16;
 
 /// One row: its loss `ln Σ exp(x − max) + max − x[target]`, and the row replaced by its softmax
 /// with 1 taken from the target's entry.
+#[inline(always)]
 fn row_in_place(row: &mut [f32], target: usize) -> f64 {
     let target_logit = row[target];
     let max = lane_fold(row, f32::NEG_INFINITY, f32::max);
@@ -69,6 +72,7 @@ fn row_in_place(row: &mut [f32], target: usize) -> f64 {
 }
 
 /// `values` folded with `op` in [`LANES`] independent lanes, then the lanes together.
+#[inline(always)]
 fn lane_fold(values: &[f32], start: f32, op: fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [start; LANES];
     let chunks = values.chunks_exact(LANES);

@@ -13,7 +13,12 @@ pub(super) fn exp_nonpositive(x: f32) -> f32 {
     // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let shifted = x * LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // n as an integer, from the low bits of `shifted`'s mantissa: `n as i32` is a saturating
+    // conversion, which keeps the compiler from vectorising the loops that call this (SwiGLU's
+    // forward pass on 786,432 elements, one thread: 1.65 -> 1.02 ms on x86-64's baseline SSE2).
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // e^r on |r| ≤ ln2 / 2: Taylor to degree 7 (remainder below 5e-9 relative).
     let p = 1.0 / 5040.0;
@@ -24,7 +29,7 @@ pub(super) fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    let scale = f32::from_bits(((n_int + 127) << 23) as u32);
     p * scale
 }
 

@@ -7,6 +7,7 @@
 
 mod cross_entropy;
 mod math;
+mod simd;
 mod swiglu;
 
 pub(crate) use cross_entropy::cross_entropy_rows;

@@ -8,6 +8,7 @@ use peft_core::flex_node::{binary, BinaryOp};
 use rayon::prelude::*;
 
 use super::math::sigmoid;
+use super::simd::widest;
 
 /// Elements each parallel task takes: enough to pay for the task.
 const TASK_ELEMENTS: usize = 1 << 14;
@@ -71,9 +72,11 @@ fn forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
     out.par_chunks_mut(TASK_ELEMENTS)
         .zip(g.par_chunks(TASK_ELEMENTS).zip(u.par_chunks(TASK_ELEMENTS)))
         .for_each(|(out, (g, u))| {
-            for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                *o = g * sigmoid(g) * u;
-            }
+            widest(|| {
+                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            })
         });
     tensor_of(out, shape)
 }
@@ -96,12 +99,14 @@ fn backward(
         .zip(g.par_chunks(TASK_ELEMENTS))
         .zip(u.par_chunks(TASK_ELEMENTS).zip(d.par_chunks(TASK_ELEMENTS)))
         .for_each(|(((grad_gate, grad_up), g), (u, d))| {
-            let outputs = grad_gate.iter_mut().zip(grad_up.iter_mut());
-            for ((dg, du), ((&g, &u), &d)) in outputs.zip(g.iter().zip(u).zip(d)) {
-                let s = sigmoid(g);
-                *du = d * g * s;
-                *dg = d * u * s * (1.0 + g * (1.0 - s));
-            }
+            widest(|| {
+                let outputs = grad_gate.iter_mut().zip(grad_up.iter_mut());
+                for ((dg, du), ((&g, &u), &d)) in outputs.zip(g.iter().zip(u).zip(d)) {
+                    let s = sigmoid(g);
+                    *du = d * g * s;
+                    *dg = d * u * s * (1.0 + g * (1.0 - s));
+                }
+            })
         });
     (
         tensor_of(grad_gate, shape.clone()),
