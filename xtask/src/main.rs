@@ -71,9 +71,15 @@ fn lint() -> Result<()> {
     ])
 }
 
-/// The workspace root (the parent of this crate's folder).
+/// The workspace root (the parent of this crate's folder). Taken from `cargo run`'s environment
+/// first: the compiled-in path is that of whichever clone built this binary, and clones that
+/// share a target directory (as `.ci/run`'s default does) reuse one build.
 fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    );
+    manifest_dir
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
