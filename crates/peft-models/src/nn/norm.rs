@@ -31,6 +31,11 @@ impl RmsNorm {
 
     /// Normalises the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // On flex in f32, one node whose passes run on every thread.
+        #[cfg(feature = "flex")]
+        if let Some(out) = super::flex::rms_norm(&x, &self.weight.val(), self.eps, self.offset) {
+            return out;
+        }
         // The statistic in f32 whatever the activations' type, as transformers computes it;
         // LLaMA's gain multiplies after the cast back, Gemma's `1 + w` before it.
         let dtype = x.dtype();

@@ -7,8 +7,11 @@
 
 mod cross_entropy;
 mod math;
+mod rms_norm;
 mod simd;
+mod storage;
 mod swiglu;
 
 pub(crate) use cross_entropy::cross_entropy_rows;
+pub(crate) use rms_norm::rms_norm;
 pub(crate) use swiglu::swiglu;

@@ -2,13 +2,14 @@
 //! and a one-pass backward. Composed, it is a sigmoid, two products and their autodiff records
 //! forward, and five element-wise passes backward, each on one thread.
 
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use peft_core::flex_node::{binary, BinaryOp};
 use rayon::prelude::*;
 
 use super::math::sigmoid;
 use super::simd::widest;
+use super::storage::{contiguous, f32s, tensor_of};
 
 /// Elements each parallel task takes: enough to pay for the task.
 const TASK_ELEMENTS: usize = 1 << 14;
@@ -47,20 +48,6 @@ impl BinaryOp for SwiGlu {
         let (grad_gate, grad_up) = backward(&gate, &up, grad_output);
         [Some(grad_gate), Some(grad_up)]
     }
-}
-
-/// `tensor`'s storage as one contiguous run of f32 (copied into one if it is a strided view).
-fn contiguous(tensor: &FlexTensor) -> FlexTensor {
-    if tensor.layout().contiguous_offsets().is_some() {
-        tensor.clone()
-    } else {
-        tensor.to_contiguous()
-    }
-}
-
-/// A new f32 tensor of `shape` from `values`.
-fn tensor_of(values: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// `g · σ(g) · u`, element by element.
@@ -112,13 +99,6 @@ fn backward(
         tensor_of(grad_gate, shape.clone()),
         tensor_of(grad_up, shape),
     )
-}
-
-/// The f32 values of a contiguous tensor.
-fn f32s(tensor: &FlexTensor) -> &[f32] {
-    tensor
-        .as_slice::<f32>()
-        .expect("made contiguous f32 by the caller")
 }
 
 #[cfg(test)]
