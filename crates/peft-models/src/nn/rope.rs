@@ -147,6 +147,11 @@ impl RotaryEmbedding {
 
 /// Applies RoPE to `x` `[batch, heads, seq, head_dim]`: `x * cos + rotate_half(x) * sin`.
 pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    // On flex in f32, one node whose passes run on every thread.
+    #[cfg(feature = "flex")]
+    if let Some(rotated) = super::flex::rotary(&x, cos, sin) {
+        return rotated;
+    }
     // Tables computed in f32, applied in the activations' type (transformers' `.to(x.dtype)`).
     let (cos, sin) = (
         &to_dtype(cos.clone(), x.dtype()),

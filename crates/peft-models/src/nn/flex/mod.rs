@@ -8,10 +8,14 @@
 mod cross_entropy;
 mod math;
 mod rms_norm;
+mod rope;
 mod simd;
 mod storage;
 mod swiglu;
+#[cfg(test)]
+mod test_support;
 
 pub(crate) use cross_entropy::cross_entropy_rows;
 pub(crate) use rms_norm::rms_norm;
+pub(crate) use rope::rotary;
 pub(crate) use swiglu::swiglu;

@@ -107,20 +107,7 @@ mod tests {
     use burn::tensor::{Device, Distribution};
 
     use super::*;
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().iter::<f32>().collect()
-    }
-
-    fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
-        assert_eq!(got.len(), want.len());
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                "{what}[{i}]: {g} against {w}"
-            );
-        }
-    }
+    use crate::nn::flex::test_support::{assert_close, values};
 
     #[test]
     fn value_and_gradients_equal_the_composed_form() {
