@@ -22,7 +22,8 @@ pub(crate) fn rms_norm<const D: usize>(
     offset: f64,
 ) -> Option<Tensor<D>> {
     let width = weight.dims()[0];
-    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || x.dims()[D - 1] != width {
+    let all_f32 = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    if !all_f32 || width == 0 || x.dims()[D - 1] != width {
         return None;
     }
     let op = RmsNorm {
@@ -226,5 +227,7 @@ mod tests {
         assert!(rms_norm(&x, &Tensor::<1>::ones([4], &device), 1e-6, 0.0).is_none());
         let half = x.cast(DType::BF16);
         assert!(rms_norm(&half, &Tensor::<1>::ones([3], &device), 1e-6, 0.0).is_none());
+        let empty = Tensor::<2>::zeros([2, 0], &device);
+        assert!(rms_norm(&empty, &Tensor::<1>::ones([0], &device), 1e-6, 0.0).is_none());
     }
 }

@@ -24,6 +24,7 @@ pub(crate) fn rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<
         && one == 1
         && (table_seq, table_dim) == (seq, head_dim)
         && sin.dims() == cos.dims()
+        && head_dim > 0
         && head_dim % 2 == 0;
     let all_f32 = [x, cos, sin].iter().all(|t| t.dtype() == DType::F32);
     if !shapes_fit || !all_f32 {
@@ -66,8 +67,8 @@ impl BinaryOp for Rotary {
         [want_x, _]: [bool; 2],
     ) -> [Option<FlexTensor>; 2] {
         let table = table.expect("kept");
-        // The transpose of the forward's map:
-        // dx[j] = dy[j]·cos[j] + dy[j + h]·sin[j + h] for j < h, dy[j]·cos[j] − dy[j − h]·sin[j − h] after.
+        // The transpose of the forward's map: dx[j] = dy[j]·cos[j] + dy[j + h]·sin[j + h] for
+        // j < h, dy[j]·cos[j] − dy[j − h]·sin[j − h] after.
         let grad_x = want_x.then(|| {
             each_row(grad_output, &table, |out, d, cos, sin| {
                 let half = d.len() / 2;
@@ -178,5 +179,8 @@ mod tests {
         assert!(rotary(&x, &Tensor::zeros([1, 1, 2, 4], &device), &table).is_none());
         let half = x.clone().cast(DType::BF16);
         assert!(rotary(&half, &table, &table).is_none());
+        let empty = Tensor::<4>::zeros([1, 2, 3, 0], &device);
+        let empty_table = Tensor::<4>::zeros([1, 1, 3, 0], &device);
+        assert!(rotary(&empty, &empty_table, &empty_table).is_none());
     }
 }
