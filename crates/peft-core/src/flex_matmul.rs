@@ -12,7 +12,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex_node::{binary, BinaryOp};
+use crate::flex_node::{binary, FlexOp};
 
 /// Multiply-adds from which a product is split over the CPU's threads.
 const PARALLEL_FROM: usize = 1 << 20;
@@ -34,8 +34,8 @@ pub(crate) fn matmul(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
 #[derive(Debug, Clone, Copy)]
 struct Matmul;
 
-impl BinaryOp for Matmul {
-    fn forward(&self, x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
+impl FlexOp<2> for Matmul {
+    fn forward(&self, [x, weight]: [&FlexTensor; 2]) -> FlexTensor {
         product(x, weight)
     }
 

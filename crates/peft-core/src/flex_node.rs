@@ -1,7 +1,7 @@
 //! How a hand-written flex kernel becomes an operation on Burn's dispatch tensors: the tensors'
-//! flex storage, with or without autodiff (either checkpointing strategy), and a two-input
-//! operation recorded as one node of the autodiff graph that keeps only the inputs its backward
-//! step needs, as Burn's own operations do.
+//! flex storage, with or without autodiff (either checkpointing strategy), and an operation on
+//! one, two or three inputs recorded as one node of the autodiff graph that keeps only the
+//! inputs its backward step needs, as Burn's own operations do.
 
 use std::fmt::Debug;
 
@@ -12,27 +12,28 @@ use burn::backend::autodiff::checkpoint::strategy::{
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::Backend;
 use burn::backend::{AutodiffBackend, DispatchKindConversion, Flex};
-use burn::tensor::{DispatchTensor, Tensor};
+use burn::tensor::{BackendPrimitive, DispatchTensor, Float, Tensor};
 use burn_flex::FlexTensor;
 
-/// A two-input flex kernel and its backward step.
-pub trait BinaryOp: Copy + Debug + Send + 'static {
-    /// The output from the two inputs.
-    fn forward(&self, a: &FlexTensor, b: &FlexTensor) -> FlexTensor;
+/// A flex kernel on `N` inputs and its backward step.
+pub trait FlexOp<const N: usize>: Copy + Debug + Send + 'static {
+    /// The output from the inputs.
+    fn forward(&self, inputs: [&FlexTensor; N]) -> FlexTensor;
 
     /// Which inputs backward needs, given which of them are tracked (a product needs the other
     /// input only): only those are kept until backward.
-    fn kept(&self, tracked: [bool; 2]) -> [bool; 2];
+    fn kept(&self, tracked: [bool; N]) -> [bool; N];
 
-    /// The gradients of `a` and `b` from the output's, each only where `wanted`, from the
-    /// inputs [`Self::kept`] asked for.
+    /// The inputs' gradients from the output's, each only where `wanted`, from the inputs
+    /// [`Self::kept`] asked for.
     fn gradients(
         &self,
-        inputs: [Option<FlexTensor>; 2],
+        inputs: [Option<FlexTensor>; N],
         grad_output: &FlexTensor,
-        wanted: [bool; 2],
-    ) -> [Option<FlexTensor>; 2];
+        wanted: [bool; N],
+    ) -> [Option<FlexTensor>; N];
 }
 
 /// `Op` as the autodiff graph's backward step; its state is the kept inputs' nodes, whose
@@ -40,12 +41,12 @@ pub trait BinaryOp: Copy + Debug + Send + 'static {
 #[derive(Debug, Clone, Copy)]
 struct Node<Op>(Op);
 
-impl<Op: BinaryOp> Backward<Flex, 2> for Node<Op> {
-    type State = [Option<NodeId>; 2];
+impl<Op: FlexOp<N>, const N: usize> Backward<Flex, N> for Node<Op> {
+    type State = [Option<NodeId>; N];
 
     fn backward(
         self,
-        ops: Ops<Self::State, 2>,
+        ops: Ops<Self::State, N>,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
@@ -63,56 +64,93 @@ impl<Op: BinaryOp> Backward<Flex, 2> for Node<Op> {
     }
 }
 
+/// `op` on `x` when it is a flex tensor (recorded for backward on an autodiff device); `None`
+/// when it lives elsewhere.
+pub fn unary<Op: FlexOp<1>, const D: usize, const O: usize>(
+    op: Op,
+    x: &Tensor<D>,
+) -> Option<Tensor<O>> {
+    apply(op, [x.clone().into_dispatch()])
+}
+
 /// `op` on `a` and `b` when both are flex tensors (recorded for backward on an autodiff device);
 /// `None` when they live elsewhere.
-pub fn binary<Op: BinaryOp, const A: usize, const B: usize, const O: usize>(
+pub fn binary<Op: FlexOp<2>, const A: usize, const B: usize, const O: usize>(
     op: Op,
     a: &Tensor<A>,
     b: &Tensor<B>,
 ) -> Option<Tensor<O>> {
-    on_autodiff::<Op, NoCheckpointing, A, B, O>(op, a, b)
-        .or_else(|| on_autodiff::<Op, BalancedCheckpointing, A, B, O>(op, a, b))
-        .or_else(|| {
-            let a = a.clone().try_into_primitive::<Flex>().ok()?;
-            let b = b.clone().try_into_primitive::<Flex>().ok()?;
-            Some(Tensor::from_primitive::<Flex>(op.forward(&a, &b)))
-        })
+    apply(op, [a.clone().into_dispatch(), b.clone().into_dispatch()])
 }
 
-/// [`binary`] on `Autodiff<Flex, C>`.
-fn on_autodiff<
-    Op: BinaryOp,
-    C: CheckpointStrategy,
-    const A: usize,
-    const B: usize,
-    const O: usize,
->(
+/// `op` on `a`, `b` and `c` when all are flex tensors (recorded for backward on an autodiff
+/// device); `None` when they live elsewhere.
+pub fn ternary<Op: FlexOp<3>, const A: usize, const B: usize, const C: usize, const O: usize>(
     op: Op,
     a: &Tensor<A>,
     b: &Tensor<B>,
+    c: &Tensor<C>,
+) -> Option<Tensor<O>> {
+    let inputs = [a.clone().into_dispatch(), b.clone().into_dispatch()];
+    let [a, b] = inputs;
+    apply(op, [a, b, c.clone().into_dispatch()])
+}
+
+/// `op` on `inputs`, whatever their ranks, on flex with or without autodiff.
+fn apply<Op: FlexOp<N>, const N: usize, const O: usize>(
+    op: Op,
+    inputs: [DispatchTensor; N],
+) -> Option<Tensor<O>> {
+    on_autodiff::<Op, NoCheckpointing, N, O>(op, &inputs)
+        .or_else(|| on_autodiff::<Op, BalancedCheckpointing, N, O>(op, &inputs))
+        .or_else(|| {
+            let inputs = float_primitives::<Flex, N>(&inputs)?;
+            Some(Tensor::from_primitive::<Flex>(
+                op.forward(inputs.each_ref()),
+            ))
+        })
+}
+
+/// [`apply`] on `Autodiff<Flex, C>`.
+fn on_autodiff<Op: FlexOp<N>, C: CheckpointStrategy, const N: usize, const O: usize>(
+    op: Op,
+    inputs: &[DispatchTensor; N],
 ) -> Option<Tensor<O>>
 where
     DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
 {
-    let a = a.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let b = b.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let output = op.forward(a.primitive(), b.primitive());
+    let inputs = float_primitives::<Autodiff<Flex, C>, N>(inputs)?;
+    let output = op.forward(inputs.each_ref().map(|t| t.primitive()));
     let prep = Node(op)
-        .prepare::<C>([a.node(), b.node()])
+        .prepare::<C>(inputs.each_ref().map(|t| t.node()))
         .compute_bound()
         .stateful();
     let output = match prep {
         OpsKind::Tracked(mut prep) => {
-            let [keep_a, keep_b] = op.kept([a.is_tracked(), b.is_tracked()]);
-            let ids = [
-                keep_a.then(|| prep.checkpoint(&a)),
-                keep_b.then(|| prep.checkpoint(&b)),
-            ];
+            let kept = op.kept(inputs.each_ref().map(|t| t.is_tracked()));
+            let ids = std::array::from_fn(|i| kept[i].then(|| prep.checkpoint(&inputs[i])));
             prep.finish(ids, output)
         }
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
     Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
+}
+
+/// The float primitives of `B` under `inputs`, if every one lives on `B`.
+fn float_primitives<B: Backend, const N: usize>(
+    inputs: &[DispatchTensor; N],
+) -> Option<[B::FloatTensorPrimitive; N]>
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    let primitives = inputs
+        .iter()
+        .map(|t| {
+            let tensor = <DispatchTensor as DispatchKindConversion<B>>::try_into_backend(t.clone());
+            <Float as BackendPrimitive<B>>::try_into_primitive(tensor.ok()?).ok()
+        })
+        .collect::<Option<Vec<_>>>()?;
+    primitives.try_into().ok()
 }
 
 /// A flex tensor's storage and the function that makes a tensor of the same kind again.

@@ -28,8 +28,15 @@ impl Activation {
         }
     }
 
-    /// The activation applied element-wise.
+    /// The activation applied element-wise: GELU's tanh approximation as one fused kernel in
+    /// f32 on flex.
     pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        #[cfg(feature = "flex")]
+        if self == Self::GeluTanh {
+            if let Some(out) = super::flex::gelu_tanh(&x) {
+                return out;
+            }
+        }
         match self {
             Self::GeluTanh => gelu_approximate(x),
             Self::Gelu => gelu(x),

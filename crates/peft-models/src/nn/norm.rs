@@ -75,6 +75,13 @@ impl LayerNorm {
 
     /// Normalises the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // On flex in f32, one node whose passes run on every thread.
+        #[cfg(feature = "flex")]
+        if let Some(out) =
+            super::flex::layer_norm(&x, &self.weight.val(), &self.bias.val(), self.eps)
+        {
+            return out;
+        }
         // In f32 whatever the activations' type, as torch's layer norm accumulates.
         let dtype = x.dtype();
         let (weight, bias) = (to_f32(self.weight.val()), to_f32(self.bias.val()));

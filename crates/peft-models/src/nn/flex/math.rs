@@ -1,4 +1,5 @@
-//! Element functions in operations the compiler vectorises (`f32::exp` is a call per element).
+//! Element functions and row sums in operations the compiler vectorises (`f32::exp` is a call
+//! per element, and a sequential sum is not vectorised).
 
 /// `e^x` for `x ≤ 0`, within 2 units in the last place of
 /// `f32::exp`, in operations the compiler vectorises (`f32::exp` is a call per element).
@@ -40,6 +41,35 @@ pub(super) fn sigmoid(x: f32) -> f32 {
     let e = exp_nonpositive(-x.abs());
     let numerator = if x >= 0.0 { 1.0 } else { e };
     numerator / (1.0 + e)
+}
+
+/// Lanes of [`lane_sum`]'s sums: as many as AVX-512 has, so that the compiler vectorises them.
+const LANES: usize = 16;
+
+/// `Σ term(a, b)` over the pairs of `a` and `b`, summed in [`LANES`] independent lanes (a
+/// sequential sum is not vectorised).
+#[inline(always)]
+pub(super) fn lane_sum(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let rest: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(&a, &b)| term(a, b))
+        .sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += term(a, b);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// `Σ a·b`, in [`lane_sum`]'s lanes.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |a, b| a * b)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! on other backends and types, and tests hold each kernel to the composed result.
 
 mod cross_entropy;
+mod gelu;
+mod layer_norm;
 mod math;
 mod rms_norm;
 mod rope;
@@ -16,6 +18,8 @@ mod swiglu;
 mod test_support;
 
 pub(crate) use cross_entropy::cross_entropy_rows;
+pub(crate) use gelu::gelu_tanh;
+pub(crate) use layer_norm::layer_norm;
 pub(crate) use rms_norm::rms_norm;
 pub(crate) use rope::rotary;
 pub(crate) use swiglu::swiglu;

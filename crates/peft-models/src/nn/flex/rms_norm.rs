@@ -4,9 +4,10 @@
 
 use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
-use peft_core::flex_node::{binary, BinaryOp};
+use peft_core::flex_node::{binary, FlexOp};
 use rayon::prelude::*;
 
+use super::math::dot;
 use super::simd::widest;
 use super::storage::{contiguous, f32s, tensor_of};
 
@@ -40,8 +41,8 @@ struct RmsNorm {
     offset: f32,
 }
 
-impl BinaryOp for RmsNorm {
-    fn forward(&self, x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
+impl FlexOp<2> for RmsNorm {
+    fn forward(&self, [x, weight]: [&FlexTensor; 2]) -> FlexTensor {
         let shape = x.layout().shape().clone();
         let (x, weight) = (contiguous(x), contiguous(weight));
         let gain = self.gain(f32s(&weight));
@@ -139,28 +140,6 @@ impl RmsNorm {
     fn inverse_rms(&self, x: &[f32]) -> f32 {
         1.0 / (dot(x, x) / x.len() as f32 + self.eps).sqrt()
     }
-}
-
-/// Lanes of [`dot`]'s sums: as many as AVX-512 has, so that the compiler vectorises them.
-const LANES: usize = 16;
-
-/// `Σ a·b`, summed in [`LANES`] independent lanes (a sequential sum is not vectorised).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let rest: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for ((lane, a), b) in lanes.iter_mut().zip(a).zip(b) {
-            *lane += a * b;
-        }
-    }
-    lanes.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
-use peft_core::flex_node::{binary, BinaryOp};
+use peft_core::flex_node::{binary, FlexOp};
 use rayon::prelude::*;
 
 use super::simd::widest;
@@ -39,8 +39,8 @@ pub(crate) fn rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<
 #[derive(Debug, Clone, Copy)]
 struct Rotary;
 
-impl BinaryOp for Rotary {
-    fn forward(&self, x: &FlexTensor, table: &FlexTensor) -> FlexTensor {
+impl FlexOp<2> for Rotary {
+    fn forward(&self, [x, table]: [&FlexTensor; 2]) -> FlexTensor {
         // out[j] = x[j]·cos[j] − x[j + h]·sin[j] for j < h, x[j]·cos[j] + x[j − h]·sin[j] after.
         each_row(x, table, |out, x, cos, sin| {
             let half = x.len() / 2;

@@ -4,7 +4,7 @@
 
 use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
-use peft_core::flex_node::{binary, BinaryOp};
+use peft_core::flex_node::{binary, FlexOp};
 use rayon::prelude::*;
 
 use super::math::sigmoid;
@@ -27,8 +27,8 @@ pub(crate) fn swiglu<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option
 #[derive(Debug, Clone, Copy)]
 struct SwiGlu;
 
-impl BinaryOp for SwiGlu {
-    fn forward(&self, gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+impl FlexOp<2> for SwiGlu {
+    fn forward(&self, [gate, up]: [&FlexTensor; 2]) -> FlexTensor {
         forward(gate, up)
     }
 
