@@ -6,14 +6,18 @@
 //! memory is reused as it is.
 
 /// From now on, allocate from the heap only (no separate mapping per large block) and keep
-/// freed memory for reuse, up to 2 GiB beyond what is in use.
+/// all freed memory for reuse. A finite threshold is not enough: once the free memory at the
+/// top of the heap passes it, glibc hands back everything above `M_TOP_PAD`. At the 2 GiB
+/// ceiling an `int` allows, full fine-tuning of Qwen2.5-0.5B (519 MiB per embedding-sized
+/// tensor) still gave back 2 GiB at every step and faulted it in again.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn keep_freed_memory() {
     // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
     // exists, and a refused setting (return value 0) leaves glibc's default in place.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        // -1 disables trimming (mallopt(3)).
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
