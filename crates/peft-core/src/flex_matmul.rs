@@ -12,7 +12,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex_node::{binary, FlexOp};
+use crate::flex_node::{binary, into_flex, FlexOp};
 
 /// Multiply-adds from which a product is split over the CPU's threads.
 const PARALLEL_FROM: usize = 1 << 20;
@@ -63,11 +63,6 @@ fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let (a, b) = (positive_strides(a), positive_strides(b));
     let (m, k) = (a.layout().shape()[0], a.layout().shape()[1]);
     let n = b.layout().shape()[1];
-    assert_eq!(k, b.layout().shape()[0], "matmul: inner dimensions differ");
-    let (a_rows, a_cols) = (a.layout().strides()[0], a.layout().strides()[1]);
-    let (b_rows, b_cols) = (b.layout().strides()[0], b.layout().strides()[1]);
-    let a_values = &a.storage::<f32>()[a.layout().start_offset()..];
-    let b_values = &b.storage::<f32>()[b.layout().start_offset()..];
     // Left uninitialised: `gemm` with `read_dst` false writes every element (zeros when
     // `k` is 0), so zeroing it first would be one more pass over the output for nothing.
     let mut output: Vec<f32> = Vec::with_capacity(m * n);
@@ -78,36 +73,106 @@ fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     // instead, so that `gemm` packs the small `a` and reads `b` as it is, and the output is
     // transposed after: SmolLM2 LoRA q/v at 2x64 on flex, 681 / 672 -> 623 / 589 ms a step
     // (full fine-tuning 1443 / 1483 -> 1400 / 1385); neutral at 256 rows, slower at 512.
-    let column_major = m <= COLUMN_MAJOR_ROWS && m < k && b_rows == 1;
+    let column_major = m <= COLUMN_MAJOR_ROWS && m < k && b.layout().strides()[0] == 1;
+    let output_ptr = SendPtr(output.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    // SAFETY: the output's capacity holds its `m × n` elements, row- or column-major.
+    unsafe { multiply_into(&a, &b, output_ptr, column_major, false) };
+    // SAFETY: every one of the output's `m × n` elements was written above.
+    unsafe { output.set_len(m * n) };
+    if column_major {
+        // burn-flex's tiled copy of the transposed view.
+        return FlexTensor::from_data(TensorData::new(output, [n, m]))
+            .transpose(0, 1)
+            .to_contiguous();
+    }
+    FlexTensor::from_data(TensorData::new(output, [m, n]))
+}
+
+/// `acc + a · b` for f32 tensors on flex outside autodiff, `gemm` adding the product into
+/// `acc`'s storage (copied first where it is shared or a view): no product tensor, and no
+/// separate pass for the sum, which Burn's would make on one thread. `Err(acc)` elsewhere.
+pub(crate) fn add_product(
+    acc: Tensor<2>,
+    a: &Tensor<2>,
+    b: &Tensor<2>,
+) -> Result<Tensor<2>, Box<Tensor<2>>> {
+    let all_f32 = [acc.dtype(), a.dtype(), b.dtype()]
+        .iter()
+        .all(|&dtype| dtype == DType::F32);
+    let [m, n] = acc.dims();
+    let shapes_fit = a.dims()[0] == m && b.dims()[1] == n && a.dims()[1] == b.dims()[0];
+    let untracked = !(acc.is_tracked() || a.is_tracked() || b.is_tracked());
+    if !(all_f32 && shapes_fit && untracked) {
+        return Err(Box::new(acc));
+    }
+    let (Some((sum, wrap)), Some((a, _)), Some((b, _))) =
+        (into_flex(&acc), into_flex(a), into_flex(b))
+    else {
+        return Err(Box::new(acc));
+    };
+    // The only other handle on the sum's storage goes, so that it is written in place.
+    drop(acc);
+    let (a, b) = (positive_strides(&a), positive_strides(&b));
+    // A contiguous `sum` comes back as another handle on the same storage: the first one goes.
+    let mut sum = {
+        let contiguous = sum.to_contiguous();
+        drop(sum);
+        contiguous
+    };
+    let output_ptr = SendPtr(sum.storage_mut::<f32>().as_mut_ptr());
+    // SAFETY: `sum` is a contiguous, row-major `m × n` buffer held by nothing else.
+    unsafe { multiply_into(&a, &b, output_ptr, false, true) };
+    Ok(wrap(sum))
+}
+
+/// Writes `a` `[m, k]` times `b` `[k, n]` (non-negative strides) into the `m × n` output at
+/// `output`, row-major or `column_major`, or adds it to the values there when `accumulate`.
+///
+/// # Safety
+/// `output` must address `m × n` elements at the layout given, which nothing else reads or
+/// writes meanwhile; with `accumulate`, initialised ones.
+unsafe fn multiply_into(
+    a: &FlexTensor,
+    b: &FlexTensor,
+    output: SendPtr,
+    column_major: bool,
+    accumulate: bool,
+) {
+    let (m, k) = (a.layout().shape()[0], a.layout().shape()[1]);
+    let n = b.layout().shape()[1];
+    assert_eq!(k, b.layout().shape()[0], "matmul: inner dimensions differ");
+    let (a_rows, a_cols) = (a.layout().strides()[0], a.layout().strides()[1]);
+    let (b_rows, b_cols) = (b.layout().strides()[0], b.layout().strides()[1]);
+    let a_values = &a.storage::<f32>()[a.layout().start_offset()..];
+    let b_values = &b.storage::<f32>()[b.layout().start_offset()..];
     let (dst_cs, dst_rs) = if column_major {
         (m as isize, 1)
     } else {
         (1, n as isize)
     };
-    let output_ptr = SendPtr(output.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    // `gemm` computes `dst = alpha · dst + beta · a · b`, reading `dst` only when asked to.
+    let alpha = if accumulate { 1.0f32 } else { 0.0 };
     let block = |rows: std::ops::Range<usize>| {
         // SAFETY: `rows` lie inside `m`; the pointers address their rows of `a` and of the
-        // output, and all of `b`, at the strides given (the output's, row- or column-major,
-        // cover exactly its `m × n` elements), which the tensors' layouts (non-negative strides,
-        // checked above) and the output's capacity guarantee to be inside their buffers; blocks
-        // run at once are disjoint; `read_dst` is false, so the output's prior values are not
-        // read.
+        // output, and all of `b`, at the strides given, which the tensors' layouts
+        // (non-negative strides) and the caller's output guarantee to be inside their
+        // buffers; blocks run at once are disjoint.
         unsafe {
             gemm::gemm(
                 rows.len(),
                 n,
                 k,
-                output_ptr.get().offset(rows.start as isize * dst_rs),
+                output.get().offset(rows.start as isize * dst_rs),
                 dst_cs,
                 dst_rs,
-                false,
+                accumulate,
                 a_values.as_ptr().offset(rows.start as isize * a_rows),
                 a_cols,
                 a_rows,
                 b_values.as_ptr(),
                 b_cols,
                 b_rows,
-                0.0f32,
+                alpha,
                 1.0f32,
                 false,
                 false,
@@ -133,22 +198,13 @@ fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
             .step_by(rows_per_block)
             .for_each(|start| block(start..(start + rows_per_block).min(m)));
     }
-    // SAFETY: every one of the output's `m × n` elements was written above.
-    unsafe { output.set_len(m * n) };
-    if column_major {
-        // burn-flex's tiled copy of the transposed view.
-        return FlexTensor::from_data(TensorData::new(output, [n, m]))
-            .transpose(0, 1)
-            .to_contiguous();
-    }
-    FlexTensor::from_data(TensorData::new(output, [m, n]))
 }
 
 /// The output's pointer, shared by the threads that write disjoint blocks of it.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 
-// SAFETY: the threads given it write disjoint blocks (see `product`).
+// SAFETY: the threads given it write disjoint blocks (see `multiply_into`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
@@ -237,5 +293,23 @@ mod tests {
         let device = Device::flex();
         let x = Tensor::<2>::zeros([2, 3], &device).cast(DType::BF16);
         assert!(matmul(&x, &Tensor::<2>::zeros([3, 2], &device)).is_none());
+    }
+
+    #[test]
+    fn add_product_sums_into_the_accumulator_and_leaves_a_shared_one_alone() {
+        let device = Device::flex().autodiff();
+        // Split over the threads (2^21 multiply-adds), `a` a transposed view as the loss's.
+        let acc = Tensor::<2>::random([96, 2048], Distribution::Default, &device);
+        let a = Tensor::<2>::random([11, 96], Distribution::Default, &device).transpose();
+        let b = Tensor::<2>::random([11, 2048], Distribution::Default, &device);
+        let want = values(acc.clone() + a.clone().matmul(b.clone()));
+        let before = values(acc.clone());
+        let kept = acc.clone();
+        let sum = add_product(acc, &a, &b).expect("flex f32, untracked");
+        assert_close(values(sum), want, "sum");
+        assert_eq!(values(kept), before, "the shared accumulator changed");
+
+        let tracked = Tensor::<2>::zeros([96, 2048], &device).require_grad();
+        assert!(add_product(tracked, &a, &b).is_err());
     }
 }

@@ -29,6 +29,18 @@ pub fn linear<const D: usize>(
     burn_linear(x, weight, bias)
 }
 
+/// `acc + a · b` for tensors outside autodiff (a gradient summed over chunks): on flex in f32,
+/// `gemm` adds the product into `acc`'s storage (`flex_matmul`), with no product tensor and
+/// no separate pass for the sum; Burn's operations on every other backend and type.
+pub fn add_product(acc: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    let acc = match crate::flex_matmul::add_product(acc, &a, &b) {
+        Ok(sum) => return sum,
+        Err(acc) => *acc,
+    };
+    acc + linear(a, b, None)
+}
+
 /// `layer` on the last dimension of `x`, by [`linear`].
 pub fn forward_linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))

@@ -6,7 +6,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use peft_core::precision::{to_dtype, to_f32};
-use peft_core::product::linear;
+use peft_core::product::{add_product, linear};
 use peft_core::Projection;
 
 #[cfg(feature = "flex")]
@@ -222,11 +222,12 @@ fn chunked_cross_entropy(
             grad_hidden.push(to_dtype(product, hidden.dtype()));
         }
         if wants_weight {
-            let g = to_dtype(
-                linear(h_chunk.transpose(), to_dtype(grad.clone(), dtype), None),
-                dtype,
-            );
-            grad_weight = Some(grad_weight.map_or(g.clone(), |acc| acc + g));
+            // Summed into one buffer by the products themselves (on flex).
+            let (h_t, g) = (h_chunk.transpose(), to_dtype(grad.clone(), dtype));
+            grad_weight = Some(match grad_weight {
+                None => to_dtype(linear(h_t, g, None), dtype),
+                Some(acc) => add_product(acc, h_t, g),
+            });
         }
         if wants_bias {
             let g = to_dtype(grad.sum_dim(0), dtype);
@@ -239,23 +240,31 @@ fn chunked_cross_entropy(
     let mut add = |term: Tensor<1>| {
         surrogate = Some(surrogate.take().map_or(term.clone(), |s| s + term));
     };
-    // Each term's value cancels; in f32, so that the sum with the f32 loss is well typed.
+    // Each term's value cancels.
     if wants_hidden {
-        let grad = Tensor::cat(grad_hidden, 0).mul_scalar(scale);
-        add(to_f32((hidden * grad).sum()));
+        add(carry(hidden, Tensor::cat(grad_hidden, 0), scale));
     }
     if let Some(grad) = grad_weight {
-        add(to_f32((weight * grad.mul_scalar(scale)).sum()));
+        add(carry(weight, grad, scale));
     }
     if let (Some(bias), Some(grad)) = (bias, grad_bias) {
-        add(to_f32(
-            (bias * grad.reshape([vocab]).mul_scalar(scale)).sum(),
-        ));
+        add(carry(bias, grad.reshape([vocab]), scale));
     }
     match surrogate {
         Some(s) => loss + s.clone() - s.detach(),
         None => loss,
     }
+}
+
+/// A `[1]` f32 term whose backward gives `tensor` the gradient `scale · grad`: on flex in f32
+/// one node that hands it over (a zero), elsewhere the surrogate `Σ tensor ⊙ (scale · grad)`
+/// (f32, so that its sum with the f32 loss is well typed).
+fn carry<const D: usize>(tensor: Tensor<D>, grad: Tensor<D>, scale: f64) -> Tensor<1> {
+    #[cfg(feature = "flex")]
+    if let Some(zero) = crate::nn::flex::gradient_carrier(&tensor, &grad, scale as f32) {
+        return zero;
+    }
+    to_f32((tensor * grad.mul_scalar(scale)).sum())
 }
 
 /// `nn::flex::cross_entropy_rows` composed of tensor operations, for every backend: the sum of

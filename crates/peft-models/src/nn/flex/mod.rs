@@ -7,6 +7,7 @@
 
 mod cross_entropy;
 mod gelu;
+mod gradient_carrier;
 mod layer_norm;
 mod math;
 mod rms_norm;
@@ -19,6 +20,7 @@ mod test_support;
 
 pub(crate) use cross_entropy::cross_entropy_rows;
 pub(crate) use gelu::gelu_tanh;
+pub(crate) use gradient_carrier::gradient_carrier;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use rms_norm::rms_norm;
 pub(crate) use rope::rotary;
