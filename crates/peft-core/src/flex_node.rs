@@ -91,9 +91,12 @@ pub fn ternary<Op: FlexOp<3>, const A: usize, const B: usize, const C: usize, co
     b: &Tensor<B>,
     c: &Tensor<C>,
 ) -> Option<Tensor<O>> {
-    let inputs = [a.clone().into_dispatch(), b.clone().into_dispatch()];
-    let [a, b] = inputs;
-    apply(op, [a, b, c.clone().into_dispatch()])
+    let inputs = [
+        a.clone().into_dispatch(),
+        b.clone().into_dispatch(),
+        c.clone().into_dispatch(),
+    ];
+    apply(op, inputs)
 }
 
 /// `op` on `inputs`, whatever their ranks, on flex with or without autodiff.
