@@ -21,10 +21,11 @@ DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def build(config: dict, method: str, rank: int, targets, dtype):
-    if config["model_type"] == "llama":
-        cfg = transformers.LlamaConfig(**config)
-    else:
-        cfg = transformers.GPT2Config(**config)
+    # The config class of the config's own `model_type` (llama, qwen2, gpt2, ...): a class chosen
+    # by hand would build another architecture from the same keys (GPT2Config reads a qwen2
+    # config's hidden_size and layers, and ignores its intermediate_size and GQA).
+    settings = dict(config)
+    cfg = transformers.AutoConfig.for_model(settings.pop("model_type"), **settings)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     if method == "full":
         return model
