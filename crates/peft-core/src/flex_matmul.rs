@@ -8,6 +8,8 @@
 //! runs products under 192³ multiply-adds on one thread, which is every product of a LoRA
 //! branch (rank 16) at training shapes.
 
+use std::ops::Range;
+
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -19,6 +21,16 @@ const PARALLEL_FROM: usize = 1 << 20;
 
 /// Rows up to which a product is written column-major and transposed after (see `product`).
 const COLUMN_MAJOR_ROWS: usize = 128;
+
+/// Rows up to which a product split over threads is split by columns (see `multiply_into`).
+const COLUMN_SPLIT_ROWS: usize = 256;
+
+/// Columns of the output each thread takes at the least when a product is split by columns:
+/// narrower outputs (a LoRA branch's rank) are split by rows.
+const MIN_COLUMNS_PER_THREAD: usize = 64;
+
+/// The columns of a block split by columns start at multiples of this (one AVX-512 vector of f32).
+const COLUMN_ALIGN: usize = 16;
 
 /// `x` `[rows, in]` times `weight` `[in, out]` for f32 tensors on flex, with or without
 /// autodiff; `None` elsewhere, and the caller multiplies with Burn.
@@ -152,24 +164,26 @@ unsafe fn multiply_into(
     };
     // `gemm` computes `dst = alpha · dst + beta · a · b`, reading `dst` only when asked to.
     let alpha = if accumulate { 1.0f32 } else { 0.0 };
-    let block = |rows: std::ops::Range<usize>| {
-        // SAFETY: `rows` lie inside `m`; the pointers address their rows of `a` and of the
-        // output, and all of `b`, at the strides given, which the tensors' layouts
-        // (non-negative strides) and the caller's output guarantee to be inside their
-        // buffers; blocks run at once are disjoint.
+    let block = |rows: Range<usize>, cols: Range<usize>| {
+        // SAFETY: `rows` and `cols` lie inside `m` and `n`; the pointers address their rows of
+        // `a`, their columns of `b` and their block of the output, at the strides given, which
+        // the tensors' layouts (non-negative strides) and the caller's output guarantee to be
+        // inside their buffers; blocks run at once are disjoint.
         unsafe {
             gemm::gemm(
                 rows.len(),
-                n,
+                cols.len(),
                 k,
-                output.get().offset(rows.start as isize * dst_rs),
+                output
+                    .get()
+                    .offset(rows.start as isize * dst_rs + cols.start as isize * dst_cs),
                 dst_cs,
                 dst_rs,
                 accumulate,
                 a_values.as_ptr().offset(rows.start as isize * a_rows),
                 a_cols,
                 a_rows,
-                b_values.as_ptr(),
+                b_values.as_ptr().offset(cols.start as isize * b_cols),
                 b_cols,
                 b_rows,
                 alpha,
@@ -181,22 +195,34 @@ unsafe fn multiply_into(
             );
         }
     };
-    // Products from `PARALLEL_FROM` multiply-adds are split by rows into one block per thread,
-    // each a single-threaded `gemm`, rather than given to `gemm`'s own threading: that packs
-    // the weight's transpose (the input's gradient `dy · Wᵀ`) on the calling thread alone while
+    // Products from `PARALLEL_FROM` multiply-adds are split into one block per thread, each a
+    // single-threaded `gemm`, rather than given to `gemm`'s own threading: that packs the
+    // weight's transpose (the input's gradient `dy · Wᵀ`) on the calling thread alone while
     // the workers wait, and synchronises its threads at every block of the inner dimension.
-    // SmolLM2 LoRA on flex, alternate runs: all linear layers 4x128 2644 / 2553 -> 2267 / 2362
-    // ms a step, q/v 2x64 636 / 635 -> 572 / 555, q/v 8x256 8824 / 8831 -> 8447 / 8585; full
-    // fine-tuning 4x128 within noise. Splitting by columns instead measured between the two.
+    // SmolLM2 LoRA on flex, alternate runs (split by rows): all linear layers 4x128 2644 / 2553
+    // -> 2267 / 2362 ms a step, q/v 2x64 636 / 635 -> 572 / 555, q/v 8x256 8824 / 8831 -> 8447
+    // / 8585; full fine-tuning 4x128 within noise.
+    // Up to `COLUMN_SPLIT_ROWS` rows the blocks are columns: `gemm` packs the weight for every
+    // block, and with a few rows that copy costs as much as the product (16% of a Qwen2.5-0.5B
+    // LoRA step at 2x64 was packing, each thread packing the whole weight for its 64 rows);
+    // split by columns, each thread packs only its own columns. 128 rows, two threads,
+    // GFLOP/s by rows -> by columns: 896 x 4864 245 -> 282, 4864 x 896 253 -> 277, the head's
+    // gradient 151936 x 896 240 -> 273; the head's logits, column-major, 275 -> 302.
     let threads = rayon::current_num_threads();
     if m * n * k < PARALLEL_FROM || threads < 2 {
-        block(0..m);
+        block(0..m, 0..n);
+    } else if m <= COLUMN_SPLIT_ROWS && n >= threads * MIN_COLUMNS_PER_THREAD {
+        let cols_per_block = n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN);
+        (0..n)
+            .into_par_iter()
+            .step_by(cols_per_block)
+            .for_each(|start| block(0..m, start..(start + cols_per_block).min(n)));
     } else {
         let rows_per_block = m.div_ceil(threads);
         (0..m)
             .into_par_iter()
             .step_by(rows_per_block)
-            .for_each(|start| block(start..(start + rows_per_block).min(m)));
+            .for_each(|start| block(start..(start + rows_per_block).min(m), 0..n));
     }
 }
 
@@ -248,9 +274,17 @@ mod tests {
     fn value_and_gradients_equal_burns_product() {
         let device = Device::flex().autodiff();
         // Large enough to be split over the threads (into blocks of rows, the last one
-        // shorter), and small; fewer rows than the inner dimension,
-        // written column-major where the right operand's columns are contiguous, split or not.
-        for (rows, inner, out) in [(301, 70, 90), (5, 3, 4), (20, 70, 90), (100, 200, 120)] {
+        // shorter, or, with few rows and many columns, of columns), and small; fewer rows than
+        // the inner dimension, written column-major where the right operand's columns are
+        // contiguous, split or not.
+        for (rows, inner, out) in [
+            (301, 70, 90),
+            (5, 3, 4),
+            (20, 70, 90),
+            (100, 200, 120),
+            (64, 150, 300),
+            (200, 100, 300),
+        ] {
             let x =
                 Tensor::<2>::random([rows, inner], Distribution::Default, &device).require_grad();
             let w =
