@@ -207,7 +207,10 @@ unsafe fn multiply_into(
     // LoRA step at 2x64 was packing, each thread packing the whole weight for its 64 rows);
     // split by columns, each thread packs only its own columns. 128 rows, two threads,
     // GFLOP/s by rows -> by columns: 896 x 4864 245 -> 282, 4864 x 896 253 -> 277, the head's
-    // gradient 151936 x 896 240 -> 273; the head's logits, column-major, 275 -> 302.
+    // gradient 151936 x 896 240 -> 273; the head's logits, column-major, 275 -> 302. At 512
+    // rows the same products were mixed (columns ahead on the input's gradients, behind on some
+    // forward products), and a step-level A/B (SmolLM2 all-linear 4x128) put columns between
+    // rows and `gemm`'s threading: larger products stay split by rows.
     let threads = rayon::current_num_threads();
     if m * n * k < PARALLEL_FROM || threads < 2 {
         block(0..m, 0..n);
