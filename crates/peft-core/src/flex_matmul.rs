@@ -25,6 +25,10 @@ const COLUMN_MAJOR_ROWS: usize = 128;
 /// Rows up to which a product split over threads is split by columns (see `multiply_into`).
 const COLUMN_SPLIT_ROWS: usize = 256;
 
+/// Rows up to which a product whose right operand is a transposed weight (the input's gradient
+/// `dy · Wᵀ`) is split by columns (see `multiply_into`).
+const TRANSPOSED_COLUMN_SPLIT_ROWS: usize = 1024;
+
 /// Columns of the output each thread takes at the least when a product is split by columns:
 /// narrower outputs (a LoRA branch's rank) are split by rows.
 const MIN_COLUMNS_PER_THREAD: usize = 64;
@@ -208,13 +212,17 @@ unsafe fn multiply_into(
     // split by columns, each thread packs only its own columns. 128 rows, two threads,
     // GFLOP/s by rows -> by columns: 896 x 4864 245 -> 282, 4864 x 896 253 -> 277, the head's
     // gradient 151936 x 896 240 -> 273; the head's logits, column-major, 275 -> 302. At 512
-    // rows the same products were mixed (columns ahead on the input's gradients, behind on some
-    // forward products), and a step-level A/B (SmolLM2 all-linear 4x128) put columns between
-    // rows and `gemm`'s threading: larger products stay split by rows.
+    // rows columns were ahead only on the input's gradients, whose right operand is a
+    // transposed weight (4864 x 896 263 -> 299, 896 x 4864 289 -> 312), and even at 2048 rows;
+    // those are split by columns up to `TRANSPOSED_COLUMN_SPLIT_ROWS`, the rest by rows. Release
+    // builds, alternate runs, LoRA q/v 4x128: Qwen2.5-0.5B 3519 / 3497 -> 3437 / 3448 ms a
+    // step, GPT-2 1061 / 1070 -> 1037 / 1026; SmolLM2 all-linear 4x128 1535 / 1535 -> 1531 / 1526.
     let threads = rayon::current_num_threads();
     if m * n * k < PARALLEL_FROM || threads < 2 {
         block(0..m, 0..n);
-    } else if m <= COLUMN_SPLIT_ROWS && n >= threads * MIN_COLUMNS_PER_THREAD {
+    } else if (m <= COLUMN_SPLIT_ROWS || (m <= TRANSPOSED_COLUMN_SPLIT_ROWS && b_rows == 1))
+        && n >= threads * MIN_COLUMNS_PER_THREAD
+    {
         let cols_per_block = n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN);
         (0..n)
             .into_par_iter()
@@ -277,7 +285,7 @@ mod tests {
     fn value_and_gradients_equal_burns_product() {
         let device = Device::flex().autodiff();
         // Large enough to be split over the threads (into blocks of rows, the last one
-        // shorter, or, with few rows and many columns, of columns), and small; fewer rows than
+        // shorter, or, with few rows or a transposed weight, of columns), and small; fewer rows than
         // the inner dimension, written column-major where the right operand's columns are
         // contiguous, split or not.
         for (rows, inner, out) in [
@@ -287,6 +295,7 @@ mod tests {
             (100, 200, 120),
             (64, 150, 300),
             (200, 100, 300),
+            (300, 40, 200),
         ] {
             let x =
                 Tensor::<2>::random([rows, inner], Distribution::Default, &device).require_grad();
