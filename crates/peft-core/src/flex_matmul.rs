@@ -285,9 +285,9 @@ mod tests {
     fn value_and_gradients_equal_burns_product() {
         let device = Device::flex().autodiff();
         // Large enough to be split over the threads (into blocks of rows, the last one
-        // shorter, or, with few rows or a transposed weight, of columns), and small; fewer rows than
-        // the inner dimension, written column-major where the right operand's columns are
-        // contiguous, split or not.
+        // shorter, or, with few rows or a transposed weight, of columns), and small; fewer
+        // rows than the inner dimension, written column-major where the right operand's
+        // columns are contiguous, split or not.
         for (rows, inner, out) in [
             (301, 70, 90),
             (5, 3, 4),
