@@ -25,8 +25,9 @@ const COLUMN_MAJOR_ROWS: usize = 128;
 /// Rows up to which a product split over threads is split by columns (see `multiply_into`).
 const COLUMN_SPLIT_ROWS: usize = 256;
 
-/// Rows up to which a product whose right operand is a transposed weight (the input's gradient
-/// `dy · Wᵀ`) is split by columns (see `multiply_into`).
+/// Rows up to which a product whose right operand has contiguous columns (a transposed weight:
+/// the input's gradient `dy · Wᵀ`, a tied head's logits) is split by columns (see
+/// `multiply_into`).
 const TRANSPOSED_COLUMN_SPLIT_ROWS: usize = 1024;
 
 /// Columns of the output each thread takes at the least when a product is split by columns:
