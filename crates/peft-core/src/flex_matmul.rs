@@ -77,9 +77,21 @@ impl FlexOp<2> for Matmul {
 
 /// `a` `[m, k]` times `b` `[k, n]` (any strides) into a new contiguous `[m, n]`.
 fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
-    let (a, b) = (positive_strides(a), positive_strides(b));
-    let (m, k) = (a.layout().shape()[0], a.layout().shape()[1]);
-    let n = b.layout().shape()[1];
+    sum_of_products(&[(a, b, 1.0)])
+}
+
+/// `Σ scale · a · b` over `terms` (each `a` `[m, k]`, `b` `[k, n]`, any strides, `k` their own)
+/// into a new contiguous `[m, n]`: the first product written by `gemm`, the others added into
+/// it as `gemm` computes them, with their scales folded into its multiplier, so that a sum of
+/// products costs no tensor per term and no pass for the sum or the scales.
+pub(crate) fn sum_of_products(terms: &[(&FlexTensor, &FlexTensor, f32)]) -> FlexTensor {
+    let terms: Vec<_> = terms
+        .iter()
+        .map(|&(a, b, scale)| (positive_strides(a), positive_strides(b), scale))
+        .collect();
+    let (first_a, first_b, _) = terms.first().expect("sum_of_products: no terms");
+    let (m, k) = (first_a.layout().shape()[0], first_a.layout().shape()[1]);
+    let n = first_b.layout().shape()[1];
     // Left uninitialised: `gemm` with `read_dst` false writes every element (zeros when
     // `k` is 0), so zeroing it first would be one more pass over the output for nothing.
     let mut output: Vec<f32> = Vec::with_capacity(m * n);
@@ -90,10 +102,18 @@ fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     // instead, so that `gemm` packs the small `a` and reads `b` as it is, and the output is
     // transposed after: SmolLM2 LoRA q/v at 2x64 on flex, 681 / 672 -> 623 / 589 ms a step
     // (full fine-tuning 1443 / 1483 -> 1400 / 1385); neutral at 256 rows, slower at 512.
-    let column_major = m <= COLUMN_MAJOR_ROWS && m < k && b.layout().strides()[0] == 1;
+    let column_major = m <= COLUMN_MAJOR_ROWS && m < k && first_b.layout().strides()[0] == 1;
     let output_ptr = SendPtr(output.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-    // SAFETY: the output's capacity holds its `m × n` elements, row- or column-major.
-    unsafe { multiply_into(&a, &b, output_ptr, column_major, false) };
+    for (index, (a, b, scale)) in terms.iter().enumerate() {
+        assert_eq!(
+            [a.layout().shape()[0], b.layout().shape()[1]],
+            [m, n],
+            "sum_of_products: the terms' shapes differ"
+        );
+        // SAFETY: the output's capacity holds its `m × n` elements, row- or column-major; the
+        // first term writes every one of them before the others read them.
+        unsafe { multiply_into(a, b, output_ptr, column_major, index > 0, *scale) };
+    }
     // SAFETY: every one of the output's `m × n` elements was written above.
     unsafe { output.set_len(m * n) };
     if column_major {
@@ -138,12 +158,13 @@ pub(crate) fn add_product(
     };
     let output_ptr = SendPtr(sum.storage_mut::<f32>().as_mut_ptr());
     // SAFETY: `sum` is a contiguous, row-major `m × n` buffer held by nothing else.
-    unsafe { multiply_into(&a, &b, output_ptr, false, true) };
+    unsafe { multiply_into(&a, &b, output_ptr, false, true, 1.0) };
     Ok(wrap(sum))
 }
 
-/// Writes `a` `[m, k]` times `b` `[k, n]` (non-negative strides) into the `m × n` output at
-/// `output`, row-major or `column_major`, or adds it to the values there when `accumulate`.
+/// Writes `scale · a · b`, `a` `[m, k]`, `b` `[k, n]` (non-negative strides), into the `m × n`
+/// output at `output`, row-major or `column_major`, or adds it to the values there when
+/// `accumulate`.
 ///
 /// # Safety
 /// `output` must address `m × n` elements at the layout given, which nothing else reads or
@@ -154,6 +175,7 @@ unsafe fn multiply_into(
     output: SendPtr,
     column_major: bool,
     accumulate: bool,
+    scale: f32,
 ) {
     let (m, k) = (a.layout().shape()[0], a.layout().shape()[1]);
     let n = b.layout().shape()[1];
@@ -192,7 +214,7 @@ unsafe fn multiply_into(
                 b_cols,
                 b_rows,
                 alpha,
-                1.0f32,
+                scale,
                 false,
                 false,
                 false,

@@ -1,6 +1,6 @@
 //! How a hand-written flex kernel becomes an operation on Burn's dispatch tensors: the tensors'
 //! flex storage, with or without autodiff (either checkpointing strategy), and an operation on
-//! one, two or three inputs recorded as one node of the autodiff graph that keeps only the
+//! any number of inputs recorded as one node of the autodiff graph that keeps only the
 //! inputs its backward step needs, as Burn's own operations do.
 
 use std::fmt::Debug;
@@ -97,6 +97,15 @@ pub fn ternary<Op: FlexOp<3>, const A: usize, const B: usize, const C: usize, co
         c.clone().into_dispatch(),
     ];
     apply(op, inputs)
+}
+
+/// `op` on `inputs`, all of rank `D`, when all are flex tensors (recorded for backward on an
+/// autodiff device); `None` when they live elsewhere.
+pub fn nary<Op: FlexOp<N>, const N: usize, const D: usize, const O: usize>(
+    op: Op,
+    inputs: [&Tensor<D>; N],
+) -> Option<Tensor<O>> {
+    apply(op, inputs.map(|t| t.clone().into_dispatch()))
 }
 
 /// `op` on `inputs`, whatever their ranks, on flex with or without autodiff.

@@ -25,6 +25,8 @@ pub mod adapters;
 pub mod error;
 pub mod files;
 #[cfg(feature = "flex")]
+mod flex_lora;
+#[cfg(feature = "flex")]
 mod flex_matmul;
 #[cfg(feature = "flex")]
 pub mod flex_node;

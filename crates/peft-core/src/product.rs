@@ -29,6 +29,31 @@ pub fn linear<const D: usize>(
     burn_linear(x, weight, bias)
 }
 
+/// `x · weight + bias + scale · (branch · a) · b`, a LoRA-adapted projection on rows
+/// `[rows, in]` (`a` `[in, r]`, `b` `[r, out]`), where `branch` is `x` after dropout (`None`:
+/// `x` itself): on flex in f32 one autodiff node whose update is added into the base product
+/// as `gemm` computes it (`flex_lora`); Burn's operations on every other backend and type.
+pub fn lora_linear(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    branch: Option<Tensor<2>>,
+    [a, b]: [Tensor<2>; 2],
+    scale: f64,
+) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if let Some(sum) =
+        crate::flex_lora::lora_product(&x, &weight, branch.as_ref(), [&a, &b], scale as f32)
+    {
+        return match bias {
+            Some(bias) => sum + bias.unsqueeze(),
+            None => sum,
+        };
+    }
+    let update = linear(linear(branch.unwrap_or(x.clone()), a, None), b, None) * scale;
+    linear(x, weight, bias) + update
+}
+
 /// `acc + a · b` for tensors outside autodiff (a gradient summed over chunks): on flex in f32,
 /// `gemm` adds the product into `acc`'s storage (`flex_matmul`), with no product tensor and
 /// no separate pass for the sum; Burn's operations on every other backend and type.
@@ -44,4 +69,16 @@ pub fn add_product(acc: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
 /// `layer` on the last dimension of `x`, by [`linear`].
 pub fn forward_linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// `layer` on `x`'s last dimension with the leading dimensions folded into rows `[rows, in]`.
+pub(crate) fn on_rows<const D: usize>(
+    x: Tensor<D>,
+    layer: impl FnOnce(Tensor<2>) -> Tensor<2>,
+) -> Tensor<D> {
+    let mut dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let out = layer(x.reshape([rows, dims[D - 1]]));
+    dims[D - 1] = out.dims()[1];
+    out.reshape(dims)
 }

@@ -12,6 +12,7 @@ use crate::ids::with_stable_ids;
 use crate::method::api::Merged;
 use crate::packed::PackedWeight;
 use crate::precision::{to_dtype, to_f32};
+use crate::product::on_rows;
 use crate::registry::Adapter;
 
 /// How the checkpoint stores this projection's weight; Burn always holds it `[in, out]`.
@@ -65,15 +66,6 @@ pub struct MixedRows {
     pub batch: usize,
     /// Adapter name and its rows.
     pub groups: Vec<(String, Tensor<1, Int>)>,
-}
-
-/// `layer` on `x`'s last dimension with the leading dimensions folded into rows `[rows, in]`.
-fn on_rows<const D: usize>(x: Tensor<D>, layer: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<D> {
-    let mut dims = x.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let out = layer(x.reshape([rows, dims[D - 1]]));
-    dims[D - 1] = out.dims()[1];
-    out.reshape(dims)
 }
 
 /// What a projection computes: the frozen base alone, a trainable copy, or an adapter beside

@@ -1,7 +1,7 @@
 //! The LoRA layer attached to one projection: `y = base(x) + s · B(A(dropout(x)))`, factored,
 //! with DoRA's magnitude rescaling when enabled.
 
-use crate::product::{forward_linear, linear};
+use crate::product::{forward_linear, linear, lora_linear, on_rows};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
@@ -77,6 +77,12 @@ impl LoraLayer {
             layer.magnitude = Some(Param::from_tensor(norm.detach()));
         }
         layer
+    }
+
+    /// Whether the dropout on the branch's input drops anything for `x` (as Burn's `Dropout`
+    /// decides: training, on an autodiff device, with a probability above 0).
+    fn dropout_active<const D: usize>(&self, x: &Tensor<D>) -> bool {
+        self.dropout.training.is_enabled() && x.device().is_autodiff() && self.dropout.prob > 0.0
     }
 
     /// Rank of the update.
@@ -155,15 +161,24 @@ impl ProjectionLayer for LoraLayer {
     }
 
     fn forward<const D: usize>(&self, x: Tensor<D>, base: &Linear) -> Tensor<D> {
+        let own = self.lora_a.val().dtype();
+        if self.magnitude.is_none() && x.dtype() == own && base.weight.val().dtype() == own {
+            return on_rows(x, |x| {
+                let branch = self
+                    .dropout_active(&x)
+                    .then(|| self.dropout.forward(x.clone()));
+                let (a, b) = (self.lora_a.val(), self.lora_b.val());
+                let bias = base.bias.as_ref().map(|b| b.val());
+                lora_linear(x, base.weight.val(), bias, branch, [a, b], self.scale)
+            });
+        }
         let base_out = forward_linear(base, x.clone());
         // On a base of lower precision the adapter computes in its own type (f32) and its
         // result is cast back.
-        let (dtype, own) = (base_out.dtype(), self.lora_a.val().dtype());
+        let dtype = base_out.dtype();
         let base_out = to_dtype(base_out, own);
         let x = to_dtype(x, own);
-        let dropout_active = self.dropout.training.is_enabled()
-            && x.device().is_autodiff()
-            && self.dropout.prob > 0.0;
+        let dropout_active = self.dropout_active(&x);
         let x = self.dropout.forward(x);
         let update = linear(
             linear(x.clone(), self.lora_a.val(), None),
