@@ -289,20 +289,7 @@ mod tests {
     use burn::tensor::{Device, Distribution};
 
     use super::*;
-
-    fn values(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().iter::<f32>().collect()
-    }
-
-    fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                "{what}[{i}]: {g} against {w}"
-            );
-        }
-    }
+    use crate::testing::{assert_relatively_close, values};
 
     #[test]
     fn value_and_gradients_equal_burns_product() {
@@ -332,11 +319,11 @@ mod tests {
             let burns = x.clone().matmul(w.clone().transpose());
             let burn_grads = (burns.clone() * upstream).sum().backward();
 
-            assert_close(values(ours), values(burns), "value");
+            assert_relatively_close(values(ours), values(burns), "value");
             for (name, t) in [("x", &x), ("w", &w)] {
                 let got = values(t.grad(&our_grads).expect("a gradient"));
                 let want = values(t.grad(&burn_grads).expect("a gradient"));
-                assert_close(got, want, name);
+                assert_relatively_close(got, want, name);
             }
         }
     }
@@ -354,7 +341,7 @@ mod tests {
         let x = Tensor::<2>::random([4, 3], Distribution::Default, &plain);
         let weight = Tensor::<2>::random([3, 2], Distribution::Default, &plain);
         let ours = matmul(&x, &weight).expect("flex without autodiff");
-        assert_close(values(ours), values(x.matmul(weight)), "inference");
+        assert_relatively_close(values(ours), values(x.matmul(weight)), "inference");
     }
 
     #[test]
@@ -375,7 +362,7 @@ mod tests {
         let before = values(acc.clone());
         let kept = acc.clone();
         let sum = add_product(acc, &a, &b).expect("flex f32, untracked");
-        assert_close(values(sum), want, "sum");
+        assert_relatively_close(values(sum), want, "sum");
         assert_eq!(values(kept), before, "the shared accumulator changed");
 
         let tracked = Tensor::<2>::zeros([96, 2048], &device).require_grad();
