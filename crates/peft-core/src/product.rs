@@ -19,11 +19,7 @@ pub fn linear<const D: usize>(
         let rows_of_x = x.clone().reshape([rows, dims[D - 1]]);
         if let Some(product) = crate::flex_matmul::matmul(&rows_of_x, &weight) {
             dims[D - 1] = weight.dims()[1];
-            let product = product.reshape(dims);
-            return match bias {
-                Some(bias) => product + bias.unsqueeze(),
-                None => product,
-            };
+            return plus_bias(product.reshape(dims), bias);
         }
     }
     burn_linear(x, weight, bias)
@@ -45,13 +41,28 @@ pub fn lora_linear(
     if let Some(sum) =
         crate::flex_lora::lora_product(&x, &weight, branch.as_ref(), [&a, &b], scale as f32)
     {
-        return match bias {
-            Some(bias) => sum + bias.unsqueeze(),
-            None => sum,
-        };
+        return plus_bias(sum, bias);
     }
-    let update = linear(linear(branch.unwrap_or(x.clone()), a, None), b, None) * scale;
+    let update = low_rank_update(branch.unwrap_or(x.clone()), [a, b], scale);
     linear(x, weight, bias) + update
+}
+
+/// LoRA's update `scale · (x · a) · b` (`a` `[in, r]`, `b` `[r, out]`) as two products by
+/// [`linear`].
+pub fn low_rank_update<const D: usize>(
+    x: Tensor<D>,
+    [a, b]: [Tensor<2>; 2],
+    scale: f64,
+) -> Tensor<D> {
+    linear(linear(x, a, None), b, None) * scale
+}
+
+/// `t` plus `bias` `[out]` on its last dimension, if there is one.
+fn plus_bias<const D: usize>(t: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    match bias {
+        Some(bias) => t + bias.unsqueeze(),
+        None => t,
+    }
 }
 
 /// `acc + a · b` for tensors outside autodiff (a gradient summed over chunks): on flex in f32,

@@ -1,7 +1,7 @@
 //! The LoRA layer attached to one projection: `y = base(x) + s · B(A(dropout(x)))`, factored,
 //! with DoRA's magnitude rescaling when enabled.
 
-use crate::product::{forward_linear, linear, lora_linear, on_rows};
+use crate::product::{forward_linear, linear, lora_linear, low_rank_update, on_rows};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
@@ -180,11 +180,11 @@ impl ProjectionLayer for LoraLayer {
         let x = to_dtype(x, own);
         let dropout_active = self.dropout_active(&x);
         let x = self.dropout.forward(x);
-        let update = linear(
-            linear(x.clone(), self.lora_a.val(), None),
-            self.lora_b.val(),
-            None,
-        ) * self.scale;
+        let update = low_rank_update(
+            x.clone(),
+            [self.lora_a.val(), self.lora_b.val()],
+            self.scale,
+        );
         let Some(magnitude) = &self.magnitude else {
             return to_dtype(base_out + update, dtype);
         };
